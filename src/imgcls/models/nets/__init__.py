@@ -1,0 +1,7 @@
+"""Small nets of our own, by the name configs use (`model.net.name=...`)."""
+
+from imgcls.models.nets.cifar_quick import CifarQuick
+from imgcls.models.nets.lenet import LeNet
+from imgcls.models.nets.resnet_cifar import ResNetCifar
+
+OUR_NETS = {"cifar_quick": CifarQuick, "lenet": LeNet, "resnet_cifar": ResNetCifar}

@@ -1,0 +1,29 @@
+"""CIFAR10-quick (Caffe's cifar10_quick, the net of seed 002).
+
+Three 5x5 convs (32, 32, 64) each followed by a 2x2 max-pool, then Linear 1024 -> 64 -> classes.
+Seed 002's copy has no activations at all, which makes everything but the pools one linear map;
+we put the ReLUs of the Caffe original back.
+"""
+
+from torch import nn
+
+
+class CifarQuick(nn.Sequential):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, 32, 5, padding=2),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            # 4x4 at 32x32 input (a no-op there); lets larger images through unchanged in width.
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 64),
+            nn.ReLU(inplace=True),
+            nn.Linear(64, num_classes),
+        )

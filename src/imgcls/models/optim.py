@@ -1,0 +1,70 @@
+"""Optimizer and LR scheduler from plain config dicts (configs/optimizer, configs/scheduler).
+
+Both are torch classes named by `_target_`; the keys below are ours and are consumed here:
+- optimizer `no_decay_norm_and_bias`: no weight decay on norm weights and biases (torchvision's
+  `--norm-weight-decay 0`), where decay only fights the normalization it rescales.
+- scheduler `interval` (`epoch` or `step`), `warmup_epochs` and `warmup_start_factor` (a LinearLR
+  warmup chained before the main scheduler), and a `null` `T_max` / `total_steps`, which means
+  "the rest of the run", computed from the trainer once the data is known.
+"""
+
+import math
+from typing import Any
+
+from hydra.utils import get_class
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
+
+from imgcls.utils.errors import UserError
+
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+RUN_LENGTH_KEYS = ("T_max", "total_steps")
+
+
+def param_groups(model: nn.Module, exclude_norm_and_bias: bool) -> list[dict[str, Any]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_norm_and_bias:
+        return [{"params": params}]
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                is_free = isinstance(module, NORM_LAYERS) or name == "bias"
+                (no_decay if is_free else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> Optimizer:
+    kwargs = dict(cfg)
+    optimizer_class = get_class(kwargs.pop("_target_"))
+    groups = param_groups(model, kwargs.pop("no_decay_norm_and_bias", False))
+    return optimizer_class(groups, **kwargs)
+
+
+def build_scheduler(
+    optimizer: Optimizer, cfg: dict[str, Any] | None, total_steps: int, max_epochs: int
+) -> dict[str, Any] | None:
+    """A Lightning lr_scheduler_config, or None when `cfg` names no scheduler."""
+    if not cfg or not cfg.get("_target_"):
+        return None
+    kwargs = dict(cfg)
+    scheduler_class = get_class(kwargs.pop("_target_"))
+    interval = kwargs.pop("interval", "epoch")
+    warmup_epochs = kwargs.pop("warmup_epochs", 0)
+    warmup_start_factor = kwargs.pop("warmup_start_factor", 0.01)
+    if interval not in ("epoch", "step"):
+        raise UserError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}")
+    if max_epochs is None or max_epochs < 1:
+        raise UserError("The LR schedule needs trainer.max_epochs (>= 1) to know the run's length.")
+    steps_per_epoch = total_steps / max_epochs if interval == "step" else 1
+    length = max(1, math.ceil(max_epochs * steps_per_epoch))
+    warmup = min(length - 1, round(warmup_epochs * steps_per_epoch))
+    for key in RUN_LENGTH_KEYS:
+        if key in kwargs and kwargs[key] is None:
+            kwargs[key] = length - warmup
+    scheduler: LRScheduler = scheduler_class(optimizer, **kwargs)
+    if warmup > 0:
+        ramp = LinearLR(optimizer, start_factor=warmup_start_factor, total_iters=warmup)
+        scheduler = SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
+    return {"scheduler": scheduler, "interval": interval, "frequency": 1}

@@ -1,0 +1,104 @@
+"""Train, then test the best checkpoint: `python train.py [overrides]` or `imgcls-train`.
+
+`train(cfg)` runs on any composed config, with or without `@hydra.main` (tests call it
+directly); `main()` is the command line and returns the value a sweeper optimizes.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from imgcls import CONFIG_DIR
+from imgcls.utils import ddp_hydra
+from imgcls.utils.hydra_utils import (
+    apply_extras,
+    instantiate,
+    instantiate_each,
+    metric_value,
+    report_user_errors,
+    run_hyperparameters,
+    save_metrics,
+    scalar_metrics,
+)
+from imgcls.utils.logging import get_logger
+from imgcls.utils.rich_utils import print_metrics_table
+
+log = get_logger(__name__)
+
+
+def build_components(cfg: DictConfig) -> dict[str, Any]:
+    """Datamodule, model, callbacks, loggers and trainer, in the order each needs the last."""
+    log.info(f"Data: {cfg.data._target_}")
+    datamodule = instantiate(cfg.data)
+    log.info(f"Model: {cfg.model._target_} ({cfg.model.net.name})")
+    model = instantiate(
+        cfg.model,
+        _recursive_=False,
+        num_classes=datamodule.num_classes,
+        class_names=datamodule.class_names,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler"),
+    )
+    callbacks = instantiate_each(cfg.get("callbacks"))
+    loggers = instantiate_each(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    return {
+        "cfg": cfg,
+        "datamodule": datamodule,
+        "model": model,
+        "callbacks": callbacks,
+        "logger": loggers,
+        "trainer": trainer,
+    }
+
+
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+        return callback.best_model_path
+    return None
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    objects = build_components(cfg)
+    trainer: L.Trainer = objects["trainer"]
+    model, datamodule = objects["model"], objects["datamodule"]
+    for logger in trainer.loggers:
+        logger.log_hyperparams(run_hyperparameters(cfg, model))
+
+    if cfg.get("train"):
+        log.info("Training")
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = scalar_metrics(trainer.callback_metrics)
+
+    if cfg.get("test"):
+        ckpt_path = best_checkpoint(trainer)
+        if ckpt_path is None:
+            log.warning("No best checkpoint (checkpointing off?): testing the current weights.")
+        log.info(f"Testing {ckpt_path or 'current weights'}")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics |= scalar_metrics(trainer.callback_metrics)
+
+    save_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    print_metrics_table(metrics, title=f"{cfg.task_name} metrics")
+    return metrics, objects
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    ddp_hydra.install()
+    apply_extras(cfg)
+    with ddp_hydra.ddp_job_scope():
+        metrics, _ = train(cfg)
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

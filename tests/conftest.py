@@ -1,0 +1,46 @@
+"""Shared fixtures: compose a config exactly as the command line would, writing into a tmp dir."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from imgcls import REPO_ROOT
+from imgcls.utils.hydra_utils import compose_config
+
+# Quiet and quick: no config tree, no live progress bar in captured output.
+QUIET = ["extras.print_config=false", "++callbacks.rich_progress_bar=null"]
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """make_cfg(*overrides, config_name="train") -> a composed config whose run dir is tmp_path."""
+
+    def make(
+        *overrides: str, config_name: str = "train", run_dir: Path | None = None
+    ) -> DictConfig:
+        quiet = QUIET if config_name == "train" else ["extras.print_config=false"]
+        return compose_config(
+            config_name,
+            [f"paths.log_dir={tmp_path / 'logs'}", *quiet, *overrides],
+            output_dir=run_dir or tmp_path / "run",
+        )
+
+    return make
+
+
+def run_cli(script: str, args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python <script> args...` from the repo root, as a user would."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,89 @@
+"""Every option of every config group composes and builds: a new yaml is tested automatically."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from lightning.pytorch import Trainer
+
+from imgcls import CONFIG_DIR
+from imgcls.models.classifier import ImageClassifier
+from imgcls.train import build_components
+
+GROUPS = [
+    "data",
+    "model",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+    "extras",
+    "hydra",
+    "experiment",
+    "debug",
+    "hparams_search",
+]
+# Presets that need hardware this machine lacks are built on the CPU instead.
+NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert options(group), f"configs/{group}/ has no options"
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_option_composes_and_builds(make_cfg, group: str, option: str) -> None:
+    overrides = [f"{group}={option}"]
+    if (group, option) in NEEDS_GPU:
+        overrides.append("trainer.accelerator=cpu")
+    if (group, option) == ("logger", "wandb"):
+        overrides.append("logger.wandb.offline=true")
+    cfg = make_cfg(*overrides)
+    objects = build_components(cfg)
+    assert isinstance(objects["model"], ImageClassifier)
+    assert isinstance(objects["trainer"], Trainer)
+    datamodule, model = objects["datamodule"], objects["model"]
+    assert model.hparams.num_classes == datamodule.num_classes
+    size = cfg.data.image_size
+    logits = model(torch.zeros(2, 3, size, size))
+    assert logits.shape == (2, datamodule.num_classes)
+
+
+@pytest.mark.parametrize("option", options("hparams_search"))
+def test_search_space_names_real_keys(make_cfg, option: str) -> None:
+    """A sweep over a key the config does not have would silently add it: catch the typo here."""
+    from omegaconf import OmegaConf
+
+    cfg = make_cfg(f"hparams_search={option}")
+    search = OmegaConf.load(CONFIG_DIR / "hparams_search" / f"{option}.yaml")
+    for key in search.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, f"{option} searches unknown key {key}"
+
+
+def test_eval_config_composes(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("ckpt_path=x.ckpt", config_name="eval")
+    assert cfg.task_name == "eval"
+    assert cfg.paths.output_dir == str((tmp_path / "run").resolve())
+
+
+def test_typo_in_key_fails_naming_it(make_cfg) -> None:
+    with pytest.raises(ConfigCompositionException, match=r"optimizer\.lrr"):
+        make_cfg("optimizer.lrr=0.1")
+
+
+def test_unknown_group_option_lists_choices(make_cfg) -> None:
+    with pytest.raises(
+        ConfigCompositionException, match=r"(?s)resnett.*Available options.*resnet18"
+    ):
+        make_cfg("model=resnett")
