@@ -1,15 +1,11 @@
 """Shared fixtures: compose a config exactly as the command line would, writing into a tmp dir."""
 
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
-from imgcls import REPO_ROOT
 from imgcls.utils.hydra_utils import compose_config
 
 # Quiet and quick: no config tree, no live progress bar in captured output.
@@ -31,16 +27,3 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         )
 
     return make
-
-
-def run_cli(script: str, args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python <script> args...` from the repo root, as a user would."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / script), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

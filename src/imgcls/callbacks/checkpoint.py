@@ -27,14 +27,20 @@ class CheckpointWithBestLink(ModelCheckpoint):
     def _link_best(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero or not self.best_model_path or self.dirpath is None:
             return
-        best = Path(self.best_model_path)
-        link = Path(self.dirpath) / BEST_NAME
-        if link.is_symlink() and os.readlink(link) == best.name:
+        best, folder = Path(self.best_model_path), Path(self.dirpath)
+        if not best.is_file():
             return
-        staged = link.with_name(f".{BEST_NAME}.tmp")
+        # Relative, so a moved run dir keeps working; the best may sit in the dir of the run this
+        # one resumed from.
+        target = os.path.relpath(best.resolve(), folder.resolve())
+        link = folder / BEST_NAME
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / f".{BEST_NAME}.tmp"
         staged.unlink(missing_ok=True)
         try:
-            staged.symlink_to(best.name)
+            staged.symlink_to(target)
         except OSError:
             shutil.copyfile(best, staged)
         os.replace(staged, link)  # atomic: best.ckpt is never missing or half-written

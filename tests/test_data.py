@@ -1,0 +1,108 @@
+"""The base DataModule (loaders, device-side normalization) and the digits and fake sources."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from imgcls import CONFIG_DIR
+from imgcls.data.digits import DigitsDataModule
+from imgcls.data.fake import FakeDataModule
+
+
+@pytest.fixture(scope="module")
+def digits() -> DigitsDataModule:
+    dm = DigitsDataModule(batch_size=32)
+    dm.setup()
+    return dm
+
+
+def labels_of(dataset) -> torch.Tensor:
+    return dataset.tensors[1]
+
+
+def test_digits_split_sizes_are_stratified_and_disjoint(digits: DigitsDataModule) -> None:
+    train, val, test = (digits.splits.train, digits.splits.val, digits.splits.test)
+    assert (len(train), len(val), len(test)) == (1257, 180, 360)
+    for split in (train, val, test):
+        share = torch.bincount(labels_of(split), minlength=10).float() / len(split)
+        assert share.min() > 0.08
+        assert share.max() < 0.12
+    images = [s.tensors[0].flatten(1) for s in (train, val, test)]
+    # no image of one split appears in another (the scans have no exact duplicates across splits)
+    rows = {tuple(r.tolist()) for r in images[0]}
+    assert not any(tuple(r.tolist()) in rows for r in images[2])
+
+
+def test_digits_split_is_reproducible_and_seeded() -> None:
+    a, b, c = DigitsDataModule(), DigitsDataModule(), DigitsDataModule(split_seed=1)
+    for dm in (a, b, c):
+        dm.setup()
+    assert torch.equal(labels_of(a.splits.test), labels_of(b.splits.test))
+    assert not torch.equal(a.splits.test.tensors[0], c.splits.test.tensors[0])
+
+
+def test_digits_images_are_uint8_32px_rgb(digits: DigitsDataModule) -> None:
+    image, label = digits.splits.train[0]
+    assert image.dtype == torch.uint8
+    assert image.shape == (3, 32, 32)
+    assert torch.equal(image[0], image[1])
+    assert 0 <= int(label) <= 9
+    assert int(image.max()) > 200  # the 0..16 scans are rescaled to the full 0..255 range
+    assert digits.class_names == [str(d) for d in range(10)]
+    assert digits.num_classes == 10
+
+
+def test_digits_config_statistics_match_the_train_split(digits: DigitsDataModule) -> None:
+    cfg = OmegaConf.load(CONFIG_DIR / "data" / "digits.yaml")
+    pixels = digits.splits.train.tensors[0].float() / 255
+    assert cfg.mean[0] == pytest.approx(pixels.mean().item(), abs=0.005)
+    assert cfg.std[0] == pytest.approx(pixels.std().item(), abs=0.005)
+
+
+def test_normalize_matches_the_textbook_formula() -> None:
+    dm = DigitsDataModule(mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 0.125))
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(4)
+    out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
+    mean = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.5, 0.25, 0.125]).view(1, 3, 1, 1)
+    expected = (images.float() / 255 - mean) / std
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected)
+    assert out_labels is labels
+
+
+def test_loaders_batch_shuffle_and_keep_workers_off_for_in_memory(digits: DigitsDataModule) -> None:
+    loader = digits.train_dataloader()
+    images, _labels = next(iter(loader))
+    assert images.dtype == torch.uint8
+    assert images.shape == (32, 3, 32, 32)
+    assert loader.num_workers == 0
+    assert not loader.persistent_workers
+    assert not loader.pin_memory
+    assert loader.drop_last
+    assert not digits.val_dataloader().drop_last
+    first = [next(iter(digits.train_dataloader()))[1] for _ in range(2)]
+    assert not torch.equal(*first)  # reshuffled every epoch
+
+
+def test_loader_keeps_workers_alive_between_epochs() -> None:
+    dm = FakeDataModule(train_size=8, batch_size=4, num_workers=1)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    assert loader.num_workers == 1
+
+
+@pytest.mark.parametrize(("size", "classes"), [(32, 10), (224, 1000), (64, 3)])
+def test_fake_data_shapes_and_labels(size: int, classes: int) -> None:
+    dm = FakeDataModule(num_classes=classes, image_size=size, train_size=6, val_size=3, test_size=3)
+    dm.setup()
+    assert [len(s) for s in (dm.splits.train, dm.splits.val, dm.splits.test)] == [6, 3, 3]
+    image, label = dm.splits.val[0]
+    assert image.dtype == torch.uint8
+    assert image.shape == (3, size, size)
+    assert 0 <= int(label) < classes
+    assert dm.num_classes == classes
+    # deterministic: the same index gives the same image
+    assert torch.equal(dm.splits.val[1][0], dm.splits.val[1][0])
+    assert not torch.equal(dm.splits.train[0][0], dm.splits.val[0][0])

@@ -1,0 +1,153 @@
+"""Nets by name, the classifier's metrics, and optimizer / scheduler construction."""
+
+import pytest
+import torch
+from torch import nn
+
+from imgcls.models.backbones import available_nets, build_net, torchvision_models
+from imgcls.models.classifier import ImageClassifier, accuracy_metrics
+from imgcls.models.nets.resnet_cifar import BasicBlock
+from imgcls.models.optim import build_optimizer, build_scheduler
+from imgcls.utils.errors import UserError
+
+SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
+
+
+@pytest.mark.parametrize("name", ["cifar_quick", "lenet", "resnet_cifar", "resnet18", "vgg11"])
+@pytest.mark.parametrize("size", [32, 64])
+def test_nets_give_one_logit_per_class(name: str, size: int) -> None:
+    net = build_net(name, num_classes=7)
+    assert net(torch.zeros(2, 3, size, size)).shape == (2, 7)
+
+
+def test_every_torchvision_classifier_is_available() -> None:
+    names = torchvision_models()
+    assert {"resnet50", "vgg16", "resnext101_32x8d", "vit_b_16", "convnext_tiny"} <= set(names)
+    assert set(names) <= set(available_nets())
+
+
+def test_torchvision_head_is_sized_for_the_classes() -> None:
+    net = build_net("resnext101_32x8d", num_classes=2)
+    assert net.fc.out_features == 2
+
+
+def test_unknown_net_name_suggests_the_close_one() -> None:
+    with pytest.raises(
+        UserError, match=r"Unknown model\.net\.name='resnet5O'.*Did you mean resnet50"
+    ):
+        build_net("resnet5O", num_classes=10)
+
+
+def test_resnet_cifar_depth_and_residuals() -> None:
+    net = build_net("resnet_cifar", num_classes=10, depth=32)
+    blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 15  # (32 - 2) / 2 residual blocks
+    with pytest.raises(ValueError, match="6n\\+2"):
+        build_net("resnet_cifar", num_classes=10, depth=18)
+    # Last BN zero-initialized: a fresh block is exactly relu(shortcut(x)).
+    block = blocks[0].eval()
+    x = torch.randn(1, 16, 8, 8)
+    torch.testing.assert_close(block(x), torch.relu(x))
+
+
+def test_accuracy_metrics_match_a_hand_computation() -> None:
+    # 4 samples, 7 classes; the true class ranks 1st, 2nd, 6th and 4th.
+    logits = torch.tensor(
+        [
+            [9.0, 1, 2, 3, 4, 5, 6],  # label 0: rank 1
+            [1.0, 9, 8, 3, 4, 5, 6],  # label 2: rank 2
+            [9.0, 8, 7, 6, 5, 1, 0],  # label 5: rank 6
+            [1.0, 2, 9, 8, 7, 3, 0],  # label 5: rank 4
+        ]
+    )
+    labels = torch.tensor([0, 2, 5, 5])
+    metrics = accuracy_metrics(num_classes=7, prefix="test/")
+    metrics.update(logits[:2], labels[:2])
+    metrics.update(logits[2:], labels[2:])
+    result = metrics.compute()
+    assert result["test/acc"].item() == pytest.approx(1 / 4)
+    assert result["test/acc_top5"].item() == pytest.approx(3 / 4)
+
+
+def test_top5_only_with_more_than_five_classes() -> None:
+    assert set(accuracy_metrics(5, "val/").keys()) == {"val/acc"}
+    assert set(accuracy_metrics(6, "val/").keys()) == {"val/acc", "val/acc_top5"}
+
+
+def test_classifier_loss_uses_label_smoothing() -> None:
+    model = ImageClassifier(
+        net={"name": "lenet"}, num_classes=10, optimizer=SGD, label_smoothing=0.1
+    )
+    logits, labels = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+    expected = nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    torch.testing.assert_close(model.criterion(logits, labels), expected)
+
+
+def test_norm_and_bias_can_skip_weight_decay() -> None:
+    net = build_net("resnet_cifar", num_classes=10)
+    plain = build_optimizer(net, SGD)
+    assert len(plain.param_groups) == 1
+    assert plain.param_groups[0]["weight_decay"] == 1e-4
+    split = build_optimizer(net, {**SGD, "no_decay_norm_and_bias": True})
+    decay, free = split.param_groups
+    assert decay["weight_decay"] == 1e-4
+    assert free["weight_decay"] == 0.0
+    n_norm = sum(2 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    assert len(free["params"]) == n_norm + 1  # BN weight+bias, and the fc bias
+    assert all(p.ndim > 1 for p in decay["params"])
+
+
+def lrs(cfg: dict, total_steps: int, max_epochs: int, steps: int) -> list[float]:
+    optimizer = build_optimizer(nn.Linear(2, 2), SGD)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=total_steps, max_epochs=max_epochs)
+    seen = []
+    for _ in range(steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler["scheduler"].step()
+    return seen
+
+
+def test_step_schedule_is_seed_000s() -> None:
+    cfg = {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 5, "gamma": 0.2}
+    seen = lrs(cfg, total_steps=1000, max_epochs=20, steps=11)
+    assert seen[:5] == pytest.approx([0.1] * 5)
+    assert seen[5:10] == pytest.approx([0.02] * 5)
+    assert seen[10] == pytest.approx(0.004)
+
+
+def test_warmup_cosine_ramps_then_decays_per_step() -> None:
+    cfg = {
+        "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "T_max": None,
+        "interval": "step",
+        "warmup_epochs": 1,
+        "warmup_start_factor": 0.01,
+    }
+    # 10 epochs of 10 steps: 10 warmup steps, then 90 of cosine
+    seen = lrs(cfg, total_steps=100, max_epochs=10, steps=100)
+    assert seen[0] == pytest.approx(0.001)
+    assert seen[:10] == sorted(seen[:10])
+    assert seen[10] == pytest.approx(0.1)
+    assert seen[10:] == sorted(seen[10:], reverse=True)
+    assert seen[55] == pytest.approx(0.05, rel=0.02)  # cosine midpoint
+    assert seen[-1] < 0.001
+
+
+def test_onecycle_spans_the_whole_run() -> None:
+    cfg = {
+        "_target_": "torch.optim.lr_scheduler.OneCycleLR",
+        "max_lr": 0.1,
+        "total_steps": None,
+        "pct_start": 0.25,
+        "interval": "step",
+    }
+    seen = lrs(cfg, total_steps=40, max_epochs=4, steps=40)  # stepping past the end would raise
+    assert max(seen) == pytest.approx(0.1)
+    assert seen.index(max(seen)) == 9
+    assert seen[-1] < 1e-3
+
+
+def test_no_scheduler_config_means_constant_lr() -> None:
+    optimizer = build_optimizer(nn.Linear(2, 2), SGD)
+    assert build_scheduler(optimizer, {}, total_steps=10, max_epochs=1) is None

@@ -1,0 +1,102 @@
+"""train(cfg) and evaluate(cfg) in-process: what a run produces, and that the numbers agree."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.eval import evaluate
+from imgcls.train import train
+from imgcls.utils.errors import UserError
+from imgcls.utils.hydra_utils import apply_extras, metric_value
+
+# A small fast net so these tests take seconds, not minutes.
+QUICK = ["model=cifar_quick", "optimizer.lr=0.05"]
+ONE_SHORT_EPOCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
+
+
+def test_fast_dev_run(make_cfg) -> None:
+    metrics, objects = train(make_cfg("debug=fdr"))
+    assert objects["trainer"].fast_dev_run
+    assert {"train/loss", "val/acc", "test/acc", "test/acc_top5"} <= metrics.keys()
+
+
+def test_run_dir_holds_every_artifact(make_cfg, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = make_cfg(*QUICK, "trainer.max_epochs=2", "extras.print_config=true")
+    apply_extras(cfg)
+    metrics, _ = train(cfg)
+    assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert (run / "config_tree.log").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    ckpts = run / "checkpoints"
+    assert {p.name for p in ckpts.iterdir()} == {"epoch_001.ckpt", "best.ckpt", "last.ckpt"}
+    assert (ckpts / "best.ckpt").resolve() == (ckpts / "epoch_001.ckpt").resolve()
+
+
+def test_accuracy_rises_and_eval_reproduces_test_metrics(make_cfg, tmp_path: Path) -> None:
+    metrics, _ = train(make_cfg(*QUICK, "trainer.max_epochs=4"))
+    assert metrics["test/acc"] > 0.8  # chance is 0.1
+    assert metrics["val/acc_best"] >= metrics["val/acc"]
+
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    eval_cfg = make_cfg(f"ckpt_path={best}", config_name="eval", run_dir=tmp_path / "eval")
+    eval_metrics, _ = evaluate(eval_cfg)
+    for name in ("test/acc", "test/acc_top5", "test/loss"):
+        assert eval_metrics[name] == pytest.approx(metrics[name], abs=1e-6), name
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["test/acc"] == pytest.approx(metrics["test/acc"])
+
+
+def test_checkpoint_is_plain_data(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg(*ONE_SHORT_EPOCH))
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["net"] == {"name": "resnet_cifar"}
+    assert isinstance(hparams["optimizer"], dict)
+    assert hparams["class_names"] == [str(d) for d in range(10)]
+    assert hparams["optimizer"]["_target_"] == "torch.optim.SGD"
+
+
+def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
+    _, first = train(make_cfg(*QUICK, "trainer.max_epochs=2", "test=false"))
+    steps_per_epoch = first["trainer"].global_step // 2
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+
+    cfg = make_cfg(
+        *QUICK, "trainer.max_epochs=3", f"ckpt_path={last}", run_dir=tmp_path / "resumed"
+    )
+    _, resumed = train(cfg)
+    trainer = resumed["trainer"]
+    assert trainer.current_epoch == 3
+    assert trainer.global_step == 3 * steps_per_epoch
+    assert (tmp_path / "resumed" / "checkpoints" / "epoch_002.ckpt").is_file()
+
+
+def test_eval_rejects_checkpoint_for_other_classes(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg(*ONE_SHORT_EPOCH))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = make_cfg(f"ckpt_path={last}", "data=fake", "data.num_classes=7", config_name="eval")
+    with pytest.raises(UserError, match="trained on 10 classes"):
+        evaluate(cfg)
+
+
+def test_eval_without_checkpoint_says_what_to_pass(make_cfg, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="ckpt_path="):
+        evaluate(make_cfg(config_name="eval"))
+    with pytest.raises(UserError, match="No checkpoint at"):
+        evaluate(make_cfg(f"ckpt_path={tmp_path}/nope.ckpt", config_name="eval"))
+
+
+def test_unknown_optimized_metric_is_reported(make_cfg) -> None:
+    with pytest.raises(UserError, match="val/acc_best"):
+        metric_value({"val/acc_best": 0.9}, "val/accuracy")
+
+
+@pytest.mark.slow
+def test_default_run_reaches_95_percent(make_cfg) -> None:
+    """`python train.py` as shipped: the embedded digits with the default model and recipe."""
+    metrics, _ = train(make_cfg())
+    assert metrics["test/acc"] >= 0.95
