@@ -22,6 +22,29 @@ def test_fast_dev_run(make_cfg) -> None:
     assert {"train/loss", "val/acc", "test/acc", "test/acc_top5"} <= metrics.keys()
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer=adamw", "optimizer.lr=3e-4", "scheduler=warmup_cosine"],
+        ["scheduler=onecycle"],
+        ["scheduler=step", "scheduler.step_size=1"],
+        ["scheduler=none", "optimizer=adam", "optimizer.no_decay_norm_and_bias=true"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_optimizer_and_schedule_drive_training(make_cfg, overrides: list[str]) -> None:
+    cfg = make_cfg(*QUICK, "trainer.max_epochs=2", "+trainer.limit_train_batches=4", *overrides)
+    _, objects = train(cfg)
+    trainer = objects["trainer"]
+    assert trainer.global_step == 8
+    lr_now = trainer.optimizers[0].param_groups[0]["lr"]
+    lr_set = cfg.optimizer.lr
+    if cfg.scheduler.get("_target_"):
+        assert lr_now != pytest.approx(lr_set)  # the schedule moved the lr
+    else:
+        assert lr_now == pytest.approx(lr_set)
+
+
 def test_run_dir_holds_every_artifact(make_cfg, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = make_cfg(*QUICK, "trainer.max_epochs=2", "extras.print_config=true")
