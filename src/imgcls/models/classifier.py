@@ -67,7 +67,10 @@ class ImageClassifier(LightningModule):
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+        loss = self._shared_step(batch, "train")
+        # A step-level curve for the loggers: read only every trainer.log_every_n_steps steps.
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
+        return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
