@@ -27,3 +27,6 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         )
 
     return make
+
+
+pytest_plugins = ["tests.data_factory"]

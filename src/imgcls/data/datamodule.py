@@ -1,11 +1,13 @@
 """The one LightningDataModule every data source builds on.
 
 A source only says how to build its train/val/test datasets (`build_splits`) and what its classes
-are. Everything else lives here once: loaders, worker settings, and normalization. Datasets yield
-uint8 CHW images; batches travel to the device as uint8 (4x less to copy than float32) and are
-converted and normalized there, in `on_after_batch_transfer`.
+are. Everything else lives here once: the augmentation preset, loaders and worker budget, and the
+device side. Datasets yield uint8 CHW images; batches travel to the device as uint8 (4x less to
+copy than float32) and are augmented (per-image random, batched), normalized and mixed
+(MixUp / CutMix) there, in `on_after_batch_transfer`.
 """
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,10 +15,14 @@ from dataclasses import dataclass
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from imgcls.data.transforms import Pipeline, build_pipeline
 
 # torchvision's ImageNet statistics: the default for photos and for pretrained backbones.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_AUTO_WORKERS = 8
 
 
 @dataclass
@@ -26,21 +32,41 @@ class Splits:
     test: Dataset
 
 
+def auto_workers(devices: int = 1) -> int:
+    """Loader workers per device process: the CPUs it may use, one left for the main process."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_AUTO_WORKERS, (cpus or 1) // max(1, devices) - 1))
+
+
 class ImageDataModule(LightningDataModule, ABC):
-    """Loaders and device-side normalization shared by every data source.
+    """Loaders, augmentation and device-side normalization shared by every data source.
 
     `batch_size` is per device: with DDP on N devices the global batch is N * batch_size.
+    `num_workers: auto` gives file-based data a worker budget from the CPU count per device and
+    in-memory data none (its augmentation runs on the device).
     """
+
+    #: True where build_splits returns images already decoded into memory at one size.
+    in_memory: bool = False
+    #: the one size all images have, where they do: the default crop and eval sizes.
+    native_size: int | None = None
 
     def __init__(
         self,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         persistent_workers: bool = True,
         pin_memory: bool = True,
+        prefetch_factor: int = 2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        augment: str = "none",
+        train_crop: int | None = None,
+        eval_resize: int | None = None,
+        eval_crop: int | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -48,9 +74,16 @@ class ImageDataModule(LightningDataModule, ABC):
         self.num_workers = num_workers
         self.persistent_workers = persistent_workers
         self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.augment = augment
+        self.crop_sizes = (train_crop, eval_resize, eval_crop)
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
         self.splits: Splits | None = None
+        self._pipeline: Pipeline | None = None
+        self._batch_mix: v2.Transform | None = None
         self._scale_shift: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -64,21 +97,51 @@ class ImageDataModule(LightningDataModule, ABC):
 
     @abstractmethod
     def build_splits(self) -> Splits:
-        """Build the train/val/test datasets, yielding (uint8 CHW image, int label)."""
+        """Build the train/val/test datasets, yielding (uint8 CHW image, int label). File-based
+        sources apply `self.pipeline.train_worker` / `eval_worker` per image."""
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = build_pipeline(
+                self.augment, self.in_memory, *self.crop_sizes, native_size=self.native_size
+            )
+        return self._pipeline
+
+    @property
+    def batch_mix(self) -> v2.Transform | None:
+        """MixUp and/or CutMix (one of them per batch when both are on), or None."""
+        if self._batch_mix is None and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            mixes = []
+            if self.mixup_alpha > 0:
+                mixes.append(v2.MixUp(alpha=self.mixup_alpha, num_classes=self.num_classes))
+            if self.cutmix_alpha > 0:
+                mixes.append(v2.CutMix(alpha=self.cutmix_alpha, num_classes=self.num_classes))
+            self._batch_mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+        return self._batch_mix
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.splits = self.build_splits()
 
+    def resolved_workers(self) -> int:
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        if self.in_memory:
+            return 0
+        return auto_workers(self.trainer.num_devices if self.trainer is not None else 1)
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        workers = self.resolved_workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
             pin_memory=self.pin_memory and on_cuda,
         )
 
@@ -96,9 +159,7 @@ class ImageDataModule(LightningDataModule, ABC):
         return getattr(self.splits, name)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [0, 255] -> float, (x / 255 - mean) / std folded into one multiply-add."""
-        if images.dtype != torch.uint8:
-            return images
+        """[0, 255] -> (x / 255 - mean) / std, folded into one multiply-add."""
         device = images.device
         if device not in self._scale_shift:
             mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
@@ -109,4 +170,11 @@ class ImageDataModule(LightningDataModule, ABC):
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         images, labels = batch
-        return self.normalize(images), labels
+        training = self.trainer is not None and self.trainer.training
+        augment = self.pipeline.train_device if training else self.pipeline.eval_device
+        if augment is not None:
+            images = augment(images.float())
+        images = self.normalize(images)
+        if training and self.batch_mix is not None:
+            images, labels = self.batch_mix(images, labels)
+        return images, labels

@@ -23,6 +23,8 @@ def load_digit_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class DigitsDataModule(ImageDataModule):
+    in_memory = True
+
     def __init__(
         self,
         image_size: int = 32,
@@ -32,7 +34,7 @@ class DigitsDataModule(ImageDataModule):
         **loader_kwargs,
     ) -> None:
         super().__init__(**loader_kwargs)
-        self.image_size = image_size
+        self.native_size = image_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
@@ -42,7 +44,7 @@ class DigitsDataModule(ImageDataModule):
         return [str(d) for d in range(10)]
 
     def build_splits(self) -> Splits:
-        images, labels = load_digit_images(self.image_size)
+        images, labels = load_digit_images(self.native_size)
         index = torch.arange(len(labels)).numpy()
         rest, test = train_test_split(
             index, test_size=self.test_fraction, stratify=labels, random_state=self.split_seed

@@ -20,7 +20,8 @@ class FakeDataModule(ImageDataModule):
         super().__init__(**loader_kwargs)
         self._num_classes = num_classes
         self.image_shape = (channels, image_size, image_size)
-        self.sizes = (train_size, val_size, test_size)
+        self.native_size = image_size
+        self.split_sizes = (train_size, val_size, test_size)
 
     @property
     def class_names(self) -> list[str]:
@@ -28,16 +29,17 @@ class FakeDataModule(ImageDataModule):
 
     def build_splits(self) -> Splits:
         # Each split draws from its own offset so no image appears in two splits.
-        offsets = (0, self.sizes[0], self.sizes[0] + self.sizes[1])
+        offsets = (0, self.split_sizes[0], self.split_sizes[0] + self.split_sizes[1])
+        transforms = (self.pipeline.train_worker, self.pipeline.eval_worker, self.pipeline.eval_worker)
         return Splits(
             *(
                 FakeData(
                     size=size,
                     image_size=self.image_shape,
                     num_classes=self._num_classes,
-                    transform=v2.PILToTensor(),
+                    transform=v2.Compose([v2.PILToTensor(), transform]),
                     random_offset=offset,
                 )
-                for size, offset in zip(self.sizes, offsets, strict=True)
+                for size, offset, transform in zip(self.split_sizes, offsets, transforms, strict=True)
             )
         )

@@ -55,7 +55,11 @@ class ImageClassifier(LightningModule):
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         images, labels = batch
         logits = self(images)
-        loss = self.criterion(logits, labels)
+        loss = self.criterion(
+            logits, labels
+        )  # labels are class indices, or MixUp/CutMix soft targets
+        if labels.ndim == 2:
+            labels = labels.argmax(dim=1)  # accuracy against the dominant class
         # Metric objects are updated here and computed (and DDP-synced) once, at epoch end:
         # nothing in the step waits on the device.
         mean_loss = getattr(self, f"{stage}_loss")

@@ -1,0 +1,86 @@
+"""Read any image file people really have into a uint8 RGB CHW tensor, or say why not.
+
+JPEG and PNG go through torchvision.io (libjpeg-turbo / libpng straight into a tensor, EXIF
+rotation applied, grayscale / CMYK / palette / alpha converted to RGB, 16-bit scaled to 8-bit).
+A JPEG much larger than needed is decoded at reduced size by libjpeg's DCT scaling (PIL's
+`draft`), which is several times faster than decoding it whole and resizing. Other formats go
+through PIL. Anything that cannot be read raises BadImageError with the reason.
+"""
+
+import io
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+TORCHVISION_FORMATS = {"JPEG", "PNG"}
+# Lower-case suffixes PIL can read; anything else in a class folder is not an image.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class BadImageError(Exception):
+    """A file that is not a readable image (empty, truncated, not an image, too large)."""
+
+
+def _header(data: bytes) -> tuple[str, tuple[int, int]]:
+    if not data:
+        raise BadImageError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # parses the header only
+            format_, size = image.format, image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise BadImageError("not an image file (no known image format)") from err
+    if size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
+        raise BadImageError(
+            f"{size[0]}x{size[1]} pixels is over PIL's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS} pixels)"
+        )
+    return format_, size
+
+
+def _decode_torchvision(data: bytes) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders in favour of torchcodec; they still work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        image = decode_image(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.RGB,
+            apply_exif_orientation=True,
+        )
+    if image.dtype == torch.uint16:
+        image = (image >> 8).to(torch.uint8)
+    return image
+
+
+def _decode_pil(data: bytes, draft_size: tuple[int, int] | None = None) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as image:
+        if draft_size is not None:
+            image.draft("RGB", draft_size)
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            image = image.point(lambda v: v / 256).convert("L")  # 16-bit grey to 8-bit
+        if image.mode in ("P", "PA", "LA"):
+            image = image.convert("RGBA")
+        return pil_to_tensor(image.convert("RGB"))
+
+
+def read_rgb(path: str | Path, min_side: int | None = None) -> torch.Tensor:
+    """The image at `path` as uint8 (3, H, W); decoded smaller, but with H, W >= min_side, when
+    the file is a JPEG at least twice that size."""
+    data = Path(path).read_bytes()
+    format_, (width, height) = _header(data)
+    try:
+        if format_ == "JPEG" and min_side and min(width, height) >= 2 * min_side:
+            scale = min_side / min(width, height)
+            return _decode_pil(data, (round(width * scale), round(height * scale)))
+        if format_ in TORCHVISION_FORMATS:
+            try:
+                return _decode_torchvision(data)
+            except RuntimeError:
+                pass  # a variant libjpeg/libpng reject but PIL reads: try PIL before giving up
+        return _decode_pil(data)
+    except (OSError, SyntaxError, ValueError, RuntimeError) as err:
+        raise BadImageError(f"cannot decode ({err})") from err

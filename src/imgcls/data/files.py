@@ -1,0 +1,117 @@
+"""Image files on disk: finding them in class folders, reading them, splitting them.
+
+Hidden files (.DS_Store, ._photo.jpg) and files without an image suffix are not images and are
+passed over; suffixes match in any case (.JPG). Empty files and unreadable images are "bad":
+with `on_bad_image="skip"` each is logged, listed in `bad_images.txt` and replaced by the next
+readable image, so a bad file met in epoch 37 costs one line in a log, not the run; with
+"error" the first one stops the run, naming the file.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from imgcls.data.decode import IMAGE_SUFFIXES, BadImageError, read_rgb
+from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+BAD_POLICIES = ("skip", "error")
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def class_folders(root: Path) -> list[str]:
+    """The sorted names of the visible sub-folders of root: one class each."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image file below folder (recursively), in a stable order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / f for f in filenames if is_image_name(f)]
+    return sorted(found)
+
+
+def scan_samples(root: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
+    """(path, label) for every image in root/<class>/ for the given classes."""
+    samples = []
+    for label, name in enumerate(classes):
+        if (root / name).is_dir():
+            samples += [(str(p), label) for p in list_images(root / name)]
+    return samples
+
+
+def stratified_split(
+    labels: Sequence[int], fractions: Sequence[float], seed: int
+) -> list[list[int]]:
+    """Split indices into len(fractions) parts, each class divided in the same proportions,
+    reproducibly for a given seed (the first part takes what rounding leaves over)."""
+    total = sum(fractions)
+    parts: list[list[int]] = [[] for _ in fractions]
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        counts = [round(len(members) * f / total) for f in fractions[1:]]
+        start = len(members) - sum(counts)
+        parts[0] += order[:start]
+        for part, count in zip(parts[1:], counts, strict=True):
+            part += order[start : start + count]
+            start += count
+    return [sorted(p) for p in parts]
+
+
+class ImageFileDataset(Dataset):
+    """(path, label) samples read as uint8 RGB tensors, then `transform`ed."""
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        transform: Callable | None = None,
+        min_side: int | None = None,
+        on_bad_image: str = "skip",
+        bad_images_file: str | Path | None = None,
+    ) -> None:
+        if on_bad_image not in BAD_POLICIES:
+            raise UserError(f"data.on_bad_image must be one of {BAD_POLICIES}, got {on_bad_image!r}")
+        self.samples = list(samples)
+        self.transform = transform
+        self.min_side = min_side
+        self.on_bad_image = on_bad_image
+        self.bad_images_file = Path(bad_images_file) if bad_images_file else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                image = read_rgb(path, self.min_side)
+            except (BadImageError, OSError) as err:
+                self._bad(path, str(err))
+                continue
+            return (self.transform(image) if self.transform else image), label
+        raise UserError("No readable image in the dataset: every file is bad (see bad_images.txt).")
+
+    def _bad(self, path: str, reason: str) -> None:
+        if self.on_bad_image == "error":
+            raise UserError(
+                f"Bad image {path}: {reason}. Fix or remove it, or set data.on_bad_image=skip."
+            )
+        log.warning(f"Skipping bad image {path}: {reason}")
+        if self.bad_images_file is not None:
+            self.bad_images_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.bad_images_file, "a") as f:  # one short append: safe across workers
+                f.write(f"{path}\t{reason}\n")

@@ -1,0 +1,155 @@
+"""Any image-folder tree (`data=folder data.root=DIR`), in one of two layouts:
+
+- DIR/train/<class>/*.jpg, optionally DIR/val/<class>/ and DIR/test/<class>/: missing splits are
+  carved from train;
+- DIR/<class>/*.jpg only: split into train/val/test by `split` (default 0.7/0.2/0.1).
+
+Carving is stratified by class and fixed by `split_seed`; the resulting split is saved as
+`split.csv` in the run dir. Class names are the folder names, sorted; folders with no image
+are left out with a warning.
+"""
+
+import csv
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, TensorDataset
+
+from imgcls.data.datamodule import ImageDataModule, Splits, auto_workers
+from imgcls.data.files import (
+    ImageFileDataset,
+    class_folders,
+    list_images,
+    scan_samples,
+    stratified_split,
+)
+from imgcls.data.transforms import resize_center_crop
+from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+SPLIT_NAMES = ("train", "val", "test")
+LAYOUTS = (
+    "DIR/train/<class>/<image> (optionally DIR/val/<class>/..., DIR/test/<class>/...), "
+    "or DIR/<class>/<image>"
+)
+
+
+class FolderDataModule(ImageDataModule):
+    def __init__(
+        self,
+        root: str,
+        split: tuple[float, float, float] = (0.7, 0.2, 0.1),
+        split_seed: int = 0,
+        in_memory: bool = False,
+        on_bad_image: str = "skip",
+        artifacts_dir: str | None = None,
+        **loader_kwargs,
+    ) -> None:
+        super().__init__(**loader_kwargs)
+        self.root = Path(root).expanduser()
+        self.split = tuple(split)
+        self.split_seed = split_seed
+        self.in_memory = in_memory
+        self.on_bad_image = on_bad_image
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+
+    # -- layout ----------------------------------------------------------------------------
+    def split_dirs(self) -> dict[str, Path | None]:
+        """The folder of each split, None where it is to be carved from train."""
+        if not self.root.is_dir():
+            raise UserError(f"data.root={self.root} is not a directory. Expected {LAYOUTS}.")
+        if (self.root / "train").is_dir():
+            return {s: self.root / s if (self.root / s).is_dir() else None for s in SPLIT_NAMES}
+        return {"train": self.root, "val": None, "test": None}
+
+    @cached_property
+    def class_dirs(self) -> list[str]:
+        """Sub-folders of the train folder that hold at least one image, sorted."""
+        train_dir = self.split_dirs()["train"]
+        folders = class_folders(train_dir)
+        kept = [name for name in folders if list_images(train_dir / name)]
+        for empty in sorted(set(folders) - set(kept)):
+            log.warning(f"Class folder {train_dir / empty} has no images: left out.")
+        if not kept:
+            raise UserError(f"No class folders with images under {train_dir}. Expected {LAYOUTS}.")
+        return kept
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.class_dirs
+
+    # -- splits ----------------------------------------------------------------------------
+    def split_samples(self) -> dict[str, list[tuple[str, int]]]:
+        dirs = self.split_dirs()
+        samples = {s: scan_samples(d, self.class_dirs) for s, d in dirs.items() if d is not None}
+        missing = [s for s in SPLIT_NAMES if dirs[s] is None]
+        if missing:
+            fractions = [self.split[SPLIT_NAMES.index(s)] for s in ("train", *missing)]
+            train = samples["train"]
+            parts = stratified_split([label for _, label in train], fractions, self.split_seed)
+            for name, part in zip(("train", *missing), parts, strict=True):
+                samples[name] = [train[i] for i in part]
+            self.save_split(samples)
+        for name, found in samples.items():
+            if not found:
+                raise UserError(f"The {name} split of {self.root} has no images. Expected {LAYOUTS}.")
+        return samples
+
+    @rank_zero_only
+    def save_split(self, samples: dict[str, list[tuple[str, int]]]) -> None:
+        if self.artifacts_dir is None:
+            return
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.artifacts_dir / "split.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["split", "path", "label", "class"])
+            for name in SPLIT_NAMES:
+                writer.writerows((name, p, y, self.class_names[y]) for p, y in samples[name])
+
+    def _dataset(self, samples: list[tuple[str, int]], train: bool) -> ImageFileDataset:
+        pipeline = self.pipeline
+        return ImageFileDataset(
+            samples,
+            transform=pipeline.train_worker if train else pipeline.eval_worker,
+            min_side=pipeline.train_crop if train else pipeline.eval_resize,
+            on_bad_image=self.on_bad_image,
+            bad_images_file=self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None,
+        )
+
+    def _load_into_memory(self, samples: list[tuple[str, int]]) -> TensorDataset:
+        """Decode every image once, at the eval resize, into one uint8 tensor."""
+        size = self.pipeline.eval_resize
+        dataset = ImageFileDataset(
+            samples,
+            transform=resize_center_crop(size, size),
+            min_side=size,
+            on_bad_image=self.on_bad_image,
+            bad_images_file=self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None,
+        )
+        workers = auto_workers() if self.num_workers == "auto" else int(self.num_workers)
+        batches = list(DataLoader(dataset, batch_size=256, num_workers=workers))
+        images = torch.cat([b[0] for b in batches])
+        labels = torch.cat([b[1] for b in batches])
+        return TensorDataset(images, labels)
+
+    def build_splits(self) -> Splits:
+        samples = self.split_samples()
+        if self.in_memory:
+            return Splits(*(self._load_into_memory(samples[s]) for s in SPLIT_NAMES))
+        return Splits(*(self._dataset(samples[s], train=s == "train") for s in SPLIT_NAMES))
+
+    def teardown(self, stage: str) -> None:
+        report_bad_images(self.artifacts_dir)
+
+
+@rank_zero_only
+def report_bad_images(artifacts_dir: Path | None) -> None:
+    listing = artifacts_dir / "bad_images.txt" if artifacts_dir else None
+    if listing is None or not listing.is_file():
+        return
+    paths = {line.split("\t", 1)[0] for line in listing.read_text().splitlines() if line}
+    log.warning(f"Skipped {len(paths)} bad image file(s); they are listed in {listing}.")
+

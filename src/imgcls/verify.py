@@ -1,0 +1,80 @@
+"""Scan a dataset up front: `imgcls-verify data=folder data.root=DIR`.
+
+Decodes every image of every split exactly as training would, and prints a table of the files
+that cannot be read and why; also written to `problems.csv` in the run dir. Exit code 1 if any,
+so it can guard a data pipeline. Training itself skips such files (`data.on_bad_image=skip`).
+"""
+
+import csv
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from imgcls import CONFIG_DIR
+from imgcls.data.datamodule import auto_workers
+from imgcls.data.decode import BadImageError, read_rgb
+from imgcls.data.files import class_folders
+from imgcls.data.folder import FolderDataModule
+from imgcls.utils.errors import UserError
+from imgcls.utils.hydra_utils import instantiate, report_user_errors
+
+
+def problem(path: str) -> str | None:
+    try:
+        read_rgb(path)
+    except (BadImageError, OSError) as err:
+        return str(err)
+    return None
+
+
+def find_problems(datamodule: FolderDataModule) -> list[tuple[str, str]]:
+    """(path, reason) for every unreadable image and every class folder without images."""
+    dirs = {d for d in datamodule.split_dirs().values() if d is not None}
+    problems = [
+        (str(d / name), "class folder has no images")
+        for d in sorted(dirs)
+        for name in sorted(set(class_folders(d)) - set(datamodule.class_dirs))
+    ]
+    paths = sorted({p for samples in datamodule.split_samples().values() for p, _ in samples})
+    with ProcessPoolExecutor(max_workers=auto_workers() + 1) as pool:
+        reasons = pool.map(problem, paths, chunksize=64)
+        problems += [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+    return problems
+
+
+def verify(cfg: DictConfig) -> list[tuple[str, str]]:
+    datamodule = instantiate(cfg.data)
+    if not isinstance(datamodule, FolderDataModule):
+        raise UserError(f"{cfg.data._target_} is not read from image files: nothing to verify.")
+    problems = find_problems(datamodule)
+    console = Console()
+    if problems:
+        table = Table(title=f"{len(problems)} problem(s) in {datamodule.root}")
+        table.add_column("file", style="cyan", overflow="fold")
+        table.add_column("problem", style="red")
+        for path, reason in problems:
+            table.add_row(path, reason)
+        console.print(table)
+        out = Path(cfg.paths.output_dir) / "problems.csv"
+        with open(out, "w", newline="") as f:
+            csv.writer(f).writerows([("path", "problem"), *problems])
+        console.print(f"Written to {out}")
+    else:
+        console.print(f"[green]All images under {datamodule.root} read correctly.")
+    return problems
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="verify")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    if verify(cfg):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

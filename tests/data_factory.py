@@ -1,0 +1,69 @@
+"""Tiny datasets written to disk in the layouts real ones use, for tests."""
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from torchvision.datasets import CIFAR10, CIFAR100
+
+IMAGENET_WNIDS = ("n01440764", "n01443537", "n01484850")  # tench, goldfish, great white shark
+
+
+def write_cifar(
+    root: Path, num_classes: int = 10, per_class: int = 6, test_per_class: int = 2
+) -> Path:
+    """CIFAR-10/100 python-format batches with random pixels; class c's images are all ~c*20."""
+    dataset = CIFAR10 if num_classes == 10 else CIFAR100
+    folder = root / dataset.base_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = "labels" if num_classes == 10 else "fine_labels"
+    rng = np.random.default_rng(0)
+
+    def batch(per: int) -> dict:
+        labels = np.repeat(np.arange(num_classes), per)
+        data = rng.integers(0, 30, (len(labels), 3072)) + (labels[:, None] * 20 % 220)
+        return {"data": data.astype(np.uint8), label_key: labels.tolist()}
+
+    train_files = [name for name, _ in dataset.train_list]
+    for name in train_files:  # every training batch holds per_class/len(files) of each class
+        (folder / name).write_bytes(pickle.dumps(batch(per_class // len(train_files) or 1)))
+    for name, _ in dataset.test_list:
+        (folder / name).write_bytes(pickle.dumps(batch(test_per_class)))
+    names = [f"class{c}" for c in range(num_classes)]
+    meta_key = dataset.meta["key"]
+    (folder / dataset.meta["filename"]).write_bytes(pickle.dumps({meta_key: names}))
+    return root
+
+
+@pytest.fixture
+def fake_cifar_integrity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our tiny batches have other checksums than the real ones: accept them."""
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args: True)
+
+
+def write_image(path: Path, color: Sequence[int], size: tuple[int, int] = (40, 30), **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    pixels = np.clip(np.array(color) + rng.integers(-10, 10, (size[1], size[0], 3)), 0, 255)
+    Image.fromarray(pixels.astype(np.uint8)).save(path, **kw)
+    return path
+
+
+def write_class_tree(
+    root: Path, classes: Sequence[str], per_class: int, suffix: str = ".jpg"
+) -> Path:
+    """root/<class>/<i><suffix>, each class its own colour so a net can tell them apart."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write_image(root / name / f"{i:03d}{suffix}", ((60 * c) % 256, 255 - 50 * c, 128))
+    return root
+
+
+def write_imagenet(root: Path, train_per_class: int = 4, val_per_class: int = 2) -> Path:
+    write_class_tree(root / "train", IMAGENET_WNIDS, train_per_class, ".JPEG")
+    write_class_tree(root / "val", IMAGENET_WNIDS, val_per_class, ".JPEG")
+    return root
