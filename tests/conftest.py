@@ -9,7 +9,10 @@ from omegaconf import DictConfig
 from imgcls.utils.hydra_utils import compose_config
 
 # Quiet and quick: no config tree, no live progress bar in captured output.
-QUIET = ["extras.print_config=false", "++callbacks.rich_progress_bar=null"]
+QUIET = {
+    "train": ["extras.print_config=false", "++callbacks.rich_progress_bar=null"],
+    "eval": ["extras.print_config=false"],
+}
 
 
 @pytest.fixture
@@ -19,7 +22,7 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     def make(
         *overrides: str, config_name: str = "train", run_dir: Path | None = None
     ) -> DictConfig:
-        quiet = QUIET if config_name == "train" else ["extras.print_config=false"]
+        quiet = QUIET.get(config_name, [])
         return compose_config(
             config_name,
             [f"paths.log_dir={tmp_path / 'logs'}", *quiet, *overrides],

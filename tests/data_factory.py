@@ -1,6 +1,7 @@
 """Tiny datasets written to disk in the layouts real ones use, for tests."""
 
 import pickle
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import pytest
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
+PALETTE = (
+    (220, 40, 40),
+    (40, 200, 40),
+    (40, 40, 220),
+    (220, 220, 40),
+    (40, 220, 220),
+    (200, 40, 200),
+)
 IMAGENET_WNIDS = ("n01440764", "n01443537", "n01484850")  # tench, goldfish, great white shark
 
 
@@ -47,7 +56,7 @@ def fake_cifar_integrity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def write_image(path: Path, color: Sequence[int], size: tuple[int, int] = (40, 30), **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(path).encode()))  # same noise in every process
     pixels = np.clip(np.array(color) + rng.integers(-10, 10, (size[1], size[0], 3)), 0, 255)
     Image.fromarray(pixels.astype(np.uint8)).save(path, **kw)
     return path
@@ -58,8 +67,9 @@ def write_class_tree(
 ) -> Path:
     """root/<class>/<i><suffix>, each class its own colour so a net can tell them apart."""
     for c, name in enumerate(classes):
+        colour = PALETTE[c % len(PALETTE)]
         for i in range(per_class):
-            write_image(root / name / f"{i:03d}{suffix}", ((60 * c) % 256, 255 - 50 * c, 128))
+            write_image(root / name / f"{i:03d}{suffix}", colour)
     return root
 
 

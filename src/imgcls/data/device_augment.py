@@ -31,7 +31,7 @@ class RandomAffineBatch(nn.Module):
     """Random resized crop (area fraction in `scale`, aspect in `ratio`; none when `scale` is
     None), integer shift up to `shift` px with zero fill (the pad-and-crop of CIFAR training),
     horizontal flip and rotation up to `degrees`, per image, to `size` x `size` (or the input's
-    size when None)."""
+    size when None). `interpolation`: "bilinear", or "nearest" as torchvision's RandomRotation."""
 
     def __init__(
         self,
@@ -41,10 +41,12 @@ class RandomAffineBatch(nn.Module):
         shift: int = 0,
         flip: bool = True,
         degrees: float = 0.0,
+        interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
         self.size, self.scale, self.ratio = size, scale, ratio
         self.shift, self.flip, self.degrees = shift, flip, degrees
+        self.interpolation = interpolation
 
     def theta(self, n: int, height: int, width: int, device: torch.device) -> Tensor:
         """(n, 2, 3) maps from output to input coordinates, in grid_sample's [-1, 1] units."""
@@ -80,7 +82,9 @@ class RandomAffineBatch(nn.Module):
         out_h, out_w = (self.size, self.size) if self.size else (height, width)
         theta = self.theta(n, height, width, images.device).to(images.dtype)
         grid = F.affine_grid(theta, [n, channels, out_h, out_w], align_corners=False)
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return F.grid_sample(
+            images, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False
+        )
 
 
 class ColorJitterBatch(nn.Module):

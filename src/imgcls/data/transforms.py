@@ -108,5 +108,7 @@ def build_pipeline(
             ]
         ),
     }[augment]
-    train_device = nn.Sequential(RandomAffineBatch(flip=False, degrees=10), jitter) if jitter else None
+    # seed 000's RandomRotation(10) samples nearest-neighbour; so does ours
+    rotate = RandomAffineBatch(flip=False, degrees=10, interpolation="nearest")
+    train_device = nn.Sequential(rotate, jitter) if jitter else None
     return Pipeline(train_worker, eval_transform, train_device, None, crop, resize, eval_crop)
