@@ -28,12 +28,12 @@ GROUPS = [
 ]
 # Presets that need hardware this machine lacks are built on the CPU instead.
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
-# Data options that read files: a tiny stand-in is written for them.
+# Data sources that read files, by target: a tiny stand-in is written for them.
 DATA_ON_DISK = {
-    "cifar10": lambda root: write_cifar(root, 10),
-    "cifar100": lambda root: write_cifar(root, 100),
-    "folder": lambda root: write_class_tree(root, ["cat", "dog"], per_class=10),
-    "imagenet": write_imagenet,
+    "imgcls.data.cifar.CIFAR10DataModule": lambda root: write_cifar(root, 10),
+    "imgcls.data.cifar.CIFAR100DataModule": lambda root: write_cifar(root, 100),
+    "imgcls.data.folder.FolderDataModule": lambda root: write_class_tree(root, ["a", "b"], 10),
+    "imgcls.data.imagenet.ImageNetDataModule": write_imagenet,
 }
 
 
@@ -54,8 +54,9 @@ def test_option_composes_and_builds(
     make_cfg, tmp_path: Path, fake_cifar_integrity, group: str, option: str
 ) -> None:
     overrides = [f"{group}={option}"]
-    if group == "data" and option in DATA_ON_DISK:
-        overrides.append(f"data.root={DATA_ON_DISK[option](tmp_path / 'data')}")
+    target = make_cfg(*overrides).data._target_
+    if target in DATA_ON_DISK:
+        overrides.append(f"data.root={DATA_ON_DISK[target](tmp_path / 'data')}")
     if (group, option) in NEEDS_GPU:
         overrides.append("trainer.accelerator=cpu")
     if (group, option) == ("logger", "wandb"):

@@ -4,6 +4,8 @@
 directly); `main()` is the command line and returns the value a sweeper optimizes.
 """
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics |= scalar_metrics(trainer.callback_metrics)
 
+    # Every rank, into its own log (train.log, train_rank1.log): synced metrics must agree.
+    logging.getLogger(__name__).info(f"rank {trainer.global_rank} metrics: {json.dumps(metrics)}")
     save_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     print_metrics_table(metrics, title=f"{cfg.task_name} metrics")
     return metrics, objects

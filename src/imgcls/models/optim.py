@@ -3,6 +3,8 @@
 Both are torch classes named by `_target_`; the keys below are ours and are consumed here:
 - optimizer `no_decay_norm_and_bias`: no weight decay on norm weights and biases (torchvision's
   `--norm-weight-decay 0`), where decay only fights the normalization it rescales.
+- optimizer `scale_lr: linear` with `reference_batch` (256): lr x global batch / reference batch
+  (Goyal et al. 2017), so a recipe's lr carries over to any number of devices.
 - scheduler `interval` (`epoch` or `step`), `warmup_epochs` and `warmup_start_factor` (a LinearLR
   warmup chained before the main scheduler), and a `null` `T_max` / `total_steps`, which means
   "the rest of the run", computed from the trainer once the data is known.
@@ -17,6 +19,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
 
 from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 RUN_LENGTH_KEYS = ("T_max", "total_steps")
@@ -35,10 +40,26 @@ def param_groups(model: nn.Module, exclude_norm_and_bias: bool) -> list[dict[str
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> Optimizer:
+def scaled_lr(lr: float, rule: str | None, global_batch: int | None, reference_batch: int) -> float:
+    if rule in (None, "none"):
+        return lr
+    if rule != "linear":
+        raise UserError(f"optimizer.scale_lr must be null or 'linear', got {rule!r}")
+    if not global_batch:
+        raise UserError("optimizer.scale_lr=linear needs the batch size of a datamodule.")
+    new_lr = lr * global_batch / reference_batch
+    log.info(f"lr {lr:g} x global batch {global_batch} / {reference_batch} = {new_lr:g}")
+    return new_lr
+
+
+def build_optimizer(
+    model: nn.Module, cfg: dict[str, Any], global_batch: int | None = None
+) -> Optimizer:
     kwargs = dict(cfg)
     optimizer_class = get_class(kwargs.pop("_target_"))
     groups = param_groups(model, kwargs.pop("no_decay_norm_and_bias", False))
+    rule, reference = kwargs.pop("scale_lr", None), kwargs.pop("reference_batch", 256)
+    kwargs["lr"] = scaled_lr(kwargs["lr"], rule, global_batch, reference)
     return optimizer_class(groups, **kwargs)
 
 

@@ -1,0 +1,120 @@
+"""Multi-device and speed options: DDP with bf16 and channels_last, compile, lr scaling, sync
+BN, the throughput callback, and every experiment end to end."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls import CONFIG_DIR
+from imgcls.models.checkpoint import load_classifier
+from imgcls.models.optim import scaled_lr
+from imgcls.train import train
+from imgcls.utils.errors import UserError
+from tests.data_factory import write_cifar, write_imagenet
+from tests.helpers import run_cli
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.usefixtures("fake_cifar_integrity")
+def test_every_experiment_runs_one_batch(make_cfg, tmp_path: Path, experiment: str) -> None:
+    overrides = [f"experiment={experiment}", "debug=fdr"]
+    if "cifar10" in experiment:
+        overrides.append(f"data.root={write_cifar(tmp_path / 'data', 10, per_class=5)}")
+        overrides.append("data.val_size=10")
+    elif experiment == "resnet50_imagenet":
+        overrides += [f"data.root={write_imagenet(tmp_path / 'imagenet')}", "data.batch_size=4"]
+    metrics, _ = train(make_cfg(*overrides))
+    assert 0 <= metrics["test/acc"] <= 1
+
+
+def test_linear_lr_scaling() -> None:
+    assert scaled_lr(0.1, "linear", 1024, 256) == pytest.approx(0.4)
+    assert scaled_lr(0.1, None, 1024, 256) == 0.1
+    with pytest.raises(UserError, match="null or 'linear'"):
+        scaled_lr(0.1, "sqrt", 1024, 256)
+
+
+def test_lr_follows_the_global_batch_in_training(make_cfg) -> None:
+    cfg = make_cfg("debug=fdr", "optimizer.scale_lr=linear", "data.batch_size=32", "scheduler=none")
+    _, objects = train(cfg)
+    assert objects["trainer"].optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 32 / 256)
+
+
+def test_throughput_is_logged_per_epoch(make_cfg) -> None:
+    metrics, _ = train(make_cfg("model=cifar_quick", "trainer.max_epochs=1"))
+    assert metrics["perf/images_per_sec"] > 0
+    assert 0 <= metrics["perf/data_wait_share"] <= 1
+
+
+def test_channels_last_and_bf16_train_on_cpu(make_cfg) -> None:
+    cfg = make_cfg(
+        "model.channels_last=true",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3",
+    )
+    metrics, objects = train(cfg)
+    conv = objects["model"].net[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert metrics["train/loss"] == metrics["train/loss"]  # not NaN
+
+
+@pytest.mark.slow
+def test_compiled_net_checkpoint_loads_without_compile(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(
+        "model=lenet",
+        "model.compile=true",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3",
+    )
+    _, objects = train(cfg)
+    compiled = objects["model"]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]
+    plain = load_classifier(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    images = torch.randn(4, 3, 32, 32)
+    compiled.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images), compiled(images), atol=1e-4, rtol=1e-4)
+    # and a checkpoint with prefixed keys (another tool's compile) loads too
+    ckpt["state_dict"] = {
+        k.replace("net.", "net._orig_mod."): v for k, v in ckpt["state_dict"].items()
+    }
+    torch.save(ckpt, tmp_path / "prefixed.ckpt")
+    prefixed = load_classifier(tmp_path / "prefixed.ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(prefixed(images), plain(images))
+
+
+@pytest.mark.slow
+def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
+    result = run_cli(
+        "train.py",
+        [
+            "trainer=ddp_sim",
+            "trainer.precision=bf16-mixed",
+            "model.channels_last=true",
+            "model.sync_batchnorm=true",
+            "trainer.max_epochs=2",
+            f"paths.log_dir={tmp_path}",
+            "extras.print_config=false",
+            "callbacks.rich_progress_bar=null",
+        ],
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    per_rank = {}
+    for log_file in ("train.log", "train_rank1.log"):
+        line = re.search(r"rank (\d) metrics: (\{.*\})", (run / log_file).read_text())
+        per_rank[int(line.group(1))] = json.loads(line.group(2))
+    assert set(per_rank) == {0, 1}
+    assert "sync_batchnorm needs CUDA" in (run / "train.log").read_text()  # said, not ignored
+    for name in ("val/acc", "val/loss", "test/acc", "test/acc_top5", "train/loss"):
+        assert per_rank[0][name] == pytest.approx(per_rank[1][name]), name
+    assert per_rank[0]["test/acc"] > 0.15  # learning, in bf16 on two processes
