@@ -101,3 +101,20 @@ def test_unknown_group_option_lists_choices(make_cfg) -> None:
         ConfigCompositionException, match=r"(?s)resnett.*Available options.*resnet18"
     ):
         make_cfg("model=resnett")
+
+
+def test_slurm_launcher_composes(tmp_path: Path) -> None:
+    """`-m hydra/launcher=submitit_slurm` sends each job to SLURM, one task per device."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.tasks_per_node=4",
+        "hydra.launcher.gpus_per_node=4",
+        "trainer=ddp",
+        "trainer.devices=4",
+    ]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
+    assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices == 4

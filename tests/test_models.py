@@ -148,6 +148,13 @@ def test_onecycle_spans_the_whole_run() -> None:
     assert seen[-1] < 1e-3
 
 
+def test_onecycle_peaks_at_the_scaled_optimizer_lr() -> None:
+    optimizer = build_optimizer(nn.Linear(2, 2), {**SGD, "scale_lr": "linear"}, global_batch=512)
+    cfg = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": None, "total_steps": None}
+    scheduler = build_scheduler(optimizer, cfg, total_steps=20, max_epochs=2)["scheduler"]
+    assert scheduler.optimizer.param_groups[0]["max_lr"] == pytest.approx(0.2)  # 0.1 x 512 / 256
+
+
 def test_no_scheduler_config_means_constant_lr() -> None:
     optimizer = build_optimizer(nn.Linear(2, 2), SGD)
     assert build_scheduler(optimizer, {}, total_steps=10, max_epochs=1) is None

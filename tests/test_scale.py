@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from imgcls import CONFIG_DIR
+from imgcls.callbacks.progressive_resize import resolution_at
+from imgcls.data.digits import DigitsDataModule
 from imgcls.models.checkpoint import load_classifier
+from imgcls.models.classifier import ImageClassifier
 from imgcls.models.optim import scaled_lr
 from imgcls.train import train
 from imgcls.utils.errors import UserError
@@ -26,10 +29,42 @@ def test_every_experiment_runs_one_batch(make_cfg, tmp_path: Path, experiment: s
     if "cifar10" in experiment:
         overrides.append(f"data.root={write_cifar(tmp_path / 'data', 10, per_class=5)}")
         overrides.append("data.val_size=10")
-    elif experiment == "resnet50_imagenet":
+    elif experiment.startswith("resnet50_imagenet"):
         overrides += [f"data.root={write_imagenet(tmp_path / 'imagenet')}", "data.batch_size=4"]
     metrics, _ = train(make_cfg(*overrides))
     assert 0 <= metrics["test/acc"] <= 1
+
+
+def test_progressive_resize_schedule_and_device_scaling(make_cfg) -> None:
+    assert [resolution_at(e, 160, 192, 2, 13, 32) for e in (0, 2, 7, 12, 13, 15)] == [
+        160,
+        160,
+        160,
+        160,
+        192,
+        192,
+    ]
+    assert resolution_at(5, 128, 256, 0, 8, 32) == 192
+    dm = DigitsDataModule(batch_size=4)
+
+    class Training:
+        training = True
+
+    dm.trainer, dm.train_resolution = Training(), 24
+    images, _ = dm.on_after_batch_transfer((torch.zeros(4, 3, 32, 32, dtype=torch.uint8), None), 0)
+    assert images.shape == (4, 3, 24, 24)
+
+
+def test_flip_tta_averages_the_mirror_logits() -> None:
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        net={"name": "lenet"}, num_classes=10, optimizer={}, tta_flip=True
+    ).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = (model(images) + model(images.flip(-1))) / 2
+        torch.testing.assert_close(model.eval_logits(images), expected)
+        assert not torch.allclose(model.eval_logits(images), model(images))
 
 
 def test_linear_lr_scaling() -> None:

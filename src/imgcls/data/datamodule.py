@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -82,6 +83,8 @@ class ImageDataModule(LightningDataModule, ABC):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.splits: Splits | None = None
+        # set by callbacks.ProgressiveResize: training batches are scaled to this many px
+        self.train_resolution: int | None = None
         self._pipeline: Pipeline | None = None
         self._batch_mix: v2.Transform | None = None
         self._scale_shift: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -174,6 +177,9 @@ class ImageDataModule(LightningDataModule, ABC):
         augment = self.pipeline.train_device if training else self.pipeline.eval_device
         if augment is not None:
             images = augment(images.float())
+        if training and self.train_resolution and images.shape[-1] != self.train_resolution:
+            size = [self.train_resolution] * 2
+            images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True)
         images = self.normalize(images)
         if training and self.batch_mix is not None:
             images, labels = self.batch_mix(images, labels)

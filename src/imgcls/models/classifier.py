@@ -40,6 +40,7 @@ class ImageClassifier(LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         sync_batchnorm: bool = False,
+        tta_flip: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # train.py logs the whole config
@@ -66,6 +67,13 @@ class ImageClassifier(LightningModule):
         images = images.contiguous(memory_format=self.memory_format)
         return (self._compiled_net or self.net)(images)
 
+    def eval_logits(self, images: Tensor) -> Tensor:
+        """Logits for evaluation: with `tta_flip`, averaged with those of the mirror images."""
+        logits = self(images)
+        if self.hparams.tta_flip:
+            logits = (logits + self(images.flip(-1))) / 2
+        return logits
+
     def setup(self, stage: str) -> None:
         # BatchNorm statistics over the global batch, for small per-device batches under DDP.
         if not (self.hparams.sync_batchnorm and self.trainer.world_size > 1):
@@ -88,7 +96,7 @@ class ImageClassifier(LightningModule):
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         images, labels = batch
-        logits = self(images)
+        logits = self(images) if stage == "train" else self.eval_logits(images)
         # labels are class indices, or MixUp/CutMix soft targets
         loss = self.criterion(logits, labels)
         if labels.ndim == 2:

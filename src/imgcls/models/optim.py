@@ -84,6 +84,8 @@ def build_scheduler(
     for key in RUN_LENGTH_KEYS:
         if key in kwargs and kwargs[key] is None:
             kwargs[key] = length - warmup
+    if "max_lr" in kwargs and kwargs["max_lr"] is None:  # OneCycleLR: peak at the optimizer's lr
+        kwargs["max_lr"] = [group["lr"] for group in optimizer.param_groups]
     scheduler: LRScheduler = scheduler_class(optimizer, **kwargs)
     if warmup > 0:
         ramp = LinearLR(optimizer, start_factor=warmup_start_factor, total_iters=warmup)
