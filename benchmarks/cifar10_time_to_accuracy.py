@@ -34,6 +34,7 @@ class Curve(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
             acc = float(trainer.callback_metrics["val/acc"])
+            # at validation's end Lightning's epoch counter already counts this epoch as done
             self.points.append((time.perf_counter() - self.start, trainer.current_epoch, acc))
 
 
@@ -75,7 +76,7 @@ def main() -> None:
         for name, experiment in RECIPES.items():
             acc, wall, curve = run(experiment, args.data.resolve(), args.minutes, out)
             results[name] = acc
-            points = ", ".join(f"({t:.0f} s, epoch {e}, {a:.3f})" for t, e, a in curve)
+            points = ", ".join(f"({t:.0f} s, {e} epochs, {a:.3f})" for t, e, a in curve)
             print(f"{name}: test accuracy {acc:.4f} after {wall:.0f} s wall time")
             print(f"  validation accuracy over time: {points}", flush=True)
     for name, acc in results.items():
