@@ -90,6 +90,7 @@ class ImageFileDataset(Dataset):
         self.min_side = min_side
         self.on_bad_image = on_bad_image
         self.bad_images_file = Path(bad_images_file) if bad_images_file else None
+        self._reported: set[str] = set()  # per process: a bad file is logged once, not per epoch
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -110,6 +111,9 @@ class ImageFileDataset(Dataset):
             raise UserError(
                 f"Bad image {path}: {reason}. Fix or remove it, or set data.on_bad_image=skip."
             )
+        if path in self._reported:
+            return
+        self._reported.add(path)
         log.warning(f"Skipping bad image {path}: {reason}")
         if self.bad_images_file is not None:
             self.bad_images_file.parent.mkdir(parents=True, exist_ok=True)

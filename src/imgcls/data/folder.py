@@ -66,16 +66,22 @@ class FolderDataModule(ImageDataModule):
         return {"train": self.root, "val": None, "test": None}
 
     @cached_property
-    def class_dirs(self) -> list[str]:
-        """Sub-folders of the train folder that hold at least one image, sorted."""
+    def _train_images(self) -> dict[str, list[Path]]:
+        """The train folder's images by class, for classes that have any. Listed once: the
+        class list and the train split both come from it."""
         train_dir = self.split_dirs()["train"]
-        folders = class_folders(train_dir)
-        kept = [name for name in folders if list_images(train_dir / name)]
-        for empty in sorted(set(folders) - set(kept)):
+        listing = {name: list_images(train_dir / name) for name in class_folders(train_dir)}
+        for empty in sorted(name for name, images in listing.items() if not images):
             log.warning(f"Class folder {train_dir / empty} has no images: left out.")
+        kept = {name: images for name, images in listing.items() if images}
         if not kept:
             raise UserError(f"No class folders with images under {train_dir}. Expected {LAYOUTS}.")
         return kept
+
+    @property
+    def class_dirs(self) -> list[str]:
+        """Sub-folders of the train folder that hold at least one image, sorted."""
+        return list(self._train_images)
 
     @property
     def class_names(self) -> list[str]:
@@ -84,7 +90,18 @@ class FolderDataModule(ImageDataModule):
     # -- splits ----------------------------------------------------------------------------
     def split_samples(self) -> dict[str, list[tuple[str, int]]]:
         dirs = self.split_dirs()
-        samples = {s: scan_samples(d, self.class_dirs) for s, d in dirs.items() if d is not None}
+        train = [
+            (str(path), label)
+            for label, images in enumerate(self._train_images.values())
+            for path in images
+        ]
+        listed: dict[Path, list[tuple[str, int]]] = {dirs["train"]: train}
+        samples = {}
+        for name, folder in dirs.items():
+            if folder is not None:  # each folder is listed once (ImageNet's val is also test)
+                if folder not in listed:
+                    listed[folder] = scan_samples(folder, self.class_dirs)
+                samples[name] = listed[folder]
         missing = [s for s in SPLIT_NAMES if dirs[s] is None]
         if missing:
             fractions = [self.split[SPLIT_NAMES.index(s)] for s in ("train", *missing)]
@@ -109,26 +126,23 @@ class FolderDataModule(ImageDataModule):
             for name in SPLIT_NAMES:
                 writer.writerows((name, p, y, self.class_names[y]) for p, y in samples[name])
 
-    def _dataset(self, samples: list[tuple[str, int]], train: bool) -> ImageFileDataset:
-        pipeline = self.pipeline
+    @property
+    def bad_images_file(self) -> Path | None:
+        return self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None
+
+    def _dataset(self, samples: list[tuple[str, int]], transform, min_side: int) -> ImageFileDataset:
         return ImageFileDataset(
             samples,
-            transform=pipeline.train_worker if train else pipeline.eval_worker,
-            min_side=pipeline.train_crop if train else pipeline.eval_resize,
+            transform=transform,
+            min_side=min_side,
             on_bad_image=self.on_bad_image,
-            bad_images_file=self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None,
+            bad_images_file=self.bad_images_file,
         )
 
     def _load_into_memory(self, samples: list[tuple[str, int]]) -> TensorDataset:
         """Decode every image once, at the eval resize, into one uint8 tensor."""
         size = self.pipeline.eval_resize
-        dataset = ImageFileDataset(
-            samples,
-            transform=resize_center_crop(size, size),
-            min_side=size,
-            on_bad_image=self.on_bad_image,
-            bad_images_file=self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None,
-        )
+        dataset = self._dataset(samples, resize_center_crop(size, size), min_side=size)
         workers = auto_workers() if self.num_workers == "auto" else int(self.num_workers)
         batches = list(DataLoader(dataset, batch_size=256, num_workers=workers))
         images = torch.cat([b[0] for b in batches])
@@ -139,15 +153,19 @@ class FolderDataModule(ImageDataModule):
         samples = self.split_samples()
         if self.in_memory:
             return Splits(*(self._load_into_memory(samples[s]) for s in SPLIT_NAMES))
-        return Splits(*(self._dataset(samples[s], train=s == "train") for s in SPLIT_NAMES))
+        pipeline = self.pipeline
+        return Splits(
+            self._dataset(samples["train"], pipeline.train_worker, pipeline.train_crop),
+            self._dataset(samples["val"], pipeline.eval_worker, pipeline.eval_resize),
+            self._dataset(samples["test"], pipeline.eval_worker, pipeline.eval_resize),
+        )
 
     def teardown(self, stage: str) -> None:
-        report_bad_images(self.artifacts_dir)
+        report_bad_images(self.bad_images_file)
 
 
 @rank_zero_only
-def report_bad_images(artifacts_dir: Path | None) -> None:
-    listing = artifacts_dir / "bad_images.txt" if artifacts_dir else None
+def report_bad_images(listing: Path | None) -> None:
     if listing is None or not listing.is_file():
         return
     paths = {line.split("\t", 1)[0] for line in listing.read_text().splitlines() if line}
