@@ -1,6 +1,7 @@
 """Shared fixtures: compose a config exactly as the command line would, writing into a tmp dir."""
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,21 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         )
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_weight_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Pretrained weights come from a session cache that tests fill (data_factory's
+    cache_torchvision_weights), never from the user's cache or the network."""
+    home = tmp_path_factory.mktemp("torch_home")
+    saved = {key: os.environ.get(key) for key in ("TORCH_HOME", "HF_HUB_OFFLINE")}
+    os.environ.update(TORCH_HOME=str(home), HF_HUB_OFFLINE="1")
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 pytest_plugins = ["tests.data_factory"]

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
+
+from imgcls.models.pretrained import torchvision_weights
 
 PALETTE = (
     (220, 40, 40),
@@ -77,3 +81,16 @@ def write_imagenet(root: Path, train_per_class: int = 4, val_per_class: int = 2)
     write_class_tree(root / "train", IMAGENET_WNIDS, train_per_class, ".JPEG")
     write_class_tree(root / "val", IMAGENET_WNIDS, val_per_class, ".JPEG")
     return root
+
+
+def cache_torchvision_weights(name: str, weights: str = "DEFAULT") -> Path:
+    """A stand-in for torchvision's pretrained file, where torchvision looks before downloading
+    (random weights of the right shapes: tests check wiring, not ImageNet features)."""
+    entry = torchvision_weights(name, weights)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        net = torchvision.models.get_model(name, num_classes=len(entry.meta["categories"]))
+        torch.save(net.state_dict(), path)
+    return path

@@ -9,7 +9,12 @@ from lightning.pytorch import Trainer
 from imgcls import CONFIG_DIR
 from imgcls.models.classifier import ImageClassifier
 from imgcls.train import build_components
-from tests.data_factory import write_cifar, write_class_tree, write_imagenet
+from tests.data_factory import (
+    cache_torchvision_weights,
+    write_cifar,
+    write_class_tree,
+    write_imagenet,
+)
 
 GROUPS = [
     "data",
@@ -57,6 +62,8 @@ def test_option_composes_and_builds(
     target = make_cfg(*overrides).data._target_
     if target in DATA_ON_DISK:
         overrides.append(f"data.root={DATA_ON_DISK[target](tmp_path / 'data')}")
+    if (group, option) == ("experiment", "finetune_folder"):
+        cache_torchvision_weights("resnet50")
     if (group, option) in NEEDS_GPU:
         overrides.append("trainer.accelerator=cpu")
     if (group, option) == ("logger", "wandb"):

@@ -16,7 +16,12 @@ from imgcls.models.classifier import ImageClassifier
 from imgcls.models.optim import scaled_lr
 from imgcls.train import train
 from imgcls.utils.errors import UserError
-from tests.data_factory import write_cifar, write_imagenet
+from tests.data_factory import (
+    cache_torchvision_weights,
+    write_cifar,
+    write_class_tree,
+    write_imagenet,
+)
 from tests.helpers import run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -31,6 +36,10 @@ def test_every_experiment_runs_one_batch(make_cfg, tmp_path: Path, experiment: s
         overrides.append("data.val_size=10")
     elif experiment.startswith("resnet50_imagenet"):
         overrides += [f"data.root={write_imagenet(tmp_path / 'imagenet')}", "data.batch_size=4"]
+    elif experiment == "finetune_folder":
+        cache_torchvision_weights("resnet50")
+        root = write_class_tree(tmp_path / "photos", ["cat", "dog"], 10)
+        overrides += [f"data.root={root}", "data.batch_size=4"]
     metrics, _ = train(make_cfg(*overrides))
     assert 0 <= metrics["test/acc"] <= 1
 

@@ -77,7 +77,19 @@ def test_checkpoint_is_plain_data(make_cfg, tmp_path: Path) -> None:
     train(make_cfg(*ONE_SHORT_EPOCH))
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     hparams = ckpt["hyper_parameters"]
-    assert hparams["net"] == {"name": "resnet_cifar"}
+    assert hparams["net"] == {
+        "name": "resnet_cifar",
+        "weights": None,
+        "pretrained": False,
+        "weights_path": None,
+        "head_init": "default",
+    }
+    assert hparams["preprocessing"] == {
+        "resize": 32,
+        "crop": 32,
+        "mean": [0.305, 0.305, 0.305],
+        "std": [0.323, 0.323, 0.323],
+    }
     assert isinstance(hparams["optimizer"], dict)
     assert hparams["class_names"] == [str(d) for d in range(10)]
     assert hparams["optimizer"]["_target_"] == "torch.optim.SGD"

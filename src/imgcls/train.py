@@ -12,9 +12,10 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from imgcls import CONFIG_DIR
+from imgcls.models.pretrained import eval_preprocessing
 from imgcls.utils import ddp_hydra
 from imgcls.utils.hydra_utils import (
     apply_extras,
@@ -35,13 +36,14 @@ log = get_logger(__name__)
 def build_components(cfg: DictConfig) -> dict[str, Any]:
     """Datamodule, model, callbacks, loggers and trainer, in the order each needs the last."""
     log.info(f"Data: {cfg.data._target_}")
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, **preprocessing_of_weights(cfg))
     log.info(f"Model: {cfg.model._target_} ({cfg.model.net.name})")
     model = instantiate(
         cfg.model,
         _recursive_=False,
         num_classes=datamodule.num_classes,
         class_names=datamodule.class_names,
+        preprocessing=datamodule.eval_preprocessing(),
         optimizer=cfg.optimizer,
         scheduler=cfg.get("scheduler"),
     )
@@ -56,6 +58,18 @@ def build_components(cfg: DictConfig) -> dict[str, Any]:
         "logger": loggers,
         "trainer": trainer,
     }
+
+
+def preprocessing_of_weights(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrained weights bring their own eval resize / crop and normalization; the train crop
+    follows the eval crop unless the data config sets it."""
+    preprocessing = eval_preprocessing(OmegaConf.to_container(cfg.model.net, resolve=True))
+    if not preprocessing:
+        return {}
+    if cfg.data.get("train_crop") is None:
+        preprocessing["train_crop"] = preprocessing["eval_crop"]
+    log.info(f"Data preprocessing follows the pretrained weights: {preprocessing}")
+    return preprocessing
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

@@ -123,6 +123,18 @@ class ImageDataModule(LightningDataModule, ABC):
             self._batch_mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
         return self._batch_mix
 
+    def eval_preprocessing(self) -> dict[str, object]:
+        """What an image must go through before the model sees it, saved in checkpoints so
+        predict and export need nothing but the checkpoint: resize the short side, center-crop,
+        then normalize [0, 255] with mean / std x 255."""
+        pipeline = self.pipeline
+        return {
+            "resize": pipeline.eval_resize,
+            "crop": pipeline.eval_crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.splits = self.build_splits()

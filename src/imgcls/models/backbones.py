@@ -1,8 +1,8 @@
-"""A network by name: our own small nets, then every torchvision classification model.
+"""A network by name: our own small nets, every torchvision classification model, timm's.
 
-`build_net("resnet50", num_classes=37)` gives torchvision's ResNet-50 with a 37-way head; extra
-keyword arguments go to the model's constructor (`depth=56` for resnet_cifar, `dropout=0.2` for
-an EfficientNet).
+`build_net("resnet50", num_classes=37)` gives torchvision's ResNet-50 with a 37-way head;
+`build_net("timm/convnext_tiny", 37, pretrained=True)` timm's ConvNeXt. Extra keyword arguments
+go to the model's constructor (`depth=56` for resnet_cifar, `dropout=0.2` for an EfficientNet).
 """
 
 import difflib
@@ -12,6 +12,13 @@ import torchvision
 from torch import nn
 
 from imgcls.models.nets import OUR_NETS
+from imgcls.models.pretrained import (
+    download_torchvision,
+    find_head,
+    init_head,
+    load_pretrained,
+    read_state_dict,
+)
 from imgcls.utils.errors import UserError
 
 
@@ -34,15 +41,64 @@ def with_cifar_stem(net: nn.Module) -> nn.Module:
     return net
 
 
-def build_net(name: str, num_classes: int, cifar_stem: bool = False, **kwargs: Any) -> nn.Module:
-    if name in OUR_NETS:
-        return OUR_NETS[name](num_classes=num_classes, **kwargs)
-    if name in torchvision_models():
+def timm_net(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):  # "convnext_tiny" or tagged "convnext_tiny.fb_in1k"
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join('timm/' + c for c in close)}?" if close else ""
+        raise UserError(f"timm has no model {name!r}.{hint} See timm.list_models().")
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except Exception as err:
+        if not pretrained:
+            raise
+        raise UserError(
+            f"Could not get timm/{name}'s pretrained weights ({type(err).__name__}: {err}). They "
+            "download once into the Hugging Face cache (~/.cache/huggingface): fetch them on a "
+            "machine with internet and copy that cache here (HF_HUB_OFFLINE=1 then uses it), or "
+            "pass model.net.weights_path=<file> and model.net.pretrained=false."
+        ) from err
+
+
+def build_net(
+    name: str,
+    num_classes: int,
+    cifar_stem: bool = False,
+    weights: str | None = None,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    head_init: str = "default",
+    **kwargs: Any,
+) -> nn.Module:
+    """The net, its pretrained weights loaded (see models/pretrained.py), its head initialized."""
+    if name.startswith("timm/"):
+        net = timm_net(name.removeprefix("timm/"), num_classes, pretrained, **kwargs)
+    elif pretrained:
+        raise UserError(
+            "model.net.pretrained is for timm/ models; torchvision's take "
+            "model.net.weights=DEFAULT (or a named set such as IMAGENET1K_V2)."
+        )
+    elif name in OUR_NETS:
+        net = OUR_NETS[name](num_classes=num_classes, **kwargs)
+    elif name in torchvision_models():
         net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-        return with_cifar_stem(net) if cifar_stem else net
-    close = difflib.get_close_matches(name, available_nets(), n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    raise UserError(
-        f"Unknown model.net.name={name!r}.{hint} Our nets: {', '.join(sorted(OUR_NETS))}; "
-        f"torchvision: {', '.join(torchvision_models())}."
-    )
+        net = with_cifar_stem(net) if cifar_stem else net
+    else:
+        close = difflib.get_close_matches(name, available_nets(), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise UserError(
+            f"Unknown model.net.name={name!r}.{hint} Our nets: {', '.join(sorted(OUR_NETS))}; "
+            f"torchvision: {', '.join(torchvision_models())}; timm: timm/<name>."
+        )
+    head = find_head(net, num_classes)
+    if weights and weights_path:
+        raise UserError("Pass model.net.weights or model.net.weights_path, not both.")
+    if weights:
+        if name not in torchvision_models():
+            raise UserError(f"model.net.weights names torchvision weights; {name} has none.")
+        load_pretrained(net, download_torchvision(name, weights), head, f"{name} {weights}")
+    elif weights_path:
+        load_pretrained(net, read_state_dict(weights_path), head, str(weights_path))
+    init_head(net.get_submodule(head), head_init)
+    return net

@@ -1,19 +1,43 @@
 """Loading our checkpoints: safely (no pickled code runs) and with one clear message on failure."""
 
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from imgcls.models.classifier import ImageClassifier
 from imgcls.utils.errors import UserError
 
+# Where a net's initial weights came from: the checkpoint's own weights replace them.
+PRETRAINED_KEYS = {"weights": None, "weights_path": None, "pretrained": False}
 
-def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
-    path = Path(ckpt_path)
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(
             f"No checkpoint at {path}. Pass ckpt_path=<run dir>/checkpoints/best.ckpt "
             "(runs are under logs/train/runs/)."
         )
     try:
-        return ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any failure here means the file is not one of our checkpoints
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickled objects, truncated files, not a torch file at all
         raise UserError(f"Cannot load {path} as an imgcls checkpoint: {err}") from err
+    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint:
+        raise UserError(f"{path} is not an imgcls checkpoint (it has no hyper_parameters).")
+    return checkpoint
+
+
+def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
+    """The model a checkpoint holds, on the CPU, rebuilt from its own hyperparameters. Its net is
+    built without pretrained weights (nothing downloads), then gets the checkpoint's."""
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint["hyper_parameters"])
+    hparams["net"] = {**hparams["net"], **PRETRAINED_KEYS}
+    try:
+        model = ImageClassifier(**hparams)
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as err:
+        raise UserError(f"Cannot load {path} as an imgcls checkpoint: {err}") from err
+    return model.eval()

@@ -1,8 +1,9 @@
 """The one LightningModule: a net, cross-entropy, torchmetrics accuracy, optimizer and schedule.
 
 Its hyperparameters are plain data (the net's name and kwargs, the optimizer and scheduler
-configs, the class names), so a checkpoint loads with `torch.load(weights_only=True)` and
-rebuilds the same model with `ImageClassifier.load_from_checkpoint(path)`.
+configs, the class names, the eval preprocessing), so a checkpoint loads with
+`torch.load(weights_only=True)` and rebuilds the same model alone (models/checkpoint.py): predict
+and export need nothing else.
 """
 
 from typing import Any
@@ -15,6 +16,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.models.backbones import build_net
 from imgcls.models.optim import build_optimizer, build_scheduler
+from imgcls.models.pretrained import find_head
+from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -41,10 +44,23 @@ class ImageClassifier(LightningModule):
         compile: bool = False,
         sync_batchnorm: bool = False,
         tta_flip: bool = False,
+        freeze_backbone: bool = False,
+        unfreeze_at_epoch: int | None = None,
+        head_lr_mult: float = 1.0,
+        preprocessing: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # train.py logs the whole config
         self.net = build_net(num_classes=num_classes, **net)
+        self.head_name = find_head(self.net, num_classes)
+        head_ids = {id(p) for p in self.head.parameters()}
+        # the backbone's trainable parameters (some nets keep a few fixed by design)
+        self._backbone_params = [
+            p for p in self.net.parameters() if p.requires_grad and id(p) not in head_ids
+        ]
+        self.backbone_frozen = False
+        if freeze_backbone:
+            self.set_backbone_frozen(True)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         # The compiled net is kept off the module tree so state_dict keys stay `net.*` (no
@@ -59,6 +75,27 @@ class ImageClassifier(LightningModule):
         self.val_acc_best = MaxMetric()
 
     @property
+    def head(self) -> nn.Module:
+        """The classifier layer (a property, so its weights are not saved twice)."""
+        return self.net.get_submodule(self.head_name)
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """A frozen backbone neither learns nor moves its BatchNorm statistics (they stay in eval
+        mode, as in torchvision's FrozenBatchNorm): only the head trains."""
+        for p in self._backbone_params:
+            p.requires_grad_(not frozen)
+        self.backbone_frozen = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ImageClassifier":
+        super().train(mode)
+        if self.backbone_frozen:
+            for module in self.net.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    @property
     def class_names(self) -> list[str]:
         names = self.hparams.get("class_names")
         return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
@@ -67,14 +104,23 @@ class ImageClassifier(LightningModule):
         images = images.contiguous(memory_format=self.memory_format)
         return (self._compiled_net or self.net)(images)
 
-    def eval_logits(self, images: Tensor) -> Tensor:
-        """Logits for evaluation: with `tta_flip`, averaged with those of the mirror images."""
+    def eval_logits(self, images: Tensor, tta_flip: bool | None = None) -> Tensor:
+        """Logits for evaluation: with `tta_flip` (default: the model's own setting), averaged
+        with those of the mirror images."""
         logits = self(images)
-        if self.hparams.tta_flip:
+        if self.hparams.tta_flip if tta_flip is None else tta_flip:
             logits = (logits + self(images.flip(-1))) / 2
         return logits
 
     def setup(self, stage: str) -> None:
+        unfreezes = self.hparams.freeze_backbone and self.hparams.unfreeze_at_epoch is not None
+        if unfreezes and self.trainer.world_size > 1:
+            # DDP registers the parameters to sync once, at wrap time, frozen ones excluded.
+            raise UserError(
+                "model.unfreeze_at_epoch does not work across devices (DDP syncs only the "
+                "parameters trainable at the start). Train the frozen phase, then start the "
+                "unfrozen one from its checkpoint: model.net.weights_path=<best.ckpt>."
+            )
         # BatchNorm statistics over the global batch, for small per-device batches under DDP.
         if not (self.hparams.sync_batchnorm and self.trainer.world_size > 1):
             return
@@ -94,7 +140,7 @@ class ImageClassifier(LightningModule):
         for key in [k for k in state if "_orig_mod." in k]:
             state[key.replace("_orig_mod.", "")] = state.pop(key)
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         images, labels = batch
         logits = self(images) if stage == "train" else self.eval_logits(images)
         # labels are class indices, or MixUp/CutMix soft targets
@@ -106,7 +152,7 @@ class ImageClassifier(LightningModule):
         # Lightning's per-call logging cost (~1 ms on a CPU) is not paid every step.
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.shape[0])
         getattr(self, f"{stage}_metrics").update(logits.detach(), labels)
-        return loss
+        return loss, logits
 
     def _log_epoch(self, stage: str) -> dict[str, Tensor]:
         mean_loss, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
@@ -118,7 +164,7 @@ class ImageClassifier(LightningModule):
         return values
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, "train")
+        loss, _ = self._shared_step(batch, "train")
         # A step-level curve, logged on the steps the loggers write (trainer.log_every_n_steps).
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
@@ -127,12 +173,19 @@ class ImageClassifier(LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        _, logits = self._shared_step(batch, "test")
+        return {"logits": logits.detach()}  # for callbacks.EvaluationReport
 
     def on_train_start(self) -> None:
         # The sanity-check epoch must not count as the best validation accuracy.
         self.val_acc_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        unfreeze_at = self.hparams.unfreeze_at_epoch
+        if self.backbone_frozen and unfreeze_at is not None and self.current_epoch >= unfreeze_at:
+            log.info(f"Epoch {self.current_epoch}: unfreezing the backbone")
+            self.set_backbone_frozen(False)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -154,7 +207,9 @@ class ImageClassifier(LightningModule):
             if per_device
             else None
         )
-        optimizer = build_optimizer(self.net, self.hparams.optimizer, global_batch)
+        optimizer = build_optimizer(
+            self.net, self.hparams.optimizer, global_batch, self.head, self.hparams.head_lr_mult
+        )
         scheduler = build_scheduler(
             optimizer,
             self.hparams.scheduler,

@@ -3,6 +3,8 @@
 Both are torch classes named by `_target_`; the keys below are ours and are consumed here:
 - optimizer `no_decay_norm_and_bias`: no weight decay on norm weights and biases (torchvision's
   `--norm-weight-decay 0`), where decay only fights the normalization it rescales.
+- model `head_lr_mult`: the classifier head at that multiple of the lr (seed 001 fine-tunes
+  with 10), its own param group, so every scheduler scales both groups alike.
 - optimizer `scale_lr: linear` with `reference_batch` (256): lr x global batch / reference batch
   (Goyal et al. 2017), so a recipe's lr carries over to any number of devices.
 - scheduler `interval` (`epoch` or `step`), `warmup_epochs` and `warmup_start_factor` (a LinearLR
@@ -27,17 +29,33 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Lo
 RUN_LENGTH_KEYS = ("T_max", "total_steps")
 
 
-def param_groups(model: nn.Module, exclude_norm_and_bias: bool) -> list[dict[str, Any]]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not exclude_norm_and_bias:
-        return [{"params": params}]
-    decay, no_decay = [], []
+def param_groups(
+    model: nn.Module,
+    exclude_norm_and_bias: bool,
+    head: nn.Module | None = None,
+    head_lr_mult: float = 1.0,
+    lr: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Backbone and head groups (the head at `head_lr_mult` x lr), each split into decayed and
+    not-decayed parameters when asked. Frozen parameters stay in their group: they have no
+    gradient, so the optimizer skips them until they are unfrozen."""
+    with_head = head is not None and head_lr_mult != 1
+    head_ids = {id(p) for p in head.parameters()} if with_head else set()
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if p.requires_grad:
-                is_free = isinstance(module, NORM_LAYERS) or name == "bias"
-                (no_decay if is_free else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+            part = "head" if id(p) in head_ids else "backbone"
+            no_decay = exclude_norm_and_bias and (isinstance(module, NORM_LAYERS) or name == "bias")
+            groups.setdefault((part, no_decay), []).append(p)
+    built = []
+    for (part, no_decay), params in groups.items():
+        group: dict[str, Any] = {"params": params, "name": part + ("_no_decay" if no_decay else "")}
+        if no_decay:
+            group["weight_decay"] = 0.0
+        if part == "head":
+            group["lr"] = lr * head_lr_mult
+        built.append(group)
+    return built
 
 
 def scaled_lr(lr: float, rule: str | None, global_batch: int | None, reference_batch: int) -> float:
@@ -53,13 +71,18 @@ def scaled_lr(lr: float, rule: str | None, global_batch: int | None, reference_b
 
 
 def build_optimizer(
-    model: nn.Module, cfg: dict[str, Any], global_batch: int | None = None
+    model: nn.Module,
+    cfg: dict[str, Any],
+    global_batch: int | None = None,
+    head: nn.Module | None = None,
+    head_lr_mult: float = 1.0,
 ) -> Optimizer:
     kwargs = dict(cfg)
     optimizer_class = get_class(kwargs.pop("_target_"))
-    groups = param_groups(model, kwargs.pop("no_decay_norm_and_bias", False))
     rule, reference = kwargs.pop("scale_lr", None), kwargs.pop("reference_batch", 256)
     kwargs["lr"] = scaled_lr(kwargs["lr"], rule, global_batch, reference)
+    no_decay = kwargs.pop("no_decay_norm_and_bias", False)
+    groups = param_groups(model, no_decay, head, head_lr_mult, kwargs["lr"])
     return optimizer_class(groups, **kwargs)
 
 

@@ -1,0 +1,162 @@
+"""Pretrained weights for a net, from wherever the user has them, and the net's classifier head.
+
+Three sources, one rule: the net is built for the run's class count, then every pretrained
+tensor whose name and shape fit is copied in. The head, sized for another class count (1000 for
+ImageNet weights), is what does not fit, and keeps its fresh init (`head_init`). Anything else
+that does not fit means the weights belong to another architecture, and the run stops saying so.
+
+- torchvision weight enums: `model.net.weights=DEFAULT` (or `IMAGENET1K_V2`, ...), downloaded
+  once into torch's hub cache (`$TORCH_HOME/hub/checkpoints`);
+- timm models: `model.net.name=timm/convnext_tiny model.net.pretrained=true` (Hugging Face cache);
+- a local file: `model.net.weights_path=FILE`, a state_dict (`.pth`, `.safetensors`), a
+  torchvision reference checkpoint (`{"model": ...}`) or one of our own checkpoints.
+"""
+
+import math
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+HEAD_INITS = ("default", "xavier", "zeros")
+# Prefixes wrappers put in front of a net's own names: DataParallel/DDP, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def find_head(net: nn.Module, num_classes: int) -> str:
+    """The name of the classifier head: the last Linear (or 1x1 Conv, SqueezeNet) that outputs
+    one value per class. Works for our nets, torchvision's and timm's."""
+    found = None
+    for name, module in net.named_modules():
+        out = getattr(module, "out_features", None)
+        if isinstance(module, nn.Conv2d):
+            out = module.out_channels
+        if isinstance(module, nn.Linear | nn.Conv2d) and out == num_classes:
+            found = name
+    if found is None:
+        raise UserError(f"{type(net).__name__} has no layer with {num_classes} outputs (a head).")
+    return found
+
+
+def init_head(head: nn.Module, how: str) -> None:
+    """`xavier`: seed 001's xavier-uniform weights; `zeros`: an all-zero head, which starts every
+    class equal; `default`: the layer's own init."""
+    if how not in HEAD_INITS:
+        raise UserError(f"model.net.head_init must be one of {', '.join(HEAD_INITS)}, got {how!r}.")
+    if how == "default":
+        return
+    init = nn.init.xavier_uniform_ if how == "xavier" else nn.init.zeros_
+    init(head.weight)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+
+
+def torchvision_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        return enum.verify(weights)
+    except (KeyError, ValueError) as err:
+        raise UserError(
+            f"{name} has no weights {weights!r}. It has: {', '.join(enum.__members__)}."
+        ) from err
+
+
+def download_torchvision(name: str, weights: str) -> dict[str, Tensor]:
+    entry = torchvision_weights(name, weights)
+    try:
+        return entry.get_state_dict(progress=True, check_hash=True)
+    except (URLError, OSError, RuntimeError) as err:
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+        raise UserError(
+            f"Could not get {name} weights {entry} ({err}). They download once from {entry.url} "
+            f"to {cache}: copy that file there from a machine with internet, or pass "
+            "model.net.weights_path=<file> and model.net.weights=null."
+        ) from err
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A net's state_dict from any file that holds one, with wrapper prefixes removed. Loads no
+    pickled code: `weights_only=True`, or safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model.net.weights_path={path} is not a file.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickled objects, truncated files, not a torch file at all
+        raise UserError(f"Cannot read weights from {path}: {err}") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning's
+        state = {k[4:]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):  # torchvision refs
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"{path} holds no state_dict of tensors.")
+    return {strip_wrappers(key): value for key, value in state.items()}
+
+
+def strip_wrappers(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key.replace("._orig_mod.", ".")
+
+
+def load_pretrained(net: nn.Module, state: dict[str, Tensor], head: str, source: str) -> None:
+    """Copy every tensor of `state` that fits; only the head may be left out."""
+    own = net.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    in_head = head + "."
+    misfits = [k for k in state if k not in fits and not k.startswith(in_head)]
+    missing = [k for k in own if k not in fits and not k.startswith(in_head)]
+    if misfits or missing:
+        example = (misfits or missing)[0]
+        raise UserError(
+            f"The weights in {source} do not fit this net: {len(misfits)} of their tensors and "
+            f"{len(missing)} of the net's have no match (e.g. {example!r}). Use the architecture "
+            "they were saved from (model.net.name and its arguments)."
+        )
+    net.load_state_dict(fits, strict=False)
+    replaced = any(k.startswith(in_head) for k in own if k not in fits)
+    log.info(
+        f"Loaded {len(fits)} pretrained tensors from {source}"
+        + (f"; new head {head!r} for this run's classes" if replaced else "")
+    )
+
+
+def eval_preprocessing(net_cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The eval resize / crop and normalization the pretrained weights were trained with, or None
+    when the net starts from scratch or from a local file (then the data config decides)."""
+    name, weights = net_cfg.get("name", ""), net_cfg.get("weights")
+    if weights and not name.startswith("timm/"):
+        preset = torchvision_weights(name, weights).transforms()
+        return {
+            "eval_resize": preset.resize_size[0],
+            "eval_crop": preset.crop_size[0],
+            "mean": list(preset.mean),
+            "std": list(preset.std),
+        }
+    if name.startswith("timm/") and net_cfg.get("pretrained"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name.removeprefix("timm/"))
+        if cfg is None:
+            return None
+        crop = cfg.input_size[-1]
+        return {
+            "eval_resize": math.floor(crop / cfg.crop_pct),
+            "eval_crop": crop,
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+        }
+    return None

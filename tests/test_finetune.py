@@ -1,0 +1,178 @@
+"""Fine-tuning: pretrained weights from each source, head replacement, freezing, head lr."""
+
+import math
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+from lightning.pytorch.callbacks import Callback
+
+from imgcls.models.backbones import build_net
+from imgcls.models.pretrained import eval_preprocessing, read_state_dict
+from imgcls.train import build_components, preprocessing_of_weights, train
+from imgcls.utils.errors import UserError
+from tests.data_factory import cache_torchvision_weights, write_class_tree
+
+SMALL_IMAGES = ["data.train_crop=32", "data.eval_resize=36", "data.eval_crop=32"]
+
+
+def folder_overrides(tmp_path: Path, classes: int = 3) -> list[str]:
+    names = ["cat", "dog", "fox", "owl"][:classes]
+    root = write_class_tree(tmp_path / "photos", names, 8)
+    return ["data=folder", f"data.root={root}", "data.batch_size=8", "data.num_workers=0"]
+
+
+class Snapshots(Callback):
+    """The net's state_dict at the end of every training epoch."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.states.append({k: v.clone() for k, v in pl_module.net.state_dict().items()})
+
+
+def test_frozen_backbone_learns_only_after_unfreezing(make_cfg, tmp_path: Path) -> None:
+    # seed 000's file: a DataParallel state_dict ('module.' prefixes) with a 1000-class head
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18(num_classes=1000).state_dict()
+    weights = tmp_path / "resnet18_imagenet.pth"
+    torch.save({f"module.{k}": v for k, v in source.items()}, weights)
+    cfg = make_cfg(
+        *folder_overrides(tmp_path),
+        *SMALL_IMAGES,
+        "model=resnet18",
+        f"model.net.weights_path={weights}",
+        "model.net.head_init=xavier",
+        "model.freeze_backbone=true",
+        "model.unfreeze_at_epoch=1",
+        "model.head_lr_mult=10",
+        "optimizer.lr=0.01",
+        "trainer.max_epochs=2",
+        "test=false",
+    )
+    objects = build_components(cfg)
+    model, trainer = objects["model"], objects["trainer"]
+    start = {k: v.clone() for k, v in model.net.state_dict().items()}
+    backbone = [k for k in start if not k.startswith("fc.")]
+    assert all(torch.equal(start[k], source[k]) for k in backbone)  # loaded, prefix stripped
+    assert model.net.fc.weight.shape == (3, 512)  # a new head for 3 classes
+    assert not model.net.fc.bias.any()  # xavier: zero bias, weights within the xavier bound
+    assert model.net.fc.weight.abs().max() <= math.sqrt(6 / (512 + 3))
+
+    snapshots = Snapshots()
+    trainer.callbacks.append(snapshots)
+    trainer.fit(model, datamodule=objects["datamodule"])
+    after_frozen, after_unfrozen = snapshots.states
+    # epoch 0: only the head moved; backbone weights and BatchNorm statistics are untouched
+    assert all(torch.equal(after_frozen[k], start[k]) for k in backbone)
+    assert not torch.equal(after_frozen["fc.weight"], start["fc.weight"])
+    # epoch 1: unfrozen, the backbone learns
+    assert not torch.equal(after_unfrozen["conv1.weight"], start["conv1.weight"])
+    assert not torch.equal(after_unfrozen["bn1.running_mean"], start["bn1.running_mean"])
+
+    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
+    assert set(groups) == {"backbone", "head"}
+    assert groups["head"]["initial_lr"] == pytest.approx(10 * groups["backbone"]["initial_lr"])
+    head_params = {id(p) for p in model.net.fc.parameters()}
+    assert {id(p) for p in groups["head"]["params"]} == head_params
+
+
+def test_head_lr_mult_splits_decay_groups_too(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(
+        *folder_overrides(tmp_path),
+        *SMALL_IMAGES,
+        "model=cifar_quick",
+        "model.head_lr_mult=5",
+        "optimizer.no_decay_norm_and_bias=true",
+        "optimizer.lr=0.02",
+        "scheduler=none",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1",
+        "test=false",
+    )
+    _, objects = train(cfg)
+    groups = {g["name"]: g for g in objects["trainer"].optimizers[0].param_groups}
+    assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
+    assert groups["head"]["lr"] == pytest.approx(0.1)
+    assert groups["head_no_decay"]["weight_decay"] == 0.0
+    assert groups["backbone"]["lr"] == pytest.approx(0.02)
+
+
+def test_torchvision_weights_by_name_come_from_the_hub_cache() -> None:
+    cached = torch.load(cache_torchvision_weights("resnet18"), weights_only=True)
+    net = build_net("resnet18", num_classes=5, weights="DEFAULT")
+    state = net.state_dict()
+    assert torch.equal(state["layer4.1.conv2.weight"], cached["layer4.1.conv2.weight"])
+    assert state["fc.weight"].shape == (5, 512)
+
+
+def test_offline_without_cached_weights_says_what_to_do(monkeypatch) -> None:
+    def no_network(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
+    with pytest.raises(UserError, match=r"resnet34-b627a593\.pth.*weights_path") as err:
+        build_net("resnet34", num_classes=2, weights="IMAGENET1K_V1")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_weights_name_lists_the_real_ones() -> None:
+    with pytest.raises(UserError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
+        build_net("resnet50", num_classes=2, weights="IMAGENET1K_V3")
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(UserError, match="do not fit this net") as err:
+        build_net("resnet34", num_classes=2, weights_path=str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_weights_path_takes_our_checkpoint_and_safetensors(make_cfg, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    _, objects = train(
+        make_cfg("model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=2")
+    )
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    trained = objects["model"].net.state_dict()
+    # our checkpoint: 10 digit classes -> a 3-class head, the rest loaded
+    net = build_net("cifar_quick", num_classes=3, weights_path=str(ckpt))
+    body = [k for k in trained if not k.startswith("13.")]  # 13: the head
+    assert all(torch.equal(net.state_dict()[k], trained[k]) for k in body)
+    # the same tensors as safetensors (no pickle at all)
+    save_file({k: v.contiguous() for k, v in trained.items()}, tmp_path / "w.safetensors")
+    assert read_state_dict(tmp_path / "w.safetensors").keys() == trained.keys()
+
+
+def test_timm_models_by_name(tmp_path: Path) -> None:
+    net = build_net("timm/resnet10t", num_classes=4)
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 4)
+    path = tmp_path / "timm.pth"
+    torch.save(net.state_dict(), path)
+    again = build_net("timm/resnet10t", num_classes=7, weights_path=str(path))
+    assert torch.equal(again.state_dict()["conv1.0.weight"], net.state_dict()["conv1.0.weight"])
+    with pytest.raises(UserError, match="timm/resnet10t"):
+        build_net("timm/resnet10", num_classes=2)
+
+
+def test_eval_preprocessing_follows_the_weights(make_cfg, tmp_path: Path) -> None:
+    assert eval_preprocessing({"name": "resnet50", "weights": "IMAGENET1K_V2"}) == {
+        "eval_resize": 232,
+        "eval_crop": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+    assert eval_preprocessing({"name": "resnet50", "weights": None}) is None
+    assert eval_preprocessing({"name": "timm/convnext_tiny.fb_in1k", "pretrained": True}) == {
+        "eval_resize": 256,
+        "eval_crop": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+    cfg = make_cfg(*folder_overrides(tmp_path), "model=resnet50", "model.net.weights=IMAGENET1K_V2")
+    assert preprocessing_of_weights(cfg)["train_crop"] == 224
