@@ -1,0 +1,1 @@
+"""What a run shows people: tables and pictures of its results (files, TensorBoard)."""

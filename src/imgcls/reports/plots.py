@@ -1,0 +1,60 @@
+"""Figures of results, drawn with matplotlib (headless: the Agg backend, no display needed)."""
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+# Above this many classes, tick labels and cell counts would overlap into a grey blur.
+MAX_LABELLED_CLASSES = 30
+
+
+def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str]) -> Figure:
+    """Rows: true class, columns: predicted. Colour is the row's share (so rare classes read as
+    well as common ones); the number in a cell is its count."""
+    counts = confusion.cpu().double()
+    shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    n = len(class_names)
+    size = min(4 + 0.45 * n, 20)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= MAX_LABELLED_CLASSES:
+        ax.set_xticks(range(n), class_names, rotation=60, ha="right")
+        ax.set_yticks(range(n), class_names)
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if shares[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=colour)
+    ax.set_title("confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid_figure(
+    images: torch.Tensor, captions: Sequence[str], title: str, columns: int = 8
+) -> Figure:
+    """uint8 NCHW images in a grid, one caption above each."""
+    n = len(images)
+    columns = max(1, min(columns, n))
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str) -> None:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
