@@ -1,0 +1,200 @@
+"""Classify new images with a checkpoint: `python predict.py ckpt_path=... input=PATH` or
+`imgcls-predict`.
+
+Everything the model needs travels in the checkpoint (architecture, weights, class names, eval
+resize / crop, mean / std), so this works on any machine with the checkpoint alone. Images of any
+mode (RGBA, grayscale, palette, CMYK, 16-bit) are converted to RGB; a file that is not a readable
+image gets a row with its error instead of stopping the batch.
+"""
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader, Dataset
+
+from imgcls import CONFIG_DIR
+from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD, auto_workers
+from imgcls.data.decode import IMAGE_SUFFIXES, BadImageError, read_rgb
+from imgcls.data.files import list_images
+from imgcls.data.transforms import resize_center_crop
+from imgcls.models.checkpoint import load_classifier
+from imgcls.utils.errors import UserError
+from imgcls.utils.hydra_utils import apply_extras, report_user_errors
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+OUTPUT_FORMATS = ("csv", "json")
+
+
+def list_inputs(source: str | Path) -> list[Path]:
+    """The images named by `source`: one image, every image below a folder, or the paths listed
+    in a .txt file (relative ones are taken from the list's own folder)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        images = list_images(path)
+    elif path.suffix.lower() == ".txt" and path.is_file():
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        images = [path.parent / p if not Path(p).is_absolute() else Path(p) for p in lines if p]
+    elif path.is_file():
+        images = [path]
+    else:
+        raise UserError(f"input={source} does not exist: pass an image, a folder or a .txt list.")
+    if not images:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise UserError(f"No images found in {source} (image files end in {kinds}).")
+    return images
+
+
+class ImagePaths(Dataset):
+    """(uint8 image at the eval size, error message or "") per path; a bad file gives a blank."""
+
+    def __init__(self, paths: list[Path], resize: int, crop: int) -> None:
+        self.paths = paths
+        self.resize = resize
+        self.transform = resize_center_crop(resize, crop)
+        self.blank = torch.zeros(3, crop, crop, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.transform(read_rgb(self.paths[index], min_side=self.resize)), ""
+        except (BadImageError, OSError) as err:
+            return self.blank, str(err)
+
+
+@dataclass
+class Prediction:
+    path: str
+    classes: list[str] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N.") from err
+
+
+@torch.inference_mode()
+def predict(cfg: DictConfig) -> list[Prediction]:
+    if not cfg.get("ckpt_path") or not cfg.get("input"):
+        raise UserError("predict needs ckpt_path=<run>/checkpoints/best.ckpt and input=PATH.")
+    if cfg.output_format not in OUTPUT_FORMATS:
+        raise UserError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}.")
+    device = resolve_device(cfg.device)
+    model = load_classifier(cfg.ckpt_path).to(device)
+    prep = dict(model.hparams.get("preprocessing") or {})
+    resize, crop = cfg.resize or prep.get("resize"), cfg.crop or prep.get("crop")
+    if not (resize and crop):
+        raise UserError(
+            f"{cfg.ckpt_path} does not record its input size (an older checkpoint): pass "
+            "resize=<short side> crop=<size>, e.g. resize=256 crop=224."
+        )
+    if "mean" not in prep:
+        log.warning("The checkpoint records no mean/std: normalizing with ImageNet's.")
+    shape = (1, 3, 1, 1)
+    mean = torch.tensor(prep.get("mean", IMAGENET_MEAN), device=device).view(shape) * 255
+    std = torch.tensor(prep.get("std", IMAGENET_STD), device=device).view(shape) * 255
+
+    paths = list_inputs(cfg.input)
+    workers = auto_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
+    workers = min(workers, max(0, (len(paths) - 1) // cfg.batch_size))  # none for one batch
+    loader = DataLoader(
+        ImagePaths(paths, resize, crop),
+        batch_size=cfg.batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    top_k = min(cfg.top_k, model.hparams.num_classes)
+    names = model.class_names
+    predictions = []
+    done = 0
+    for images, errors in loader:
+        images = (images.to(device, non_blocking=True).float() - mean) / std
+        logits = model.eval_logits(images, tta_flip=cfg.tta_flip or None)
+        probs, indices = logits.float().softmax(dim=1).topk(top_k, dim=1)
+        for i, error in enumerate(errors):
+            path = str(paths[done + i])
+            if error:
+                predictions.append(Prediction(path, error=error))
+            else:
+                classes = [names[j] for j in indices[i].tolist()]
+                predictions.append(Prediction(path, classes, probs[i].tolist()))
+        done += len(errors)
+    write_predictions(predictions, top_k, Path(cfg.paths.output_dir), cfg.output_format)
+    print_predictions(predictions, cfg.print_rows)
+    return predictions
+
+
+def write_predictions(
+    predictions: list[Prediction], top_k: int, output_dir: Path, output_format: str
+) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        ranks = [(f"class_{r}", f"prob_{r}") for r in range(1, top_k + 1)]
+        writer.writerow(["path", *[name for pair in ranks for name in pair], "error"])
+        for p in predictions:
+            cells = [c for pair in zip(p.classes, p.probabilities, strict=True) for c in pair]
+            cells = [f"{c:.6f}" if isinstance(c, float) else c for c in cells]
+            writer.writerow([p.path, *(cells or [""] * 2 * top_k), p.error])
+    files = ["predictions.csv"]
+    if output_format == "json":
+        rows: list[dict[str, Any]] = [
+            {
+                "path": p.path,
+                "top": [
+                    {"class": c, "probability": q}
+                    for c, q in zip(p.classes, p.probabilities, strict=True)
+                ],
+                **({"error": p.error} if p.error else {}),
+            }
+            for p in predictions
+        ]
+        (output_dir / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
+        files.append("predictions.json")
+    written = ", ".join(str(output_dir / f) for f in files)
+    log.info(f"Predictions for {len(predictions)} images: {written}")
+
+
+def print_predictions(predictions: list[Prediction], rows: int) -> None:
+    table = Table(title=f"Predictions ({len(predictions)} images)")
+    table.add_column("image", overflow="fold")
+    table.add_column("top classes (probability)")
+    for p in predictions[:rows]:
+        if p.error:
+            table.add_row(p.path, f"[red]not read: {p.error}")
+        else:
+            tops = zip(p.classes, p.probabilities, strict=True)
+            table.add_row(p.path, ", ".join(f"{c} ({q:.1%})" for c, q in tops))
+    if len(predictions) > rows:
+        table.caption = f"first {rows} of {len(predictions)}: all are in the output file"
+    Console().print(table)
+    bad = sum(1 for p in predictions if p.error)
+    if bad:
+        log.warning(f"{bad} of {len(predictions)} files could not be read (see the error column).")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    apply_extras(cfg)
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""predict and export from a checkpoint alone: any image mode, every format round-trips."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from imgcls.export import export
+from imgcls.models.checkpoint import load_classifier
+from imgcls.predict import predict
+from imgcls.train import train
+from imgcls.utils.errors import UserError
+from imgcls.utils.hydra_utils import compose_config
+from tests.data_factory import PALETTE, write_class_tree, write_image
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torchvision ResNet-18 trained briefly on a 3-class folder of 48 px photos."""
+    tmp = tmp_path_factory.mktemp("trained")
+    root = write_class_tree(tmp / "photos", CLASSES, 16)
+    overrides = [
+        f"paths.log_dir={tmp / 'logs'}",
+        "extras.print_config=false",
+        "++callbacks.rich_progress_bar=null",
+        "data=folder",
+        f"data.root={root}",
+        "data.num_workers=0",
+        "data.batch_size=16",
+        "data.train_crop=48",
+        "data.eval_resize=52",
+        "data.eval_crop=48",
+        "model=resnet18",
+        "optimizer=adamw",
+        "optimizer.lr=1e-3",
+        "trainer.max_epochs=6",
+    ]
+    train(compose_config("train", overrides, output_dir=tmp / "run"))
+    return tmp / "run" / "checkpoints" / "best.ckpt"
+
+
+def run(config_name: str, tmp_path: Path, *overrides: str):
+    cfg = compose_config(
+        config_name,
+        [f"paths.log_dir={tmp_path / 'logs'}", "extras.print_config=false", *overrides],
+        output_dir=tmp_path / config_name,
+    )
+    return (predict if config_name == "predict" else export)(cfg)
+
+
+def test_predict_reads_any_image_mode_in_a_folder_tree(checkpoint: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "new"
+    colour = PALETTE[1]  # the "dog" colour, saved in modes a camera roll has
+    rgb = np.clip(np.array(colour) + np.zeros((30, 40, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(rgb).convert("RGBA").save(photos.mkdir() or photos / "rgba.png")
+    Image.fromarray(rgb).convert("L").save(photos / "gray.jpg")
+    Image.fromarray(rgb).convert("P").save(photos / "palette.gif")
+    write_image(photos / "nested" / "deeper" / "rgb.jpg", colour)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (photos / "notes.txt").write_text("not an image")
+
+    predictions = run("predict", tmp_path, f"ckpt_path={checkpoint}", f"input={photos}", "top_k=2")
+    by_name = {Path(p.path).name: p for p in predictions}
+    assert set(by_name) == {"rgba.png", "gray.jpg", "palette.gif", "rgb.jpg", "broken.jpg"}
+    assert by_name["broken.jpg"].error
+    for name in ("rgba.png", "palette.gif", "rgb.jpg"):
+        assert by_name[name].classes[0] == "dog", name
+        assert sum(by_name[name].probabilities) <= 1 + 1e-6
+    assert len(by_name["gray.jpg"].classes) == 2  # read, whatever it looks like
+    with open(tmp_path / "predict" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5
+    assert {r["class_1"] for r in rows if Path(r["path"]).name == "rgb.jpg"} == {"dog"}
+
+
+def test_predict_matches_the_model_on_its_own_eval_pipeline(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    image = write_image(tmp_path / "one.png", PALETTE[2], size=(64, 48))
+    listing = tmp_path / "list.txt"
+    listing.write_text("one.png\n\n")  # relative to the list's folder; blank lines ignored
+    predictions = run(
+        "predict", tmp_path, f"ckpt_path={checkpoint}", f"input={listing}", "output_format=json"
+    )
+    model = load_classifier(checkpoint)
+    from imgcls.data.decode import read_rgb
+    from imgcls.data.transforms import resize_center_crop
+
+    pixels = resize_center_crop(52, 48)(read_rgb(image)).float()[None]
+    mean = torch.tensor(model.hparams.preprocessing["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.hparams.preprocessing["std"]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        probs = model((pixels / 255 - mean) / std).softmax(1)[0]
+    top = probs.topk(3)
+    assert predictions[0].classes == [CLASSES[i] for i in top.indices.tolist()]
+    assert predictions[0].probabilities == pytest.approx(top.values.tolist(), abs=1e-5)
+    saved = json.loads((tmp_path / "predict" / "predictions.json").read_text())
+    assert saved[0]["top"][0]["class"] == predictions[0].classes[0]
+
+
+def test_predict_says_what_is_missing(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        run("predict", tmp_path, f"ckpt_path={checkpoint}", f"input={tmp_path / 'nope'}")
+    with pytest.raises(UserError, match="No images found"):
+        run("predict", tmp_path, f"ckpt_path={checkpoint}", f"input={tmp_path}")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "state_dict", "safetensors"])
+def test_every_export_format_round_trips(checkpoint: Path, tmp_path: Path, fmt: str) -> None:
+    card = run("export", tmp_path, f"ckpt_path={checkpoint}", f"format={fmt}")
+    out = tmp_path / "export"
+    assert card["check"]["max_abs_logit_diff"] <= 1e-3
+    assert card["classes"] == CLASSES
+    assert card["input"]["crop"] == 48
+    assert card["input"]["resize"] == 52
+    assert "val/acc (best, checkpointing)" in card["metrics"]
+    assert "test/acc" in card["metrics"]
+    assert json.loads((out / "model_card.json").read_text()) == card
+
+    net = load_classifier(checkpoint).net.eval()
+    batch = torch.randn(5, 3, 48, 48)
+    with torch.inference_mode():
+        expected = net(batch)
+        if fmt == "onnx":
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+            logits = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+        elif fmt == "torchscript":
+            logits = torch.jit.load(str(out / "model.torchscript.pt"))(batch)
+        else:  # a plain torchvision model takes the file as it is: no prefixes to strip
+            if fmt == "state_dict":
+                state = torch.load(out / "model.pth", weights_only=True)
+            else:
+                from safetensors.torch import load_file
+
+                state = load_file(out / "model.safetensors")
+            plain = torchvision.models.resnet18(num_classes=3).eval()
+            plain.load_state_dict(state)
+            logits = plain(batch)
+    assert logits.shape == (5, 3)
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_export_rejects_an_unknown_format(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="onnx, torchscript, state_dict, safetensors"):
+        run("export", tmp_path, f"ckpt_path={checkpoint}", "format=tflite")
