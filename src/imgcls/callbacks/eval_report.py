@@ -16,7 +16,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchmetrics import MetricCollection
@@ -27,7 +26,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from imgcls.reports.plots import confusion_figure, image_grid_figure, save_figure
+from imgcls.callbacks.tensorboard_images import add_figure, to_uint8_images
+from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure, save_figure
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -43,11 +43,6 @@ def per_class_metrics(num_classes: int) -> MetricCollection:
             "confusion": MulticlassConfusionMatrix(num_classes),
         }
     )
-
-
-def to_uint8_images(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Normalized model inputs back to viewable uint8 pixels."""
-    return ((images.float() * std + mean) * 255).clamp(0, 255).round().to(torch.uint8)
 
 
 class ConfidentMistakes:
@@ -100,10 +95,8 @@ class EvaluationReport(Callback):
         self.metrics.update(logits, labels)
         if trainer.is_global_zero and self.misclassified:
             datamodule = trainer.datamodule
-            shape = (1, -1, 1, 1)
-            mean = torch.tensor(datamodule.mean, device=images.device).view(shape)
-            std = torch.tensor(datamodule.std, device=images.device).view(shape)
-            self.mistakes.update(to_uint8_images(images, mean, std), logits, labels)
+            pixels = to_uint8_images(images, datamodule.mean, datamodule.std)
+            self.mistakes.update(pixels, logits, labels)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         values = self.metrics.compute()  # synced over devices: every rank takes part
@@ -136,8 +129,7 @@ class EvaluationReport(Callback):
                 m.images, captions, "most confidently wrong (true → predicted, confidence)"
             )
         for name, fig in figures.items():
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_figure(f"test/{name}", fig, trainer.global_step, False)
+            add_figure(trainer, f"test/{name}", fig)
             save_figure(fig, str(self.output_dir / f"{name}.png"))
+            close_figure(fig)
         log.info(f"Evaluation report: {self.output_dir}/per_class.csv, confusion.csv/.png")

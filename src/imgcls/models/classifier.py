@@ -170,12 +170,14 @@ class ImageClassifier(LightningModule):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    # Evaluation steps hand their logits to callbacks (confusion matrices, wrong images).
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        _, logits = self._shared_step(batch, "val")
+        return {"logits": logits.detach()}
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         _, logits = self._shared_step(batch, "test")
-        return {"logits": logits.detach()}  # for callbacks.EvaluationReport
+        return {"logits": logits.detach()}
 
     def on_train_start(self) -> None:
         # The sanity-check epoch must not count as the best validation accuracy.

@@ -55,6 +55,8 @@ def param_groups(
         if part == "head":
             group["lr"] = lr * head_lr_mult
         built.append(group)
+    if len(built) == 1:  # one group needs no name: its lr curve is plain `lr-<Optimizer>`
+        del built[0]["name"]
     return built
 
 

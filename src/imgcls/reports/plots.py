@@ -57,4 +57,7 @@ def image_grid_figure(
 
 def save_figure(fig: Figure, path: str) -> None:
     fig.savefig(path, dpi=100)
+
+
+def close_figure(fig: Figure) -> None:
     plt.close(fig)

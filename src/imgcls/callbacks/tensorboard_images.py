@@ -1,0 +1,86 @@
+"""Pictures in TensorBoard's Images tab, off the training hot path and from rank 0 only:
+
+- `TrainingBatchGrid`: the first training batch as the net sees it (augmented, mixed), turned
+  back into pixels, with class names (seed 003's `imshow(make_grid(images))`), once per run;
+- `ValidationConfusion`: the validation confusion matrix after every validation epoch.
+
+The test stage's confusion matrix and wrong images come from callbacks.EvaluationReport.
+"""
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure
+
+
+def add_figure(trainer: L.Trainer, tag: str, fig: Figure) -> None:
+    """Log a figure to every TensorBoard logger of the run (rank 0), at the current step."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(tag, fig, trainer.global_step, close=False)
+
+
+def to_uint8_images(images: Tensor, mean: Any, std: Any) -> Tensor:
+    """Normalized model inputs back to viewable uint8 pixels."""
+    shape = (1, -1, 1, 1)
+    mean = torch.as_tensor(mean, device=images.device).view(shape)
+    std = torch.as_tensor(std, device=images.device).view(shape)
+    return ((images.float() * std + mean) * 255).clamp(0, 255).round().to(torch.uint8)
+
+
+class TrainingBatchGrid(Callback):
+    def __init__(self, max_images: int = 32) -> None:
+        self.max_images = max_images
+        self.logged = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.logged or not trainer.is_global_zero:
+            return
+        self.logged = True
+        images, labels = batch[0][: self.max_images], batch[1][: self.max_images]
+        if labels.ndim == 2:  # MixUp / CutMix: name the dominant class
+            labels = labels.argmax(dim=1)
+        datamodule = trainer.datamodule
+        pixels = to_uint8_images(images.detach(), datamodule.mean, datamodule.std)
+        names = [pl_module.class_names[i] for i in labels.tolist()]
+        fig = image_grid_figure(pixels, names, "training batch, augmented (as the net sees it)")
+        add_figure(trainer, "train/augmented_batch", fig)
+        close_figure(fig)
+
+
+class ValidationConfusion(Callback):
+    def __init__(self) -> None:
+        self.confusion: MulticlassConfusionMatrix | None = None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        num_classes = pl_module.hparams.num_classes
+        self.confusion = MulticlassConfusionMatrix(num_classes).to(pl_module.device)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.confusion.update(outputs["logits"], batch[1])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        confusion = self.confusion.compute()  # synced over devices: every rank takes part
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        fig = confusion_figure(confusion, pl_module.class_names)
+        add_figure(trainer, "val/confusion", fig)
+        close_figure(fig)
