@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format tensorboard clean
+.PHONY: help install train sweep test test-fast lint format tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ install: ## create .venv and install imgcls (editable) with its dev extras
 
 train: ## train the default model on the embedded digits dataset (ARGS="key=value ...")
 	$(PY) train.py $(ARGS)
+
+sweep: ## Optuna search on digits, summary.csv in its sweep dir (ARGS="hparams_search=cifar10_optuna")
+	$(PY) train.py hparams_search=digits_optuna $(ARGS)
 
 test: ## run the whole test suite (slow tests included)
 	$(PY) -m pytest $(PYTEST_ARGS)

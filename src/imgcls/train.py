@@ -29,6 +29,7 @@ from imgcls.utils.hydra_utils import (
 )
 from imgcls.utils.logging import get_logger
 from imgcls.utils.rich_utils import print_metrics_table
+from imgcls.utils.run_status import run_recorded
 
 log = get_logger(__name__)
 
@@ -111,11 +112,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
-    ddp_hydra.install()
-    apply_extras(cfg)
-    with ddp_hydra.ddp_job_scope():
-        metrics, _ = train(cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    def job() -> float | None:
+        ddp_hydra.install()
+        apply_extras(cfg)
+        with ddp_hydra.ddp_job_scope():
+            metrics, _ = train(cfg)
+        return metric_value(metrics, cfg.get("optimized_metric"))
+
+    return run_recorded(cfg.paths.output_dir, job)
 
 
 if __name__ == "__main__":

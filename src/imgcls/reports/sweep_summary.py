@@ -1,0 +1,172 @@
+"""One table for a sweep, or for any set of runs: `summary.csv` plus a rich table.
+
+Written after every multirun into the sweep dir (a Hydra callback, configs/hydra/default.yaml),
+and rebuilt on demand for any dir holding runs: `imgcls-summary logs/train/multiruns/<time>`,
+`imgcls-summary logs/train/runs`. One row per job: its overrides, its status (completed, failed
+with the error, interrupted), its duration and its final metrics, best first by the optimized
+metric; failed jobs last.
+"""
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from imgcls.utils.run_status import STATUS_FILE
+
+SUMMARY_FILE = "summary.csv"
+# learning rates per param group are curves, not results
+SKIPPED_METRIC_PREFIXES = ("lr-",)
+
+
+def job_dirs(root: Path) -> list[Path]:
+    """Every run below root (a dir holding `.hydra/overrides.yaml`), in job-number order."""
+    found = [p.parent.parent for p in root.rglob(".hydra/overrides.yaml")]
+
+    def order(path: Path) -> tuple:
+        parts = path.relative_to(root).parts
+        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+    return sorted(found, key=order)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_job(job: Path, root: Path) -> dict[str, Any]:
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    metrics = {
+        k: v
+        for k, v in _read_json(job / "metrics.json").items()
+        if not k.startswith(SKIPPED_METRIC_PREFIXES)
+    }
+    status = _read_json(job / STATUS_FILE)
+    if not status:  # a run from before status files, or one killed before writing it
+        status = {"status": "completed" if metrics else "unknown"}
+    return {
+        "job": str(job.relative_to(root)) if job != root else ".",
+        "status": status.get("status"),
+        "duration_s": status.get("duration_s"),
+        "overrides": dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o),
+        "metrics": metrics,
+        "error": status.get("error", ""),
+    }
+
+
+def optimized_metric(jobs: list[Path]) -> str | None:
+    for job in jobs:
+        config = job / ".hydra" / "config.yaml"
+        if config.is_file():
+            metric = OmegaConf.load(config).get("optimized_metric")
+            if metric:
+                return metric
+    return None
+
+
+def summarize(
+    root: str | Path, metric: str | None = None, direction: str | None = None
+) -> tuple[list[dict[str, Any]], list[str], str | None]:
+    """(rows, columns, sort metric). Rows are flat dicts, ready for csv.DictWriter."""
+    root = Path(root)
+    jobs = job_dirs(root)
+    metric = metric or optimized_metric(jobs)
+    direction = direction or ("minimize" if metric and "loss" in metric else "maximize")
+    records = [read_job(job, root) for job in jobs]
+    override_keys = list(dict.fromkeys(k for r in records for k in r["overrides"]))
+    metric_keys = sorted({k for r in records for k in r["metrics"]})
+    if metric in metric_keys:
+        metric_keys.remove(metric)
+        metric_keys.insert(0, metric)
+
+    def rank(record: dict[str, Any]) -> tuple[int, float]:
+        value = record["metrics"].get(metric)
+        if record["status"] != "completed" or value is None or math.isnan(value):
+            return (1, 0.0)
+        return (0, -value if direction == "maximize" else value)
+
+    rows = [
+        {
+            "job": r["job"],
+            "status": r["status"],
+            "duration_s": r["duration_s"],
+            **{k: r["overrides"].get(k, "") for k in override_keys},
+            **{k: r["metrics"].get(k, "") for k in metric_keys},
+            "error": r["error"],
+        }
+        for r in sorted(records, key=rank)
+    ]
+    columns = ["job", "status", "duration_s", *override_keys, *metric_keys, "error"]
+    return rows, columns, metric
+
+
+def write_summary(root: str | Path, metric: str | None = None, direction: str | None = None):
+    rows, columns, metric = summarize(root, metric, direction)
+    path = Path(root) / SUMMARY_FILE
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    print_summary(rows, columns, metric, path)
+    return path
+
+
+# metrics worth a column in the console table (summary.csv has all of them)
+TABLE_METRICS = ("val/acc_best", "test/acc")
+MAX_ERROR_CHARS = 60
+
+
+def print_summary(rows: list[dict], columns: list[str], metric: str | None, path: Path) -> None:
+    """The console view: the overrides that differ between runs and the main metrics."""
+    fixed = {"job", "status", "duration_s", "error"}
+    varying = [
+        c
+        for c in columns
+        if c not in fixed and "/" not in c and len({str(r.get(c)) for r in rows}) > 1
+    ]
+    metrics = [m for m in dict.fromkeys([metric, *TABLE_METRICS]) if m and m in columns]
+    shown = ["job", "status", "duration_s", *varying, *metrics, "error"]
+    table = Table(title=f"{len(rows)} runs, best first by {metric or '(no metric)'}: {path}")
+    for column in shown:
+        width = {"job": 3, "status": 9}.get(column)
+        table.add_column(column, overflow="ellipsis", no_wrap=column != "error", min_width=width)
+    for row in rows:
+        cells = []
+        for column in shown:
+            value = row.get(column, "")
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            cells.append(text[:MAX_ERROR_CHARS] + ("..." if len(text) > MAX_ERROR_CHARS else ""))
+        table.add_row(*cells, style="red" if row["status"] == "failed" else None)
+    Console().print(table)
+
+
+class SweepSummaryCallback(Callback):
+    """Hydra calls this once a multirun has run all its jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.get("sweeper") or {}
+        direction = sweeper.get("direction") if isinstance(sweeper.get("direction"), str) else None
+        write_summary(config.hydra.sweep.dir, config.get("optimized_metric"), direction)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="summary.csv of every run below DIR")
+    parser.add_argument("dir", type=Path, help="a sweep dir, or any dir holding runs")
+    parser.add_argument("--metric", help="sort by this metric (default: the optimized_metric)")
+    parser.add_argument("--direction", choices=["maximize", "minimize"])
+    args = parser.parse_args()
+    if not job_dirs(args.dir):
+        parser.error(f"no runs below {args.dir} (a run dir holds .hydra/overrides.yaml)")
+    write_summary(args.dir, args.metric, args.direction)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Each run's `status.json` (completed / failed with its error / interrupted, and its duration),
+and the rule that one failed job never ends a sweep.
+
+In a multirun, a job that raises is logged with its error, recorded as failed, and returns no
+value: Hydra's basic sweeper goes on to the next job, and Optuna records the trial as failed
+and keeps sampling (with `max_failure_rate: 1.0`; a raised error or a NaN would instead end the
+sweep, the first in Hydra's sweeper, the second in the Optuna plugin). A single run still fails
+loudly, as before.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+
+from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+STATUS_FILE = "status.json"
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@rank_zero_only
+def write_status(output_dir: str | Path, status: dict[str, Any]) -> None:
+    path = Path(output_dir) / STATUS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(status, indent=2) + "\n")
+
+
+def run_recorded(output_dir: str | Path, task: Callable[[], float | None]) -> float | None:
+    """Run `task`, record how it ended; in a sweep, turn its failure into a NaN result."""
+    start = time.perf_counter()
+    status: dict[str, Any] = {"status": "interrupted"}  # kept if a signal ends the process
+    try:
+        result = task()
+        status = {"status": "completed"}
+        return result
+    except Exception as err:
+        status = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        if not in_multirun():
+            raise
+        log.error(
+            f"This job failed; the sweep goes on. {status['error']}",
+            exc_info=not isinstance(err, UserError),
+        )
+        return None
+    finally:
+        status["duration_s"] = round(time.perf_counter() - start, 3)
+        write_status(output_dir, status)
