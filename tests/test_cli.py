@@ -37,7 +37,10 @@ def test_ddp_sim_trains_in_one_run_dir(tmp_path: Path) -> None:
         "train",
         "train/runs",
         run.relative_to(tmp_path).as_posix(),
-        *(f"{run.relative_to(tmp_path)}/{d}" for d in (".hydra", "checkpoints", "tensorboard")),
+        *(
+            f"{run.relative_to(tmp_path)}/{d}"
+            for d in (".hydra", "checkpoints", "tensorboard", "csv")
+        ),
     }
     assert (run / "train.log").is_file()
     assert (run / "train_rank1.log").is_file()
@@ -53,7 +56,7 @@ def test_multirun_with_ddp_makes_one_dir_per_job(tmp_path: Path) -> None:
     result = run_cli("train.py", args)
     assert_ok(result)
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.csv"]
     assert {p.name for p in (tmp_path / "train").iterdir()} == {"multiruns"}  # no stray runs/
     for job, lr in (("0", "0.01"), ("1", "0.1")):
         overrides = (sweep / job / ".hydra" / "overrides.yaml").read_text()

@@ -1,0 +1,154 @@
+"""Seeing runs and sweeps: TensorBoard's scalars, images and hparams, summary.csv after grid and
+Optuna sweeps (failed jobs included), and both notebooks executed on real runs."""
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from imgcls import REPO_ROOT
+from imgcls.reports.sweep_summary import write_summary
+from imgcls.train import train
+from tests.helpers import run_cli
+
+QUICK = ["model=cifar_quick", "optimizer.lr=0.05", "+trainer.limit_train_batches=4"]
+SWEEP_QUICK = [
+    "model=cifar_quick",
+    "+trainer.limit_train_batches=4",
+    "trainer.max_epochs=1",
+    "extras.print_config=false",
+    "callbacks.rich_progress_bar=null",
+]
+
+
+def run_notebook(name: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """Execute notebooks/<name> top to bottom in a fresh kernel of this Python; any cell that
+    raises fails the test."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # the kernel is started as `python`: make it this environment's
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(REPO_ROOT / "notebooks" / name, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells), "commit notebooks stripped"
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3")
+    client.execute(cwd=str(REPO_ROOT))
+    kinds = {out["output_type"] for cell in notebook.cells for out in cell.get("outputs", [])}
+    assert "error" not in kinds
+    assert "display_data" in kinds  # the plots and tables were drawn
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_tensorboard_holds_curves_pictures_and_hparams(make_cfg, tmp_path: Path, monkeypatch):
+    cfg = make_cfg(*QUICK, "trainer.max_epochs=2", "trainer.log_every_n_steps=2")
+    train(cfg)
+    run = tmp_path / "run"
+    # what Hydra's command line saves and the notebook reads (an in-process run has no .hydra/)
+    job_config = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    (run / ".hydra").mkdir()
+    OmegaConf.save(job_config, run / ".hydra" / "config.yaml")
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_top5",
+        "val/acc_best",
+        "test/loss",
+        "test/acc",
+        "test/acc_top5",
+        "lr-SGD",
+        "perf/images_per_sec",
+        "perf/data_wait_share",
+    } <= set(tags["scalars"])
+    images = set(tags["images"])
+    assert {"train/augmented_batch", "val/confusion", "test/confusion"} <= images
+    assert "test/misclassified" in images
+    assert len(events.Images("val/confusion")) == 2  # one per validation epoch, no sanity check
+
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["optimizer/lr"].number_value == pytest.approx(0.05)
+    assert hparams["model/net/name"].string_value == "cifar_quick"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert {"val/acc_best", "test/acc"} <= metric_tags  # the tab sorts runs by these
+
+    assert (run / "csv" / "metrics.csv").is_file()
+    run_notebook("01_inspect_run.ipynb", monkeypatch, IMGCLS_RUN_DIR=str(run))
+
+
+@pytest.mark.slow
+def test_grid_sweep_goes_past_failed_jobs_into_summary(tmp_path: Path, monkeypatch) -> None:
+    grid = ["-m", "model.net.name=cifar_quick,no_such_net", "optimizer.lr=0.05,0.1"]
+    result = run_cli("train.py", [*grid, *SWEEP_QUICK, f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    rows = read_rows(sweep / "summary.csv")
+    assert len(rows) == 4
+    done = [r for r in rows if r["status"] == "completed"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert {r["model.net.name"] for r in done} == {"cifar_quick"}
+    assert {r["optimizer.lr"] for r in done} == {"0.05", "0.1"}
+    assert rows[:2] == done  # completed first, best first
+    assert float(done[0]["val/acc_best"]) >= float(done[1]["val/acc_best"])
+    assert all("Unknown model.net.name='no_such_net'" in r["error"] for r in failed)
+    assert all(float(r["duration_s"]) > 0 for r in rows)
+    assert "val/acc_best" in result.stdout  # the printed table
+    assert "failed" in result.stdout
+
+    (sweep / "summary.csv").unlink()  # imgcls-summary rebuilds the same table
+    write_summary(sweep)
+    assert read_rows(sweep / "summary.csv") == rows
+    run_notebook("02_compare_sweep.ipynb", monkeypatch, IMGCLS_SWEEP_DIR=str(sweep))
+
+
+@pytest.mark.slow
+def test_optuna_records_failed_trials_and_resumes_from_sqlite(tmp_path: Path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = [
+        "-m",
+        "hparams_search=digits_optuna",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=test",
+        "hydra.sweeper.params=null",
+        "optimizer.lr=interval(-0.1,0.1)",  # a negative lr fails: SGD refuses it
+        *SWEEP_QUICK,
+        f"paths.log_dir={tmp_path}",
+    ]
+    result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    rows = read_rows(sweep / "summary.csv")
+    assert len(rows) == 3
+    for row in rows:
+        negative = float(row["optimizer.lr"]) < 0
+        assert row["status"] == ("failed" if negative else "completed"), row
+        assert ("Invalid learning rate" in row["error"]) == negative
+    assert {"failed", "completed"} == {r["status"] for r in rows}  # the seed gives both
+    study = optuna.load_study(study_name="test", storage=storage)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == sorted("FAIL" if r["status"] == "failed" else "COMPLETE" for r in rows)
+
+    result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(optuna.load_study(study_name="test", storage=storage).trials) == 4
