@@ -12,10 +12,12 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls import CONFIG_DIR
 from imgcls.models.pretrained import eval_preprocessing
+from imgcls.resume import check_checkpoint_fits, resolve_resume
 from imgcls.utils import ddp_hydra
 from imgcls.utils.hydra_utils import (
     apply_extras,
@@ -29,7 +31,7 @@ from imgcls.utils.hydra_utils import (
 )
 from imgcls.utils.logging import get_logger
 from imgcls.utils.rich_utils import print_metrics_table
-from imgcls.utils.run_status import run_recorded
+from imgcls.utils.run_status import Preempted, run_recorded
 
 log = get_logger(__name__)
 
@@ -83,15 +85,22 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    resumed_from = resolve_resume(cfg)
     objects = build_components(cfg)
     trainer: L.Trainer = objects["trainer"]
     model, datamodule = objects["model"], objects["datamodule"]
+    if resumed_from is not None:
+        names = datamodule.class_names
+        check_checkpoint_fits(resumed_from, cfg.ckpt_path, cfg.model.net.name, names)
     for logger in trainer.loggers:
         logger.log_hyperparams(run_hyperparameters(cfg, model))
 
     if cfg.get("train"):
         log.info("Training")
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except SIGTERMException as signal:  # callbacks.PreemptionCheckpoint saved last.ckpt
+            raise Preempted(f"stopped by a signal at step {trainer.global_step}") from signal
     metrics = scalar_metrics(trainer.callback_metrics)
 
     if cfg.get("test"):
@@ -119,7 +128,7 @@ def main(cfg: DictConfig) -> float | None:
             metrics, _ = train(cfg)
         return metric_value(metrics, cfg.get("optimized_metric"))
 
-    return run_recorded(cfg.paths.output_dir, job)
+    return run_recorded(cfg, job)
 
 
 if __name__ == "__main__":

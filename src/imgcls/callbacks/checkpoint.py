@@ -1,13 +1,18 @@
-"""Lightning's ModelCheckpoint plus a stable `best.ckpt` name for the best checkpoint so far.
+"""Lightning's ModelCheckpoint plus a stable `best.ckpt` name and step checkpoints.
 
 Checkpoints keep their epoch-numbered names (`epoch_007.ckpt`), and `best.ckpt` is a relative
 symlink to the best one, so `eval.py ckpt_path=<run>/checkpoints/best.ckpt` never needs the
 epoch looked up. Where symlinks are not allowed it is a copy.
+
+`every_n_train_steps=N` also refreshes `last.ckpt` every N optimizer steps, on top of the
+per-epoch checkpoints (Lightning's ModelCheckpoint allows one schedule or the other): a long
+epoch interrupted midway resumes from at most N steps back, at the same data position.
 """
 
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -16,6 +21,25 @@ BEST_NAME = "best.ckpt"
 
 
 class CheckpointWithBestLink(ModelCheckpoint):
+    def __init__(self, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.last_every_n_steps = every_n_train_steps or 0
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step = trainer.global_step
+        if self.last_every_n_steps and step % self.last_every_n_steps == 0 and self.dirpath:
+            path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            trainer.save_checkpoint(path)
+            self.last_model_path = str(path)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         self._link_best(trainer)

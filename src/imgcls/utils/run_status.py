@@ -17,12 +17,17 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
 
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 STATUS_FILE = "status.json"
+
+
+class Preempted(Exception):  # noqa: N818 (a state, not an error)
+    """A run stopped by SIGTERM / SIGUSR1 after saving last.ckpt: not a failure."""
 
 
 def in_multirun() -> bool:
@@ -36,14 +41,19 @@ def write_status(output_dir: str | Path, status: dict[str, Any]) -> None:
     path.write_text(json.dumps(status, indent=2) + "\n")
 
 
-def run_recorded(output_dir: str | Path, task: Callable[[], float | None]) -> float | None:
-    """Run `task`, record how it ended; in a sweep, turn its failure into a NaN result."""
+def run_recorded(cfg: DictConfig, task: Callable[[], float | None]) -> float | None:
+    """Run `task`, record how it ended in the run's dir (read at the end: a resumed run moves
+    it to the resumed run's); in a sweep, turn its failure into no result."""
     start = time.perf_counter()
     status: dict[str, Any] = {"status": "interrupted"}  # kept if a signal ends the process
     try:
         result = task()
         status = {"status": "completed"}
         return result
+    except Preempted as preempted:  # exit 0: a scheduler may requeue the same command
+        status = {"status": "preempted", "detail": str(preempted)}
+        log.warning(f"Preempted ({preempted}); resume with ckpt_path=last.")
+        return None
     except Exception as err:
         status = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         if not in_multirun():
@@ -55,4 +65,4 @@ def run_recorded(output_dir: str | Path, task: Callable[[], float | None]) -> fl
         return None
     finally:
         status["duration_s"] = round(time.perf_counter() - start, 3)
-        write_status(output_dir, status)
+        write_status(cfg.paths.output_dir, status)
