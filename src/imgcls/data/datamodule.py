@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
+from imgcls.callbacks.step_seeds import reseed
 from imgcls.data.transforms import Pipeline, build_pipeline
 
 # torchvision's ImageNet statistics: the default for photos and for pretrained backbones.
@@ -37,6 +38,25 @@ def auto_workers(devices: int = 1) -> int:
     """Loader workers per device process: the CPUs it may use, one left for the main process."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(MAX_AUTO_WORKERS, (cpus or 1) // max(1, devices) - 1))
+
+
+class EpochSeededRandomSampler(RandomSampler):
+    """Shuffling that is a function of (seed, epoch) alone, as DistributedSampler's is: a run
+    resumed at an epoch boundary sees the order the uninterrupted run would have. Lightning calls
+    `set_epoch` every epoch, and under DDP swaps in its DistributedSampler (which does the same
+    per process), recognizing a RandomSampler."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        super().__init__(dataset)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):  # noqa: ANN204 (an iterator of indices, as RandomSampler's)
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class ImageDataModule(LightningDataModule, ABC):
@@ -85,6 +105,8 @@ class ImageDataModule(LightningDataModule, ABC):
         self.splits: Splits | None = None
         # set by callbacks.ProgressiveResize: training batches are scaled to this many px
         self.train_resolution: int | None = None
+        # set by callbacks.StepSeeds: training batches are augmented from (seed, step) RNG
+        self.step_seed: int | None = None
         self._pipeline: Pipeline | None = None
         self._batch_mix: v2.Transform | None = None
         self._scale_shift: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -152,7 +174,7 @@ class ImageDataModule(LightningDataModule, ABC):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=EpochSeededRandomSampler(dataset, torch.initial_seed()) if train else None,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=workers,
             persistent_workers=self.persistent_workers and workers > 0,
@@ -182,6 +204,11 @@ class ImageDataModule(LightningDataModule, ABC):
             self._scale_shift[device] = (1.0 / (255.0 * std), -mean / std)
         scale, shift = self._scale_shift[device]
         return torch.addcmul(shift, images.float(), scale)
+
+    def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        if self.step_seed is not None and self.trainer is not None and self.trainer.training:
+            reseed(self.step_seed, self.trainer.global_step)
+        return batch
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         images, labels = batch

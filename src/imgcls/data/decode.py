@@ -29,8 +29,14 @@ def _header(data: bytes) -> tuple[str, tuple[int, int]]:
     if not data:
         raise BadImageError("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:  # parses the header only
-            format_, size = image.format, image.size
+        with warnings.catch_warnings():  # PIL warns above its limit; the check below says more
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:  # parses the header only
+                format_, size = image.format, image.size
+    except Image.DecompressionBombError as err:  # PIL refuses twice its limit at open
+        raise BadImageError(
+            f"over PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels): {err}"
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise BadImageError("not an image file (no known image format)") from err
     if size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
