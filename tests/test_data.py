@@ -82,8 +82,13 @@ def test_loaders_batch_shuffle_and_keep_workers_off_for_in_memory(digits: Digits
     assert not loader.pin_memory
     assert loader.drop_last
     assert not digits.val_dataloader().drop_last
-    first = [next(iter(digits.train_dataloader()))[1] for _ in range(2)]
-    assert not torch.equal(*first)  # reshuffled every epoch
+
+    def first_labels(epoch: int) -> torch.Tensor:
+        loader.sampler.set_epoch(epoch)  # as Lightning does at every epoch start
+        return next(iter(loader))[1]
+
+    assert not torch.equal(first_labels(0), first_labels(1))  # reshuffled every epoch
+    assert torch.equal(first_labels(1), first_labels(1))  # the same order for the same epoch
 
 
 def test_loader_keeps_workers_alive_between_epochs() -> None:

@@ -55,8 +55,9 @@ def test_run_dir_holds_every_artifact(make_cfg, tmp_path: Path) -> None:
     assert (run / "config_tree.log").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     ckpts = run / "checkpoints"
-    assert {p.name for p in ckpts.iterdir()} == {"epoch_001.ckpt", "best.ckpt", "last.ckpt"}
-    assert (ckpts / "best.ckpt").resolve() == (ckpts / "epoch_001.ckpt").resolve()
+    (best_epoch,) = ckpts.glob("epoch_*.ckpt")  # save_top_k=1: the best epoch's only
+    assert {p.name for p in ckpts.iterdir()} == {best_epoch.name, "best.ckpt", "last.ckpt"}
+    assert (ckpts / "best.ckpt").resolve() == best_epoch.resolve()
 
 
 def test_accuracy_rises_and_eval_reproduces_test_metrics(make_cfg, tmp_path: Path) -> None:
@@ -107,7 +108,10 @@ def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
     trainer = resumed["trainer"]
     assert trainer.current_epoch == 3
     assert trainer.global_step == 3 * steps_per_epoch
-    assert (tmp_path / "resumed" / "checkpoints" / "epoch_002.ckpt").is_file()
+    # a checkpoint of a run resumes into that run dir
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (3, 3 * steps_per_epoch)  # 3 epochs done
+    assert not (tmp_path / "resumed" / "checkpoints").exists()
 
 
 def test_eval_rejects_checkpoint_for_other_classes(make_cfg, tmp_path: Path) -> None:

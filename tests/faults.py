@@ -1,0 +1,51 @@
+"""Faults injected into a training subprocess through its config (`+callbacks.fault=...`)."""
+
+import os
+import signal
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process (no cleanup at all) just before training step `step` + 1."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtStep(Callback):
+    """Send this process `name` (SIGTERM, SIGUSR1) during training step `step` + 1."""
+
+    def __init__(self, step: int, name: str) -> None:
+        self.step, self.signum = step, getattr(signal, name)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class KillDuringSave(Callback):
+    """SIGKILL this process halfway through writing its `nth` checkpoint."""
+
+    def __init__(self, nth: int) -> None:
+        self.nth, self.saves = nth, 0
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        real_save = torch.save
+
+        def save_then_die(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+            self.saves += 1
+            if self.saves < self.nth or not hasattr(f, "write"):
+                return real_save(obj, f, *args, **kwargs)
+            f.write(b"PK\x03\x04 half a checkpoint")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+            return None
+
+        torch.save = save_then_die

@@ -1,0 +1,255 @@
+"""Faults really happen here: processes are SIGKILLed (between epochs, mid-epoch, mid-save) and
+signalled, losses turn NaN, the disk fills, checkpoints carry code, configs have typos. Each test
+checks that no finished work is lost and that the message says what to do."""
+
+import errno
+import json
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from PIL import Image
+
+from imgcls.models.checkpoint import load_classifier
+from imgcls.models.pretrained import read_state_dict
+from imgcls.train import build_components, train
+from imgcls.utils.errors import UserError
+from imgcls.utils.hydra_utils import compose_config
+from tests.helpers import run_cli
+
+# 6 full steps per epoch (1,257 training digits, batches of 200, the last partial one
+# dropped), 3 epochs; device augmentation and MixUp on, so randomness matters to the weights
+RUN = [
+    "model=cifar_quick",
+    "optimizer.lr=0.05",
+    "data.batch_size=200",
+    "data.augment=cifar",
+    "data.mixup_alpha=0.2",
+    "trainer.max_epochs=3",
+    "trainer.deterministic=true",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "test=false",
+    "extras.print_config=false",
+    "callbacks.rich_progress_bar=null",
+]
+
+
+def last_weights(log_dir: Path) -> dict[str, torch.Tensor]:
+    (ckpt,) = log_dir.glob("train/runs/*/checkpoints/last.ckpt")
+    return torch.load(ckpt, weights_only=True)["state_dict"]
+
+
+def status(log_dir: Path) -> dict:
+    (path,) = log_dir.glob("train/runs/*/status.json")
+    return json.loads(path.read_text())
+
+
+def train_cli(log_dir: Path, *extra: str):
+    return run_cli("train.py", [*RUN, f"paths.log_dir={log_dir}", *extra])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    log_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = train_cli(log_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return last_weights(log_dir)
+
+
+def kill_and_resume(log_dir: Path, kill_at: int) -> dict[str, torch.Tensor]:
+    fault = [
+        "+callbacks.fault._target_=tests.faults.KillAtStep",
+        f"+callbacks.fault.step={kill_at}",
+    ]
+    killed = train_cli(log_dir, *fault)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train_cli(log_dir, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # one run dir: the resumed run continued in the killed run's dir, to the planned end
+    assert len(list(log_dir.glob("train/runs/*/checkpoints"))) == 1
+    assert status(log_dir)["status"] == "completed"
+    (ckpt,) = log_dir.glob("train/runs/*/checkpoints/last.ckpt")
+    saved = torch.load(ckpt, weights_only=True)
+    assert (saved["global_step"], saved["epoch"]) == (18, 2)
+    return saved["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_an_epoch_boundary_then_resume_gives_the_same_weights(
+    uninterrupted, tmp_path: Path
+) -> None:
+    final = kill_and_resume(tmp_path, kill_at=6)  # after epoch 0's checkpoint
+    assert final.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(final[name], tensor), f"{name} differs"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_resumes_from_the_step_checkpoint(tmp_path: Path) -> None:
+    # step 8's checkpoint: the step count, optimizer and schedule continue from it exactly;
+    # the rest of that epoch sees a fresh pass of data (Lightning restarts a plain loader)
+    final = kill_and_resume(tmp_path, kill_at=9)
+    assert all(torch.isfinite(v).all() for v in final.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_preemption_signal_saves_and_exits_cleanly(tmp_path: Path, signame: str) -> None:
+    fault = [
+        "+callbacks.fault._target_=tests.faults.SignalAtStep",
+        "+callbacks.fault.step=4",
+        f"+callbacks.fault.name={signame}",
+    ]
+    result = train_cli(tmp_path, *fault)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert status(tmp_path)["status"] == "preempted"
+    (ckpt,) = tmp_path.glob("train/runs/*/checkpoints/last.ckpt")
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 5  # the signalled step ran
+    resumed = train_cli(tmp_path, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert status(tmp_path)["status"] == "completed"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 18
+
+
+@pytest.mark.slow
+def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path: Path) -> None:
+    fault = ["+callbacks.fault._target_=tests.faults.KillDuringSave", "+callbacks.fault.nth=3"]
+    result = train_cli(tmp_path, *fault)
+    assert result.returncode == -signal.SIGKILL
+    (ckpt,) = tmp_path.glob("train/runs/*/checkpoints/last.ckpt")
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 4  # saves 1-2: steps 2 and 4
+    resumed = train_cli(tmp_path, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_nan_loss_stops_naming_step_lr_and_the_good_checkpoint(make_cfg, tmp_path: Path):
+    cfg = make_cfg(*RUN[:-2], "trainer.deterministic=false")
+    objects = build_components(cfg)
+    model, trainer = objects["model"], objects["trainer"]
+
+    class NaNFromStep5(torch.nn.Module):
+        def __init__(self, criterion: torch.nn.Module) -> None:
+            super().__init__()
+            self.criterion = criterion
+
+        def forward(self, logits, labels):
+            loss = self.criterion(logits, labels)
+            return loss * float("nan") if trainer.global_step >= 4 else loss
+
+    model.criterion = NaNFromStep5(model.criterion)
+    with pytest.raises(UserError, match=r"NaN or infinite at step 5 .*lr 0\.0\d+.*last\.ckpt"):
+        trainer.fit(model, datamodule=objects["datamodule"])
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4  # the step-4 checkpoint, written before the NaN
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_disk_full_is_reported_and_the_last_checkpoint_survives(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    real_save, saves = torch.save, []
+
+    def fills_the_disk(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr("imgcls.utils.checkpoint_io.torch.save", fills_the_disk)
+    with pytest.raises(UserError, match=r"No space left .*last\.ckpt.*is intact") as err:
+        train(make_cfg(*RUN))
+    assert "ckpt_path=last" in str(err.value)
+    monkeypatch.undo()
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert not list(ckpts.glob(".*partial"))  # no half-written file left behind
+
+
+class Payload:
+    """Unpickling this makes a directory: proof that code in a file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(
+    make_cfg, tmp_path: Path
+) -> None:
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": Payload(marker), "hyper_parameters": {}}, f)
+    attempts = {
+        "eval/predict/export": lambda: load_classifier(evil),
+        "model.net.weights_path": lambda: read_state_dict(evil),
+        "resume": lambda: train(make_cfg(f"ckpt_path={evil}")),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(UserError, match=r"Cannot (load|read)") as err:
+            attempt()
+        assert "\n" not in str(err.value).split(": ", 1)[0], name
+        assert not marker.exists(), f"the payload ran through {name}"
+
+
+def test_resuming_a_checkpoint_of_other_classes_or_net_is_one_line(
+    make_cfg, tmp_path: Path
+) -> None:
+    train(make_cfg("model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match="holds a cifar_quick but the config builds a lenet"):
+        train(make_cfg("model=lenet", f"ckpt_path={ckpt}", run_dir=tmp_path / "b"))
+    with pytest.raises(UserError, match=r"trained on 10 classes .* but the data has 3"):
+        train(
+            make_cfg(
+                "model=cifar_quick",
+                "data=fake",
+                "data.num_classes=3",
+                f"ckpt_path={ckpt}",
+                run_dir=tmp_path / "c",
+            )
+        )
+    with pytest.raises(UserError, match=r"ckpt_path=last found no last\.ckpt"):
+        train(make_cfg("ckpt_path=last", "paths.log_dir=" + str(tmp_path / "empty")))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model=resnet19", "Available options in 'model'"),
+        ("trainer.max_epoch=3", "Key 'max_epoch' is not in struct"),
+        ("data=cifar11", "Available options in 'data'"),
+    ],
+)
+def test_config_mistakes_fail_at_start_naming_the_choices(override: str, expected: str) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("train", [override])
+    assert expected in str(err.value) + str(err.value.__cause__)
+
+
+def test_predict_refuses_a_decompression_bomb(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    from imgcls.predict import predict
+
+    train(make_cfg("model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=1"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # the real limit is 89 Mpx
+    Image.new("RGB", (400, 300)).save(tmp_path / "bomb.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    cfg = compose_config(
+        "predict",
+        [
+            f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+            f"input={tmp_path}",
+            "num_workers=0",
+            "extras.print_config=false",
+        ],
+        output_dir=tmp_path / "predict",
+    )
+    by_name = {Path(p.path).name: p for p in predict(cfg)}
+    assert "decompression-bomb limit" in by_name["bomb.png"].error
+    assert by_name["small.png"].classes
