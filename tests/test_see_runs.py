@@ -91,6 +91,7 @@ def test_tensorboard_holds_curves_pictures_and_hparams(make_cfg, tmp_path: Path,
     metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
     assert {"val/acc_best", "test/acc"} <= metric_tags  # the tab sorts runs by these
 
+    assert not tags["graph"]  # the graph is off by default
     assert (run / "csv" / "metrics.csv").is_file()
     run_notebook("01_inspect_run.ipynb", monkeypatch, IMGCLS_RUN_DIR=str(run))
 
@@ -152,3 +153,10 @@ def test_optuna_records_failed_trials_and_resumes_from_sqlite(tmp_path: Path) ->
     result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=1"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(optuna.load_study(study_name="test", storage=storage).trials) == 4
+
+
+def test_model_graph_on_request(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg(*QUICK, "trainer.max_epochs=1", "logger.tensorboard.log_graph=true"))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert events.Tags()["graph"]

@@ -211,6 +211,8 @@ class ImageDataModule(LightningDataModule, ABC):
         return batch
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        if isinstance(batch, torch.Tensor):  # images alone: the model's example input
+            return self.normalize(batch)
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         augment = self.pipeline.train_device if training else self.pipeline.eval_device

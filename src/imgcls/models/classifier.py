@@ -73,6 +73,10 @@ class ImageClassifier(LightningModule):
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        if preprocessing and preprocessing.get("crop"):
+            # for TensorBoard's graph (logger.tensorboard.log_graph=true) and the model summary
+            crop = preprocessing["crop"]
+            self.example_input_array = torch.zeros(2, 3, crop, crop, dtype=torch.uint8)
 
     @property
     def head(self) -> nn.Module:
