@@ -4,7 +4,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -57,26 +56,34 @@ def run(config_name: str, tmp_path: Path, *overrides: str):
 
 def test_predict_reads_any_image_mode_in_a_folder_tree(checkpoint: Path, tmp_path: Path) -> None:
     photos = tmp_path / "new"
-    colour = PALETTE[1]  # the "dog" colour, saved in modes a camera roll has
-    rgb = np.clip(np.array(colour) + np.zeros((30, 40, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(rgb).convert("RGBA").save(photos.mkdir() or photos / "rgba.png")
-    Image.fromarray(rgb).convert("L").save(photos / "gray.jpg")
-    Image.fromarray(rgb).convert("P").save(photos / "palette.gif")
-    write_image(photos / "nested" / "deeper" / "rgb.jpg", colour)
+    photos.mkdir()
+    # one photo in the modes a camera roll has, each beside its plain-RGB rendering
+    pixels = Image.open(write_image(tmp_path / "source.png", PALETTE[1], size=(40, 30)))
+    pixels.convert("RGBA").save(photos / "rgba.png")
+    pixels.save(photos / "rgba_as_rgb.png")
+    pixels.convert("P").save(photos / "palette.gif")
+    Image.open(photos / "palette.gif").convert("RGB").save(photos / "palette_as_rgb.png")
+    pixels.convert("L").save(photos / "gray.png")
+    pixels.convert("L").convert("RGB").save(photos / "gray_as_rgb.png")
+    write_image(photos / "nested" / "deeper" / "rgb.jpg", PALETTE[1])  # a "dog" training photo
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     (photos / "notes.txt").write_text("not an image")
 
-    predictions = run("predict", tmp_path, f"ckpt_path={checkpoint}", f"input={photos}", "top_k=2")
+    predictions = run("predict", tmp_path, f"ckpt_path={checkpoint}", f"input={photos}", "top_k=3")
     by_name = {Path(p.path).name: p for p in predictions}
-    assert set(by_name) == {"rgba.png", "gray.jpg", "palette.gif", "rgb.jpg", "broken.jpg"}
+    assert len(by_name) == 8  # every image below the folder; notes.txt is not one
     assert by_name["broken.jpg"].error
-    for name in ("rgba.png", "palette.gif", "rgb.jpg"):
-        assert by_name[name].classes[0] == "dog", name
-        assert sum(by_name[name].probabilities) <= 1 + 1e-6
-    assert len(by_name["gray.jpg"].classes) == 2  # read, whatever it looks like
+    assert by_name["rgb.jpg"].classes[0] == "dog"
+    for mode in ("rgba", "palette", "gray"):  # converted exactly as PIL renders them in RGB
+        converted, plain = (
+            by_name[f"{mode}.{'gif' if mode == 'palette' else 'png'}"],
+            by_name[f"{mode}_as_rgb.png"],
+        )
+        assert converted.classes == plain.classes, mode
+        assert converted.probabilities == pytest.approx(plain.probabilities, abs=1e-6), mode
     with open(tmp_path / "predict" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 5
+    assert len(rows) == 8
     assert {r["class_1"] for r in rows if Path(r["path"]).name == "rgb.jpg"} == {"dog"}
 
 
