@@ -253,3 +253,12 @@ def test_predict_refuses_a_decompression_bomb(make_cfg, tmp_path: Path, monkeypa
     by_name = {Path(p.path).name: p for p in predict(cfg)}
     assert "decompression-bomb limit" in by_name["bomb.png"].error
     assert by_name["small.png"].classes
+
+
+@pytest.mark.slow
+def test_an_unknown_key_on_the_command_line_names_the_close_one(tmp_path: Path) -> None:
+    result = run_cli("train.py", ["trainer.max_epoch=3", f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 1
+    assert "Did you mean trainer.max_epochs?" in result.stderr
+    assert "The keys of trainer: " in result.stderr
+    assert not (tmp_path / "train").exists()  # refused before any run dir was made

@@ -19,6 +19,7 @@ from imgcls import CONFIG_DIR
 from imgcls.models.pretrained import eval_preprocessing
 from imgcls.resume import check_checkpoint_fits, resolve_resume
 from imgcls.utils import ddp_hydra
+from imgcls.utils.config_hints import with_key_hints
 from imgcls.utils.hydra_utils import (
     apply_extras,
     instantiate,
@@ -120,7 +121,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @report_user_errors
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     def job() -> float | None:
         ddp_hydra.install()
         apply_extras(cfg)
@@ -129,6 +130,9 @@ def main(cfg: DictConfig) -> float | None:
         return metric_value(metrics, cfg.get("optimized_metric"))
 
     return run_recorded(cfg, job)
+
+
+main = with_key_hints("train", hydra_main)
 
 
 if __name__ == "__main__":
