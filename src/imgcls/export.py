@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from imgcls import CONFIG_DIR
 from imgcls.models.backbones import build_net
-from imgcls.models.checkpoint import PRETRAINED_KEYS, load_classifier, read_checkpoint
+from imgcls.models.checkpoint import PRETRAINED_KEYS, classifier_from_checkpoint, read_checkpoint
 from imgcls.utils.errors import UserError
 from imgcls.utils.hydra_utils import apply_extras, report_user_errors
 from imgcls.utils.logging import get_logger
@@ -107,7 +107,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if cfg.format not in FILE_NAMES:
         raise UserError(f"format={cfg.format!r} is not one of {', '.join(FILE_NAMES)}.")
     ckpt_path = Path(cfg.ckpt_path)
-    model = load_classifier(ckpt_path)
+    checkpoint = read_checkpoint(ckpt_path)  # read once: the model and its metrics
+    model = classifier_from_checkpoint(checkpoint, ckpt_path)
     hparams = model.hparams
     prep = dict(hparams.get("preprocessing") or {})
     if not prep.get("crop"):
@@ -154,7 +155,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "std": prep.get("std"),
         },
         "output": "logits, one per class (softmax for probabilities)",
-        "metrics": checkpoint_metrics(read_checkpoint(ckpt_path), ckpt_path),
+        "metrics": checkpoint_metrics(checkpoint, ckpt_path),
         "check": {"max_abs_logit_diff": diff, "tolerance": cfg.check_tolerance},
     }
     (out_dir / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")

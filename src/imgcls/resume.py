@@ -43,7 +43,7 @@ def resolve_resume(cfg: DictConfig) -> dict[str, Any] | None:
     if ckpt == LAST:
         ckpt = newest_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name, output_dir)
     ckpt = Path(ckpt).resolve()
-    hparams = read_checkpoint(ckpt)["hyper_parameters"]
+    hparams = read_checkpoint(ckpt, mmap=True)["hyper_parameters"]  # tensors stay unread
     set_in_struct(cfg, "ckpt_path", str(ckpt))
     if ckpt.parent.name == "checkpoints" and ckpt.parent.parent != output_dir.resolve():
         run_dir = ckpt.parent.parent

@@ -18,8 +18,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
-from imgcls.callbacks.step_seeds import reseed
 from imgcls.data.transforms import Pipeline, build_pipeline
+from imgcls.utils.seeding import reseed
 
 # torchvision's ImageNet statistics: the default for photos and for pretrained backbones.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

