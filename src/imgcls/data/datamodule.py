@@ -214,14 +214,31 @@ class ImageDataModule(LightningDataModule, ABC):
         if isinstance(batch, torch.Tensor):  # images alone: the model's example input
             return self.normalize(batch)
         images, labels = batch
-        training = self.trainer is not None and self.trainer.training
-        augment = self.pipeline.train_device if training else self.pipeline.eval_device
-        if augment is not None:
-            images = augment(images.float())
-        if training and self.train_resolution and images.shape[-1] != self.train_resolution:
+        if not (self.trainer is not None and self.trainer.training):
+            return self.eval_images(images), labels
+        if self.pipeline.train_device is not None:
+            images = self.pipeline.train_device(images.float())
+        if self.train_resolution and images.shape[-1] != self.train_resolution:
             size = [self.train_resolution] * 2
             images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True)
         images = self.normalize(images)
-        if training and self.batch_mix is not None:
+        if self.batch_mix is not None:
             images, labels = self.batch_mix(images, labels)
         return images, labels
+
+    def eval_images(self, images: torch.Tensor) -> torch.Tensor:
+        """A loaded batch as evaluation sees it: eval transform on the device, normalized."""
+        if self.pipeline.eval_device is not None:
+            images = self.pipeline.eval_device(images.float())
+        return self.normalize(images)
+
+    def first_train_images(self, count: int, device: torch.device) -> torch.Tensor:
+        """The first `count` training images in split order, un-augmented and normalized: the
+        same sample on every device and every run, for data-dependent initializations."""
+        batches, seen = [], 0
+        for images, _ in self._loader(self._split("train"), train=False):
+            batches.append(self.eval_images(images[: count - seen].to(device)))
+            seen += len(batches[-1])
+            if seen >= count:
+                break
+        return torch.cat(batches)

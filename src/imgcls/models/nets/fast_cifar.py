@@ -2,8 +2,18 @@
 three conv groups (3x3 conv, max-pool, BatchNorm, GELU, 3x3 conv, BatchNorm, GELU) at widths
 64 / 256 / 256, a 3x3 max-pool to 1x1 and a linear head scaled down by 1/9. BatchNorm keeps its
 scale fixed at 1 (only the shift is learned), with a fast-moving running average.
+
+Two of airbench's initializations, which buy accuracy in the first epochs where short schedules
+spend most of their time:
+- the 3x3 convs start as identities on their first input channels (dirac), so the untrained net
+  passes its input through instead of noise;
+- the stem is a fixed patch-whitening filter bank: `init_from_data` sets it from the training
+  images (callbacks/data_init.py calls it before the first step), to the eigenvectors of the 2x2
+  patch covariance scaled by 1/sqrt(eigenvalue), with their negatives (24 = 2 x 3 x 2 x 2).
+  Only its bias learns.
 """
 
+import torch
 from torch import Tensor, nn
 
 
@@ -13,14 +23,21 @@ def _batchnorm(channels: int) -> nn.BatchNorm2d:
     return norm
 
 
+def _identity_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(c_in, c_out)])
+    return conv
+
+
 class ConvGroup(nn.Sequential):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            _identity_conv(c_in, c_out),
             nn.MaxPool2d(2),
             _batchnorm(c_out),
             nn.GELU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            _identity_conv(c_out, c_out),
             _batchnorm(c_out),
             nn.GELU(),
         )
@@ -42,11 +59,12 @@ class FastCifar(nn.Sequential):
         widths: tuple[int, int, int] = (64, 256, 256),
         in_channels: int = 3,
     ) -> None:
-        stem = 24
+        stem = nn.Conv2d(in_channels, 2 * in_channels * 2 * 2, 2, bias=True)
+        stem.weight.requires_grad_(False)
         super().__init__(
-            nn.Conv2d(in_channels, stem, 2, bias=True),
+            stem,
             nn.GELU(),
-            ConvGroup(stem, widths[0]),
+            ConvGroup(stem.out_channels, widths[0]),
             ConvGroup(widths[0], widths[1]),
             ConvGroup(widths[1], widths[2]),
             nn.AdaptiveMaxPool2d(1),
@@ -54,3 +72,17 @@ class FastCifar(nn.Sequential):
             nn.Linear(widths[2], num_classes, bias=False),
             Scale(1 / 9),
         )
+
+    @torch.no_grad()
+    def init_from_data(self, images: Tensor, eps: float = 5e-4) -> None:
+        """Whiten the stem from normalized training images (n, c, h, w); a few thousand do."""
+        stem = self[0]
+        size = stem.kernel_size
+        patches = images.float().unfold(2, size[0], 1).unfold(3, size[1], 1)
+        # (n, c, h', w', kh, kw) -> one row per patch, laid out as the conv's (c, kh, kw)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(0, 2)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors.T / (eigenvalues[:, None] + eps).sqrt()).flip(0)
+        filters = filters.reshape(-1, stem.in_channels, *size)
+        stem.weight.copy_(torch.cat([filters, -filters]).to(stem.weight))
