@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from imgcls.data.device_augment import ColorJitterBatch, RandomAffineBatch
 from imgcls.data.digits import DigitsDataModule
@@ -48,7 +49,7 @@ def test_seed_classic_puts_colour_and_rotation_on_the_device() -> None:
     assert out.max() <= 255
 
 
-@pytest.mark.parametrize("preset", ["none", "standard", "cifar", "seed_classic"])
+@pytest.mark.parametrize("preset", ["none", "standard", "cifar", "cifar_light", "seed_classic"])
 def test_in_memory_presets_run_on_the_device_at_native_size(preset: str) -> None:
     pipeline = build_pipeline(preset, in_memory=True, native_size=32)
     assert pipeline.train_worker is None
@@ -75,6 +76,24 @@ def test_affine_identity_and_exact_integer_shifts() -> None:
     flipped = RandomAffineBatch(flip=True)
     outs = {tuple(flipped(images[:1]).flatten()[:3].tolist()) for _ in range(30)}
     assert len(outs) == 2  # flipped or not, nothing in between
+
+
+def test_cifar_light_crops_are_views_of_the_mirror_padded_image() -> None:
+    """Device (grid_sample "reflection") and workers (torchvision "symmetric") pad alike: every
+    crop is one of the 25 shifts of the image mirror-padded by 2 px, or its mirror image."""
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator())
+    padded = v2.functional.pad(image, [2] * 4, padding_mode="symmetric").float()
+    shifts = [padded[:, i : i + 32, j : j + 32] for i in range(5) for j in range(5)]
+    views = {view.numpy().tobytes() for shift in shifts for view in (shift, shift.flip(-1))}
+    torch.manual_seed(0)
+    device = build_pipeline("cifar_light", in_memory=True, native_size=32).train_device
+    device_crops = list(device(image[None].float().repeat(64, 1, 1, 1)).round())
+    worker = build_pipeline("cifar_light", in_memory=False).train_worker
+    worker_crops = [worker(image).float() for _ in range(64)]
+    for crops in (device_crops, worker_crops):
+        seen = {crop.numpy().tobytes() for crop in crops}
+        assert seen <= views
+        assert len(seen) > 10
 
 
 def test_random_resized_crop_differs_per_image() -> None:

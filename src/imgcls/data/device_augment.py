@@ -42,11 +42,12 @@ class RandomAffineBatch(nn.Module):
         flip: bool = True,
         degrees: float = 0.0,
         interpolation: str = "bilinear",
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         self.size, self.scale, self.ratio = size, scale, ratio
         self.shift, self.flip, self.degrees = shift, flip, degrees
-        self.interpolation = interpolation
+        self.interpolation, self.padding_mode = interpolation, padding_mode
 
     def theta(self, n: int, height: int, width: int, device: torch.device) -> Tensor:
         """(n, 2, 3) maps from output to input coordinates, in grid_sample's [-1, 1] units."""
@@ -83,7 +84,7 @@ class RandomAffineBatch(nn.Module):
         theta = self.theta(n, height, width, images.device).to(images.dtype)
         grid = F.affine_grid(theta, [n, channels, out_h, out_w], align_corners=False)
         return F.grid_sample(
-            images, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False
+            images, grid, mode=self.interpolation, padding_mode=self.padding_mode, align_corners=False
         )
 
 

@@ -10,6 +10,7 @@ worker side: all of its augmentation runs on the device.
 | none | eval transform only | 224 / 256 / 224 |
 | standard | RandomResizedCrop + flip | 224 / 256 / 224 |
 | cifar | pad-4 random crop + flip | 32 / 32 / 32 |
+| cifar_light | pad-2 mirror random crop + flip (airbench's, for schedules of ~10 epochs) | 32 / 32 / 32 |
 | seed_classic | seed 000: RandomResizedCrop + flip (workers), rotation 10 + ColorJitter 0.2 (device) | 224 / 256 / 224 |
 | torchvision_recipe | RandomResizedCrop + flip + TrivialAugmentWide + RandomErasing 0.1 | 176 / 232 / 224 |
 
@@ -30,6 +31,7 @@ DEFAULT_SIZES = {
     "none": (224, 256, 224),
     "standard": (224, 256, 224),
     "cifar": (32, 32, 32),
+    "cifar_light": (32, 32, 32),
     "seed_classic": (224, 256, 224),
     "torchvision_recipe": (176, 232, 224),
 }
@@ -85,6 +87,7 @@ def build_pipeline(
             "none": None,
             "standard": RandomAffineBatch(crop, scale=rrc),
             "cifar": RandomAffineBatch(crop, shift=4),
+            "cifar_light": RandomAffineBatch(crop, shift=2, padding_mode="reflection"),
             "seed_classic": RandomAffineBatch(crop, scale=rrc, degrees=10),
         }[augment]
         same_size = resize == eval_crop == native_size
@@ -98,6 +101,13 @@ def build_pipeline(
         "none": eval_transform,
         "standard": v2.Compose([v2.RandomResizedCrop(crop, antialias=True), flip]),
         "cifar": v2.Compose([resize_center_crop(crop, crop), v2.RandomCrop(crop, padding=4), flip]),
+        "cifar_light": v2.Compose(
+            [
+                resize_center_crop(crop, crop),
+                v2.RandomCrop(crop, padding=2, padding_mode="symmetric"),
+                flip,
+            ]
+        ),
         "seed_classic": v2.Compose([v2.RandomResizedCrop(crop, antialias=True), flip]),
         "torchvision_recipe": v2.Compose(
             [
