@@ -5,6 +5,8 @@ Both are torch classes named by `_target_`; the keys below are ours and are cons
   `--norm-weight-decay 0`), where decay only fights the normalization it rescales.
 - model `head_lr_mult`: the classifier head at that multiple of the lr (seed 001 fine-tunes
   with 10), its own param group, so every scheduler scales both groups alike.
+- optimizer `norm_lr_mult`: norm layers' parameters at that multiple of the lr, their own group
+  (airbench trains its BatchNorm biases 64x faster than the weights).
 - optimizer `scale_lr: linear` with `reference_batch` (256): lr x global batch / reference batch
   (Goyal et al. 2017), so a recipe's lr carries over to any number of devices.
 - scheduler `interval` (`epoch` or `step`), `warmup_epochs` and `warmup_start_factor` (a LinearLR
@@ -35,25 +37,31 @@ def param_groups(
     head: nn.Module | None = None,
     head_lr_mult: float = 1.0,
     lr: float = 0.0,
+    norm_lr_mult: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Backbone and head groups (the head at `head_lr_mult` x lr), each split into decayed and
-    not-decayed parameters when asked. Frozen parameters stay in their group: they have no
-    gradient, so the optimizer skips them until they are unfrozen."""
+    """Backbone, norm-layer and head groups (at `norm_lr_mult` and `head_lr_mult` x lr; one
+    backbone group when both are 1), each split into decayed and not-decayed parameters when
+    asked. Frozen parameters stay in their group: they have no gradient, so the optimizer skips
+    them until they are unfrozen."""
     with_head = head is not None and head_lr_mult != 1
     head_ids = {id(p) for p in head.parameters()} if with_head else set()
+    lr_mults = {"backbone": 1.0, "norm": norm_lr_mult, "head": head_lr_mult}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for module in model.modules():
+        is_norm = isinstance(module, NORM_LAYERS)
         for name, p in module.named_parameters(recurse=False):
             part = "head" if id(p) in head_ids else "backbone"
-            no_decay = exclude_norm_and_bias and (isinstance(module, NORM_LAYERS) or name == "bias")
+            if part == "backbone" and is_norm and norm_lr_mult != 1:
+                part = "norm"
+            no_decay = exclude_norm_and_bias and (is_norm or name == "bias")
             groups.setdefault((part, no_decay), []).append(p)
     built = []
     for (part, no_decay), params in groups.items():
         group: dict[str, Any] = {"params": params, "name": part + ("_no_decay" if no_decay else "")}
         if no_decay:
             group["weight_decay"] = 0.0
-        if part == "head":
-            group["lr"] = lr * head_lr_mult
+        if lr_mults[part] != 1:
+            group["lr"] = lr * lr_mults[part]
         built.append(group)
     if len(built) == 1:  # one group needs no name: its lr curve is plain `lr-<Optimizer>`
         del built[0]["name"]
@@ -84,7 +92,8 @@ def build_optimizer(
     rule, reference = kwargs.pop("scale_lr", None), kwargs.pop("reference_batch", 256)
     kwargs["lr"] = scaled_lr(kwargs["lr"], rule, global_batch, reference)
     no_decay = kwargs.pop("no_decay_norm_and_bias", False)
-    groups = param_groups(model, no_decay, head, head_lr_mult, kwargs["lr"])
+    norm_lr_mult = kwargs.pop("norm_lr_mult", 1.0)
+    groups = param_groups(model, no_decay, head, head_lr_mult, kwargs["lr"], norm_lr_mult)
     return optimizer_class(groups, **kwargs)
 
 
