@@ -139,3 +139,17 @@ def test_default_run_reaches_95_percent(make_cfg) -> None:
     """`python train.py` as shipped: the embedded digits with the default model and recipe."""
     metrics, _ = train(make_cfg())
     assert metrics["test/acc"] >= 0.95
+
+
+def test_ema_checkpoints_hold_the_averaged_weights_that_were_tested(
+    make_cfg, tmp_path: Path
+) -> None:
+    metrics, _ = train(make_cfg(*QUICK, "trainer.max_epochs=2", "callbacks=with_ema"))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    ckpt = torch.load(best, weights_only=True)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert not all(torch.equal(averaged[k], current[k]) for k in averaged)
+    eval_cfg = make_cfg(f"ckpt_path={best}", config_name="eval", run_dir=tmp_path / "eval")
+    eval_metrics, _ = evaluate(eval_cfg)
+    assert eval_metrics["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
