@@ -6,6 +6,7 @@ from torch import nn
 
 from imgcls.models.backbones import available_nets, build_net, torchvision_models
 from imgcls.models.classifier import ImageClassifier, accuracy_metrics
+from imgcls.models.nets.fast_cifar import FastCifar
 from imgcls.models.nets.resnet_cifar import BasicBlock
 from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.utils.errors import UserError
@@ -48,6 +49,28 @@ def test_resnet_cifar_depth_and_residuals() -> None:
     block = blocks[0].eval()
     x = torch.randn(1, 16, 8, 8)
     torch.testing.assert_close(block(x), torch.relu(x))
+
+
+def test_fast_cifar_whitening_stem_decorrelates_patches() -> None:
+    torch.manual_seed(0)
+    net = FastCifar()
+    assert not net[0].weight.requires_grad  # a fixed filter bank: only its bias learns
+    # correlated channels of unequal scale, as in real photos
+    images = torch.randn(64, 3, 32, 32) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    images[:, 1] += images[:, 0]
+    net.init_from_data(images)
+    responses = nn.functional.conv2d(images, net[0].weight)  # no bias
+    half = responses[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    torch.testing.assert_close(half.T @ half / len(half), torch.eye(12), atol=2e-3, rtol=0)
+    torch.testing.assert_close(responses[:, 12:], -responses[:, :12])
+
+
+def test_fast_cifar_convs_start_as_identities() -> None:
+    group = FastCifar()[2]
+    x = torch.randn(2, 24, 8, 8)
+    torch.testing.assert_close(group[0](x)[:, :24], x)  # 24 -> 64: first 24 channels pass
+    y = torch.randn(2, 64, 4, 4)
+    torch.testing.assert_close(group[4](y), y)
 
 
 def test_accuracy_metrics_match_a_hand_computation() -> None:
@@ -95,6 +118,18 @@ def test_norm_and_bias_can_skip_weight_decay() -> None:
     n_norm = sum(2 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
     assert len(free["params"]) == n_norm + 1  # BN weight+bias, and the fc bias
     assert all(p.ndim > 1 for p in decay["params"])
+
+
+def test_norm_layers_can_train_at_a_multiple_of_the_lr() -> None:
+    net = build_net("fast_cifar", num_classes=10)
+    optimizer = build_optimizer(net, {**SGD, "no_decay_norm_and_bias": True, "norm_lr_mult": 64})
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert sorted(groups) == ["backbone", "backbone_no_decay", "norm_no_decay"]
+    assert groups["norm_no_decay"]["lr"] == pytest.approx(6.4)
+    assert groups["backbone"]["lr"] == groups["backbone_no_decay"]["lr"] == 0.1
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    norm_params = {id(p) for m in norms for p in m.parameters()}
+    assert {id(p) for p in groups["norm_no_decay"]["params"]} == norm_params
 
 
 def lrs(cfg: dict, total_steps: int, max_epochs: int, steps: int) -> list[float]:

@@ -13,6 +13,7 @@ from imgcls.callbacks.progressive_resize import resolution_at
 from imgcls.data.digits import DigitsDataModule
 from imgcls.models.checkpoint import load_classifier
 from imgcls.models.classifier import ImageClassifier
+from imgcls.models.nets.fast_cifar import FastCifar
 from imgcls.models.optim import scaled_lr
 from imgcls.train import train
 from imgcls.utils.errors import UserError
@@ -74,6 +75,32 @@ def test_flip_tta_averages_the_mirror_logits() -> None:
         expected = (model(images) + model(images.flip(-1))) / 2
         torch.testing.assert_close(model.eval_logits(images), expected)
         assert not torch.allclose(model.eval_logits(images), model(images))
+
+
+def test_shift_tta_weighs_the_shifted_views_like_airbench() -> None:
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        net={"name": "lenet"}, num_classes=10, optimizer={}, tta_flip=True, tta_shift=1
+    ).eval()
+    images = torch.randn(2, 3, 32, 32)
+    padded = torch.nn.functional.pad(images, [1, 1, 1, 1], mode="reflect")
+    up_left, down_right = padded[..., :32, :32], padded[..., 2:, 2:]
+    assert torch.equal(up_left[..., 1:, 1:], images[..., :31, :31])
+    with torch.no_grad():
+        flip_mean = [(model(x) + model(x.flip(-1))) / 2 for x in (images, up_left, down_right)]
+        expected = flip_mean[0] / 2 + (flip_mean[1] + flip_mean[2]) / 4
+        torch.testing.assert_close(model.eval_logits(images), expected)
+
+
+def test_data_dependent_init_whitens_fast_cifar_from_the_first_train_images(make_cfg) -> None:
+    cfg = make_cfg(
+        "model.net.name=fast_cifar", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"
+    )
+    _, objects = train(cfg)
+    stem = objects["model"].net[0]
+    expected = FastCifar()
+    expected.init_from_data(objects["datamodule"].first_train_images(5000, torch.device("cpu")))
+    torch.testing.assert_close(stem.weight, expected[0].weight)  # frozen: a step leaves it
 
 
 def test_linear_lr_scaling() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -44,6 +45,7 @@ class ImageClassifier(LightningModule):
         compile: bool = False,
         sync_batchnorm: bool = False,
         tta_flip: bool = False,
+        tta_shift: int = 0,
         freeze_backbone: bool = False,
         unfreeze_at_epoch: int | None = None,
         head_lr_mult: float = 1.0,
@@ -110,11 +112,23 @@ class ImageClassifier(LightningModule):
 
     def eval_logits(self, images: Tensor, tta_flip: bool | None = None) -> Tensor:
         """Logits for evaluation: with `tta_flip` (default: the model's own setting), averaged
-        with those of the mirror images."""
-        logits = self(images)
-        if self.hparams.tta_flip if tta_flip is None else tta_flip:
-            logits = (logits + self(images.flip(-1))) / 2
+        with those of the mirror images. With `tta_shift` = s > 0, airbench's translation TTA
+        too: half the weight on these, half on the images shifted by s px up-left and down-right
+        (reflect padding)."""
+        flip = self.hparams.tta_flip if tta_flip is None else tta_flip
+        logits = self._flip_averaged_logits(images, flip)
+        shift = self.hparams.tta_shift
+        if shift:
+            height, width = images.shape[-2:]
+            padded = F.pad(images, [shift] * 4, mode="reflect")
+            views = (padded[..., :height, :width], padded[..., 2 * shift :, 2 * shift :])
+            shifted = sum(self._flip_averaged_logits(view, flip) for view in views) / len(views)
+            logits = (logits + shifted) / 2
         return logits
+
+    def _flip_averaged_logits(self, images: Tensor, flip: bool) -> Tensor:
+        logits = self(images)
+        return (logits + self(images.flip(-1))) / 2 if flip else logits
 
     def setup(self, stage: str) -> None:
         unfreezes = self.hparams.freeze_backbone and self.hparams.unfreeze_at_epoch is not None
