@@ -170,6 +170,7 @@ def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
         [
             "trainer=ddp_sim",
             "trainer.precision=bf16-mixed",
+            "model.net.name=fast_cifar",  # its whitening stem is set on rank 0 and broadcast
             "model.channels_last=true",
             "model.sync_batchnorm=true",
             "trainer.max_epochs=2",
