@@ -73,14 +73,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--recipes", nargs="+", choices=RECIPES.values(), default=RECIPES.values())
+    parser.add_argument(
+        "--recipe", action="append", choices=RECIPES.values(), help="run only this (repeatable)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every recipe")
     args = parser.parse_args()
     print(f"budget {args.minutes} min of training per recipe, {torch.get_num_threads()} threads")
     results = {}
     with tempfile.TemporaryDirectory() as out:
         for name, experiment in RECIPES.items():
-            if experiment not in args.recipes:
+            if args.recipe and experiment not in args.recipe:
                 continue
             acc, wall, curve = run(
                 experiment, args.data.resolve(), args.minutes, out, args.overrides
