@@ -10,6 +10,7 @@ parameters only when it wraps the model, before this hook.
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from imgcls.models.checkpoint import PRETRAINED_KEYS
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -25,7 +26,7 @@ class DataDependentInit(Callback):
         if not hasattr(net, "init_from_data") or not hasattr(datamodule, "first_train_images"):
             return
         net_cfg = pl_module.hparams.get("net", {})
-        pretrained = any(net_cfg.get(key) for key in ("weights", "weights_path", "pretrained"))
+        pretrained = any(net_cfg.get(key) for key in PRETRAINED_KEYS)
         if trainer.ckpt_path or pretrained:
             return
         images = datamodule.first_train_images(self.num_images, pl_module.device)
