@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from imgcls.callbacks.ema import HostCountedEMA
 from imgcls.eval import evaluate
 from imgcls.train import train
 from imgcls.utils.errors import UserError
@@ -139,6 +141,27 @@ def test_default_run_reaches_95_percent(make_cfg) -> None:
     """`python train.py` as shipped: the embedded digits with the default model and recipe."""
     metrics, _ = train(make_cfg())
     assert metrics["test/acc"] >= 0.95
+
+
+def test_host_counted_ema_matches_torchs_ema() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ours = HostCountedEMA(model, decay=0.9, device=None, use_buffers=True)
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(2, 3, 8, 8))  # moves the BatchNorm statistics and step count
+        ours.update_parameters(model)
+        reference.update_parameters(model)
+    theirs = reference.module.state_dict()
+    for name, mine in ours.module.state_dict().items():
+        if mine.is_floating_point():
+            torch.testing.assert_close(mine, theirs[name])
+        else:  # a step count is the model's own, not an average of counts
+            assert torch.equal(mine, model.state_dict()[name])
+    assert ours.updates == int(ours.n_averaged) == 4
 
 
 def test_ema_checkpoints_hold_the_averaged_weights_that_were_tested(

@@ -1,10 +1,10 @@
 """Stop at a NaN or infinite training loss, say where, and keep the last good checkpoint.
 
-The check costs no host sync per step on a GPU: each step only folds "was this loss finite" and
-its step number into a device tensor. The host reads it every `check_every_n_steps` steps, at
-every step that writes a checkpoint, and at the end of each epoch, always before the checkpoint
-callbacks run (Lightning orders those last), so a checkpoint never holds the diverged weights.
-On a CPU reading it is free, so it is read every step.
+The check costs no host sync per step: each step only folds "was this loss finite" and its step
+number into a device tensor. The host reads it every `check_every_n_steps` steps, at every step
+that writes a checkpoint, and at the end of each epoch, always before the checkpoint callbacks
+run (Lightning orders those last), so a checkpoint never holds the diverged weights. The step
+named is the first bad one, however late the read.
 """
 
 from typing import Any
@@ -39,8 +39,7 @@ class NonFiniteLossStop(Callback):
         bad_now = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
         self._first_bad = torch.where(bad_now, step, self._first_bad)
         self._lrs[step] = trainer.optimizers[0].param_groups[0]["lr"]
-        on_cpu = loss.device.type == "cpu"
-        if on_cpu or step % self.check_every_n_steps == 0 or self._saves(trainer):
+        if step % self.check_every_n_steps == 0 or self._saves(trainer):
             self.check(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -26,9 +26,13 @@ log = get_logger(__name__)
 
 def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> MetricCollection:
     """Top-1 and, where it means something (more than 5 classes), top-5 accuracy."""
-    metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+    # validate_args=False: the input checks read values back to the host (a device sync per
+    # step); our own logits and labels need no checking
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
     if top5 and num_classes > 5:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        metrics["acc_top5"] = MulticlassAccuracy(
+            num_classes, top_k=5, average="micro", validate_args=False
+        )
     return MetricCollection(metrics, prefix=prefix)
 
 
@@ -73,7 +77,11 @@ class ImageClassifier(LightningModule):
         self.train_metrics = accuracy_metrics(num_classes, "train/", top5=False)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # nan_strategy="disable": the NaN check reads the loss back to the host every step; a
+        # non-finite loss is caught by callbacks.NonFiniteLossStop without a sync
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3)
+        )
         self.val_acc_best = MaxMetric()
         if preprocessing and preprocessing.get("crop"):
             # for TensorBoard's graph (logger.tensorboard.log_graph=true) and the model summary
@@ -183,10 +191,7 @@ class ImageClassifier(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._shared_step(batch, "train")
-        # A step-level curve, logged on the steps the loggers write (trainer.log_every_n_steps).
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
-        return loss
+        return loss  # its step-level curve: callbacks.StepLossCurve
 
     # Evaluation steps hand their logits to callbacks (confusion matrices, wrong images).
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
