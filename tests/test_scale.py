@@ -2,11 +2,13 @@
 BN, the throughput callback, and every experiment end to end."""
 
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 from imgcls import CONFIG_DIR
 from imgcls.callbacks.progressive_resize import resolution_at
@@ -133,6 +135,28 @@ def test_channels_last_and_bf16_train_on_cpu(make_cfg) -> None:
     conv = objects["model"].net[0]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert metrics["train/loss"] == metrics["train/loss"]  # not NaN
+
+
+def test_compile_wraps_nets_that_are_not_sequential(make_cfg, monkeypatch) -> None:
+    """A torchvision ResNet, as users compile it (dynamo traces the real net; the eager backend
+    stands in for inductor's minutes of kernel compilation on this CPU)."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net: real_compile(net, backend="eager"))
+    cfg = make_cfg(
+        "model=resnet18",
+        "model.net.cifar_stem=true",
+        "model.compile=true",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "test=false",
+    )
+    metrics, objects = train(cfg)
+    model = objects["model"]
+    assert isinstance(model._compiled_net, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(model._compiled_net._orig_mod, torchvision.models.ResNet)
+    assert objects["trainer"].global_step == 2
+    assert math.isfinite(metrics["train/loss"])
 
 
 @pytest.mark.slow

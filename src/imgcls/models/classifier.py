@@ -116,7 +116,10 @@ class ImageClassifier(LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         images = images.contiguous(memory_format=self.memory_format)
-        return (self._compiled_net or self.net)(images)
+        # `is not None`, not `or`: a compiled module's truth value asks its len(), which only
+        # containers such as nn.Sequential have
+        net = self._compiled_net if self._compiled_net is not None else self.net
+        return net(images)
 
     def eval_logits(self, images: Tensor, tta_flip: bool | None = None) -> Tensor:
         """Logits for evaluation: with `tta_flip` (default: the model's own setting), averaged
