@@ -25,13 +25,16 @@ def folder_overrides(tmp_path: Path, classes: int = 3) -> list[str]:
 
 
 class Snapshots(Callback):
-    """The net's state_dict at the end of every training epoch."""
+    """The net's state_dict at the end of every training epoch, copied to the CPU (where the
+    weights the test compares them with were loaded), whatever device trained."""
 
     def __init__(self) -> None:
         self.states: list[dict[str, torch.Tensor]] = []
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.states.append({k: v.clone() for k, v in pl_module.net.state_dict().items()})
+        self.states.append(
+            {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
+        )
 
 
 def test_frozen_backbone_learns_only_after_unfreezing(make_cfg, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from imgcls.utils.hydra_utils import (
     scalar_metrics,
 )
 from imgcls.utils.logging import get_logger
+from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
 from imgcls.utils.rich_utils import print_metrics_table
 
 log = get_logger(__name__)
@@ -31,6 +32,7 @@ log = get_logger(__name__)
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if not cfg.get("ckpt_path"):
         raise UserError("eval needs a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt")
+    configure_numerics(cfg)
     model = load_classifier(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     if model.class_names != datamodule.class_names:
@@ -46,7 +48,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         logger=instantiate_each(cfg.get("logger")),
     )
     log.info(f"Testing {cfg.ckpt_path}")
-    trainer.test(model=model, datamodule=datamodule)
+    with nondeterministic_ops_explained():
+        trainer.test(model=model, datamodule=datamodule)
     metrics = scalar_metrics(trainer.callback_metrics)
     save_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
     print_metrics_table(metrics, title=f"{cfg.task_name} metrics")

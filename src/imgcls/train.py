@@ -31,6 +31,7 @@ from imgcls.utils.hydra_utils import (
     scalar_metrics,
 )
 from imgcls.utils.logging import get_logger
+from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
 from imgcls.utils.rich_utils import print_metrics_table
 from imgcls.utils.run_status import Preempted, run_recorded
 
@@ -84,6 +85,7 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    configure_numerics(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     resumed_from = resolve_resume(cfg)
@@ -99,7 +101,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("train"):
         log.info("Training")
         try:
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            with nondeterministic_ops_explained():
+                trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         except SIGTERMException as signal:  # callbacks.PreemptionCheckpoint saved last.ckpt
             raise Preempted(f"stopped by a signal at step {trainer.global_step}") from signal
     metrics = scalar_metrics(trainer.callback_metrics)
@@ -109,7 +112,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if ckpt_path is None:
             log.warning("No best checkpoint (checkpointing off?): testing the current weights.")
         log.info(f"Testing {ckpt_path or 'current weights'}")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        with nondeterministic_ops_explained():
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics |= scalar_metrics(trainer.callback_metrics)
 
     # Every rank, into its own log (train.log, train_rank1.log): synced metrics must agree.

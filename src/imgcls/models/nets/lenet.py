@@ -2,6 +2,8 @@
 
 from torch import nn
 
+from imgcls.models.nets.pooling import AvgPoolTo
+
 
 class LeNet(nn.Sequential):
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -13,7 +15,7 @@ class LeNet(nn.Sequential):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             # 5x5 at 32x32 input (a no-op there); keeps the 400-wide fc1 for other sizes.
-            nn.AdaptiveAvgPool2d(5),
+            AvgPoolTo(5),
             nn.Flatten(),
             nn.Linear(16 * 5 * 5, 120),
             nn.ReLU(inplace=True),
