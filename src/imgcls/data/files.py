@@ -53,9 +53,12 @@ def stratified_split(
     labels: Sequence[int], fractions: Sequence[float], seed: int
 ) -> list[list[int]]:
     """Split indices into len(fractions) parts, each class divided in the same proportions,
-    reproducibly for a given seed (the first part takes what rounding leaves over)."""
+    reproducibly for a given seed (the first part takes what rounding leaves over). A part with
+    a fraction above 0 that rounding left empty gets one image from the first part, so a small
+    dataset still has every split it asks for."""
     total = sum(fractions)
     parts: list[list[int]] = [[] for _ in fractions]
+    firsts: dict[int, list[int]] = {}  # each class's share of the first part, in seeded order
     generator = torch.Generator().manual_seed(seed)
     by_class: dict[int, list[int]] = {}
     for index, label in enumerate(labels):
@@ -65,10 +68,15 @@ def stratified_split(
         order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
         counts = [round(len(members) * f / total) for f in fractions[1:]]
         start = len(members) - sum(counts)
-        parts[0] += order[:start]
+        firsts[label] = order[:start]
         for part, count in zip(parts[1:], counts, strict=True):
             part += order[start : start + count]
             start += count
+    for part, fraction in zip(parts[1:], fractions[1:], strict=True):
+        donor = max(firsts, key=lambda label: len(firsts[label]), default=None)
+        if not part and fraction > 0 and donor is not None and len(firsts[donor]) > 1:
+            part.append(firsts[donor].pop())
+    parts[0] = [index for label in sorted(firsts) for index in firsts[label]]
     return [sorted(p) for p in parts]
 
 
