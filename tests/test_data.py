@@ -1,12 +1,17 @@
 """The base DataModule (loaders, device-side normalization) and the digits and fake sources."""
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from imgcls import CONFIG_DIR
+from imgcls.data.datamodule import EpochSeededRandomSampler
 from imgcls.data.digits import DigitsDataModule
 from imgcls.data.fake import FakeDataModule
+from imgcls.data.in_memory import IndexedBatches, ShardedOrder
 
 
 @pytest.fixture(scope="module")
@@ -72,23 +77,55 @@ def test_normalize_matches_the_textbook_formula() -> None:
     assert out_labels is labels
 
 
-def test_loaders_batch_shuffle_and_keep_workers_off_for_in_memory(digits: DigitsDataModule) -> None:
+def test_in_memory_batches_are_indexed_in_the_samplers_order(digits: DigitsDataModule) -> None:
     loader = digits.train_dataloader()
+    assert isinstance(loader, IndexedBatches)  # no DataLoader, no per-sample collate
     images, _labels = next(iter(loader))
     assert images.dtype == torch.uint8
     assert images.shape == (32, 3, 32, 32)
-    assert loader.num_workers == 0
-    assert not loader.persistent_workers
-    assert not loader.pin_memory
-    assert loader.drop_last
-    assert not digits.val_dataloader().drop_last
+    assert len(loader) == 1257 // 32  # the last partial batch dropped
+    assert len(digits.val_dataloader()) == math.ceil(180 / 32)  # evaluation keeps it
 
-    def first_labels(epoch: int) -> torch.Tensor:
+    def labels_in(epoch: int) -> torch.Tensor:
         loader.sampler.set_epoch(epoch)  # as Lightning does at every epoch start
-        return next(iter(loader))[1]
+        return torch.cat([labels for _, labels in loader])
 
-    assert not torch.equal(first_labels(0), first_labels(1))  # reshuffled every epoch
-    assert torch.equal(first_labels(1), first_labels(1))  # the same order for the same epoch
+    assert not torch.equal(labels_in(0), labels_in(1))  # reshuffled every epoch
+    assert torch.equal(labels_in(1), labels_in(1))  # the same order for the same epoch
+    # the order a DataLoader with our sampler gives (a resumed run replays it)
+    train = digits.splits.train
+    sampler = EpochSeededRandomSampler(train, loader.sampler.seed)
+    sampler.set_epoch(1)
+    reference = DataLoader(train, batch_size=32, sampler=sampler, drop_last=True)
+    assert torch.equal(labels_in(1), torch.cat([labels for _, labels in reference]))
+
+
+@pytest.mark.parametrize(("size", "world"), [(10, 2), (11, 2), (7, 3), (5, 1)])
+def test_in_memory_shards_cover_the_data_like_distributed_sampler(size: int, world: int) -> None:
+    shards = [ShardedOrder(size, True, seed=3, rank=r, world_size=world) for r in range(world)]
+    for shard in shards:
+        shard.set_epoch(2)
+    indices = [shard.indices() for shard in shards]
+    assert len({len(i) for i in indices}) == 1  # every rank steps as often
+    assert set(torch.cat(indices).tolist()) == set(range(size))
+    reference = DistributedSampler(range(size), world, 0, shuffle=False)
+    assert len(indices[0]) == len(reference)  # padded to a multiple of the world size
+
+
+def test_a_rank_with_less_than_a_batch_still_trains() -> None:
+    """DDP over 2 processes, 100 images, batch 64: each rank has 50, one partial batch."""
+
+    class TwoRanks:
+        world_size, global_rank = 2, 1
+
+        class strategy:  # noqa: N801
+            root_device = torch.device("cpu")
+
+    dm = DigitsDataModule(batch_size=64)
+    dm.setup()
+    dm.splits.train = TensorDataset(*(t[:100] for t in dm.splits.train.tensors))
+    dm.trainer = TwoRanks()
+    assert len(dm.train_dataloader()) == 1
 
 
 def test_loader_keeps_workers_alive_between_epochs() -> None:

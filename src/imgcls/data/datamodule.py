@@ -4,9 +4,11 @@ A source only says how to build its train/val/test datasets (`build_splits`) and
 are. Everything else lives here once: the augmentation preset, loaders and worker budget, and the
 device side. Datasets yield uint8 CHW images; batches travel to the device as uint8 (4x less to
 copy than float32) and are augmented (per-image random, batched), normalized and mixed
-(MixUp / CutMix) there, in `on_after_batch_transfer`.
+(MixUp / CutMix) there, in `on_after_batch_transfer`. Datasets held in memory (a TensorDataset)
+move to the training device once and are batched there by indexing (data/in_memory.py).
 """
 
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -15,11 +17,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 from torchvision.transforms import v2
 
+from imgcls.data.in_memory import IndexedBatches, ShardedOrder, epoch_permutation
 from imgcls.data.transforms import Pipeline, build_pipeline
+from imgcls.utils.logging import get_logger
 from imgcls.utils.seeding import reseed
+
+log = get_logger(__name__)
 
 # torchvision's ImageNet statistics: the default for photos and for pretrained backbones.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,8 +61,7 @@ class EpochSeededRandomSampler(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self):  # noqa: ANN204 (an iterator of indices, as RandomSampler's)
-        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        yield from epoch_permutation(len(self.data_source), self.seed, self.epoch).tolist()
 
 
 class ImageDataModule(LightningDataModule, ABC):
@@ -110,6 +115,8 @@ class ImageDataModule(LightningDataModule, ABC):
         self._pipeline: Pipeline | None = None
         self._batch_mix: v2.Transform | None = None
         self._scale_shift: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._fits: dict[torch.device, bool] = {}
 
     @property
     @abstractmethod
@@ -168,19 +175,58 @@ class ImageDataModule(LightningDataModule, ABC):
             return 0
         return auto_workers(self.trainer.num_devices if self.trainer is not None else 1)
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+    def _loader(self, dataset: Dataset, train: bool, shard: bool = True) -> DataLoader | IndexedBatches:
+        """`shard`: this process's share of the data under DDP (Lightning shards the DataLoaders
+        it asks for; in-memory batches shard themselves)."""
+        batch_size = self.batch_size if train else self.eval_batch_size
+        rank, world_size = (0, 1)
+        if shard and self.trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        # A process drops its last partial batch only when it has a full one besides.
+        drop_last = train and math.ceil(len(dataset) / world_size) > batch_size
+        if isinstance(dataset, TensorDataset):
+            images, labels = (self._resident(t) for t in dataset.tensors)
+            order = ShardedOrder(len(dataset), train, torch.initial_seed(), rank, world_size)
+            return IndexedBatches(images, labels, batch_size, order, drop_last)
         workers = self.resolved_workers()
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=batch_size,
             sampler=EpochSeededRandomSampler(dataset, torch.initial_seed()) if train else None,
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=drop_last,
             num_workers=workers,
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
-            pin_memory=self.pin_memory and on_cuda,
+            pin_memory=self.pin_memory and self.device.type == "cuda",
         )
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process trains on (the CPU outside a trainer)."""
+        if self.trainer is None:
+            return torch.device("cpu")
+        return self.trainer.strategy.root_device
+
+    def _resident(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the training device, copied there once, when all in-memory splits fit
+        in a quarter of its free memory; else where it is (batches then travel one by one)."""
+        device = self.device
+        if device.type != "cuda" or tensor.device == device or not self._fits_on(device):
+            return tensor
+        key = (id(tensor), device)
+        if key not in self._on_device:
+            self._on_device[key] = tensor.to(device)
+        return self._on_device[key]
+
+    def _fits_on(self, device: torch.device) -> bool:
+        if device not in self._fits:
+            splits = self.splits.train, self.splits.val, self.splits.test
+            needed = sum(t.nbytes for s in splits for t in getattr(s, "tensors", ()))
+            free, _ = torch.cuda.mem_get_info(device)
+            self._fits[device] = needed <= free / 4
+            where = f"on {device}" if self._fits[device] else "on the host (too large)"
+            log.info(f"In-memory data ({needed / 2**30:.2f} GiB) held {where}")
+        return self._fits[device]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._split("train"), train=True)
@@ -236,7 +282,7 @@ class ImageDataModule(LightningDataModule, ABC):
         """The first `count` training images in split order, un-augmented and normalized: the
         same sample on every device and every run, for data-dependent initializations."""
         batches, seen = [], 0
-        for images, _ in self._loader(self._split("train"), train=False):
+        for images, _ in self._loader(self._split("train"), train=False, shard=False):
             batches.append(self.eval_images(images[: count - seen].to(device)))
             seen += len(batches[-1])
             if seen >= count:
