@@ -1,41 +1,54 @@
-"""The framework tax: our Trainer path against a plain PyTorch loop written like seed 000's.
+"""The framework tax: our Trainer path against plain PyTorch loops, on the same device.
 
-    python benchmarks/loop_overhead.py [--net cifar_quick] [--steps 150] [--epochs 3] [--repeats 5]
+    python benchmarks/loop_overhead.py                        # cifar_quick, 32 px, batch 128
+    python benchmarks/loop_overhead.py --device cuda --net fast_cifar --batch 1024 \\
+        --precision bf16-mixed --channels-last --steps 48
+    python benchmarks/loop_overhead.py --device cuda --net resnet50 --size 224 --batch 256 \\
+        --precision bf16-mixed --channels-last --steps 50 [--compile]
 
-Both train the same net on the same in-memory uint8 batches (batch 128, 32 px, 10 classes),
-normalized the same way; ours with the default callbacks (checkpointing, LR monitor, throughput,
-rich progress bar and model summary) and the TensorBoard logger on. Steps/s is measured over the
-epochs after the first (warm-up, allocations). Each repeat runs both, in alternating order; the
-last line, `ratio imgcls/plain=<x>` (1.0 = no overhead), is the median of the repeats' ratios,
-which cancels the slow drifts in speed this shared machine shows (+-15% between runs).
+Three loops train the same net on the same random uint8 images (10 classes), normalized the same
+way, with the same SGD:
+- plain, host data: a DataLoader over the images held on the host, each batch copied to the
+  device (what most hand-written loops do);
+- plain, device data: the images held on the device, each batch indexed there (airbench's loop);
+- imgcls: `train.py`'s Trainer with the default callbacks and the TensorBoard + CSV loggers.
+The plain loops are written as a careful engineer would: no host read per step (the loss sum
+stays on the device and is read once per epoch). Images/s is measured over each epoch's steps
+(the device synchronized at both ends; end-of-epoch work such as checkpointing is left out of
+all three), for the epochs after the first (warm-up, compilation, allocations). Each repeat runs
+all three in turn, in rotating order; the ratios printed last are medians of the per-repeat
+ratios, which cancel slow drifts in the machine's speed.
 """
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.models.backbones import build_net
 from imgcls.train import build_components
 from imgcls.utils.hydra_utils import compose_config, instantiate
 
-BATCH = 128
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 
 
 class RandomTensors(ImageDataModule):
-    """The benchmark's fixed batches as a data source of ours."""
+    """The benchmark's images as a data source of ours (held in memory, so on the device)."""
 
     in_memory = True
-    native_size = 32
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, **kwargs) -> None:
-        super().__init__(batch_size=BATCH, **kwargs)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+        super().__init__(batch_size=batch_size, mean=MEAN, std=STD)
+        self.native_size = images.shape[-1]
         self.data = TensorDataset(images, labels)
 
     @property
@@ -46,102 +59,175 @@ class RandomTensors(ImageDataModule):
         return Splits(self.data, self.data, self.data)
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class EpochTimer(L.Callback):
+    """Seconds from each epoch's start to its last step's end, the device synchronized."""
+
     def __init__(self) -> None:
         self.durations: list[float] = []
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(pl_module.device)
         self._start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.durations.append(time.perf_counter() - self._start)
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: object,
+        batch: object,
+        batch_idx: int,
+    ) -> None:
+        if batch_idx == trainer.num_training_batches - 1:
+            synchronize(pl_module.device)
+            self.durations.append(time.perf_counter() - self._start)
 
 
-def plain_loop(net_name: str, images: torch.Tensor, labels: torch.Tensor, epochs: int) -> float:
-    """Seed 000's train(): zero_grad, forward, loss, backward, step, and its running sums."""
+def normalizer(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    return lambda images: (images.float() / 255 - mean) / std
+
+
+def plain_loop(args: argparse.Namespace, data: TensorDataset, on_device: bool) -> float:
+    """Images/s of a hand-written loop; `on_device`: the images held and indexed on the device."""
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_net(net_name, num_classes=10)
+    model = build_net(args.net, num_classes=10).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    forward = torch.compile(model) if args.compile else model
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    normalizer = RandomTensors(images[:1], labels[:1])
-    loader = torch.utils.data.DataLoader(
-        TensorDataset(images, labels), batch_size=BATCH, shuffle=True
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
     )
+    normalize = normalizer(device)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if args.precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
+    images, labels = data.tensors
+    if on_device:
+        images, labels = images.to(device), labels.to(device)
+
+    def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if on_device:
+            order = torch.randperm(len(labels), device=device)
+            for start in range(0, len(order) - args.batch + 1, args.batch):
+                index = order[start : start + args.batch]
+                yield images[index], labels[index]
+        else:
+            loader = DataLoader(
+                data,
+                batch_size=args.batch,
+                shuffle=True,
+                drop_last=True,
+                pin_memory=device.type == "cuda",
+            )
+            for x, y in loader:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
     durations = []
-    for _ in range(epochs):
+    model.train()
+    for _ in range(args.epochs):
+        synchronize(device)
         start = time.perf_counter()
-        model.train()
-        running_loss, running_corrects = 0.0, 0
-        for inputs, targets in loader:
-            inputs = normalizer.normalize(inputs)
-            optimizer.zero_grad()
-            outputs = model(inputs)
-            loss = criterion(outputs, targets)
+        loss_sum = torch.zeros((), device=device)
+        for x, y in batches():
+            x = normalize(x).contiguous(memory_format=memory_format)
+            with autocast:
+                loss = criterion(forward(x), y)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running_loss += loss.item() * inputs.size(0)
-            running_corrects += torch.sum(outputs.argmax(1) == targets).item()
+            loss_sum += loss.detach()
+        synchronize(device)
         durations.append(time.perf_counter() - start)
-    steps = len(loader)
-    return steps / statistics.mean(durations[1:])
+        float(loss_sum)  # the epoch's one read, as a logging loop would
+    return len(labels) // args.batch * args.batch / statistics.mean(durations[1:])
 
 
-def imgcls_loop(net_name: str, images: torch.Tensor, labels: torch.Tensor, epochs: int) -> float:
+def imgcls_loop(args: argparse.Namespace, data: TensorDataset) -> float:
+    overrides = [
+        f"model.net.name={args.net}",
+        f"model.channels_last={args.channels_last}",
+        f"model.compile={args.compile}",
+        f"optimizer.lr={LR}",
+        f"optimizer.momentum={MOMENTUM}",
+        f"optimizer.weight_decay={WEIGHT_DECAY}",
+        "scheduler=none",
+        f"trainer.max_epochs={args.epochs}",
+        f"trainer.accelerator={'gpu' if args.device.startswith('cuda') else 'cpu'}",
+        f"trainer.precision={args.precision}",
+        "+trainer.limit_val_batches=0",
+        "+trainer.num_sanity_val_steps=0",
+        "extras.print_config=false",
+        "test=false",
+    ]
     with tempfile.TemporaryDirectory() as out:
-        cfg = compose_config(
-            "train",
-            [
-                f"model.net.name={net_name}",
-                "optimizer.lr=0.05",
-                "scheduler=none",
-                f"trainer.max_epochs={epochs}",
-                "+trainer.limit_val_batches=0",
-                "+trainer.num_sanity_val_steps=0",
-                "extras.print_config=false",
-                f"paths.log_dir={out}",
-            ],
-            output_dir=out,
-        )
+        cfg = compose_config("train", [*overrides, f"paths.log_dir={out}"], output_dir=out)
         objects = build_components(cfg)
         timer = EpochTimer()
         trainer = instantiate(
             cfg.trainer, callbacks=[*objects["callbacks"], timer], logger=objects["logger"]
         )
-        trainer.fit(objects["model"], datamodule=RandomTensors(images, labels))
-    return len(images) // BATCH / statistics.mean(timer.durations[1:])
+        images, labels = data.tensors
+        trainer.fit(objects["model"], datamodule=RandomTensors(images, labels, args.batch))
+    return len(labels) // args.batch * args.batch / statistics.mean(timer.durations[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--net", default="cifar_quick")
+    parser.add_argument("--size", type=int, default=32, help="image side, px")
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=150, help="steps per epoch")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the net")
     args = parser.parse_args()
+    torch.set_float32_matmul_precision("high")  # as train.yaml's default
     generator = torch.Generator().manual_seed(0)
-    n = args.steps * BATCH
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 10, (n,), generator=generator)
-    print(
-        f"{args.net}, {args.steps} steps of batch {BATCH} per epoch, {args.epochs} epochs "
-        f"(first is warm-up), {torch.get_num_threads()} threads, median of {args.repeats}"
+    n = args.steps * args.batch
+    shape = (n, 3, args.size, args.size)
+    data = TensorDataset(
+        torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator),
+        torch.randint(0, 10, (n,), generator=generator),
     )
-    plain, ours = [], []
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(
+        f"{args.net} at {args.size} px, batch {args.batch}, {args.steps} steps per epoch, "
+        f"{args.precision}{', channels_last' if args.channels_last else ''}"
+        f"{', compiled' if args.compile else ''}, on {args.device} ({device_name}), "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
+    loops = {
+        "plain, host data": lambda: plain_loop(args, data, on_device=False),
+        "plain, device data": lambda: plain_loop(args, data, on_device=True),
+        "imgcls": lambda: imgcls_loop(args, data),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    names = list(loops)
     for repeat in range(args.repeats):
-        # paired and in alternating order, so a drift in machine speed hits both alike
-        pair = [
-            lambda: plain.append(plain_loop(args.net, images, labels, args.epochs)),
-            lambda: ours.append(imgcls_loop(args.net, images, labels, args.epochs)),
-        ]
-        for measure in pair if repeat % 2 == 0 else pair[::-1]:
-            measure()
-    for name, rates in (("plain loop", plain), ("imgcls", ours)):
-        runs = ", ".join(f"{r:.1f}" for r in rates)
-        print(f"{name:>10}: {statistics.median(rates):.1f} steps/s  (runs: {runs})")
-    ratios = [o / p for o, p in zip(ours, plain, strict=True)]
-    print(f"ratio of the medians: {statistics.median(ours) / statistics.median(plain):.3f}")
-    print(f"paired ratios: {', '.join(f'{r:.3f}' for r in ratios)}")
-    print(f"ratio imgcls/plain={statistics.median(ratios):.3f}  (median of the paired ratios)")
+        for name in names[repeat % 3 :] + names[: repeat % 3]:  # rotating order
+            rates[name].append(loops[name]())
+    for name, runs in rates.items():
+        listed = ", ".join(f"{r:,.0f}" for r in runs)
+        print(f"{name:>19}: {statistics.median(runs):>9,.0f} images/s  (runs: {listed})")
+    for baseline in ("plain, host data", "plain, device data"):
+        ratios = [o / p for o, p in zip(rates["imgcls"], rates[baseline], strict=True)]
+        print(
+            f"ratio imgcls/{baseline.replace(', ', ' ')}={statistics.median(ratios):.3f}  "
+            f"(paired: {', '.join(f'{r:.3f}' for r in ratios)})"
+        )
 
 
 if __name__ == "__main__":
