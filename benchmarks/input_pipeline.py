@@ -1,172 +1,184 @@
-"""Input pipeline throughput on real photos: ours against seed 000's and torchvision's.
+"""Feeding a GPU photos: our train loader against torchvision's ImageFolder + PIL, same workers.
 
-    python benchmarks/input_pipeline.py [--images DIR] [--samples 600] [--repeats 3]
+    python benchmarks/input_pipeline.py --workers 1 --decode cpu
+    python benchmarks/input_pipeline.py --workers 1 --decode device --prepared
+    python benchmarks/input_pipeline.py --workers 15 --decode device --samples 6400 --train
 
-DIR is an ImageNet-style folder of real photos (default: data/imagenet-sample-100, extracted
-from ../shared/data/imagenet-sample-100.tar); its images are repeated to `--samples` per run.
-Every pipeline runs in a DataLoader with one worker process, batch 64, and torch threads set to
-1 everywhere, on the same files in the same order; the figure is the median of `--repeats`
-runs, in images per second. "end to end" adds the device-side part (for seed_classic: rotation +
-colour jitter, then normalization) run on the CPU in the main process.
+--images is a folder of real photos (default data/imagenet-sample-100, from
+../shared/data/imagenet-sample-100.tar); they are linked `--samples` times over into an ImageNet
+tree (train/ and val/ of their classes) in a temporary folder.
+
+Loader only: images/s of a whole epoch of training batches (batch `--batch`, RandomResizedCrop
+224 + flip), arriving on the device as the model would get them (`cuda` when there is one):
+- torchvision: ImageFolder + PIL RandomResizedCrop + flip + ToTensor, in `--workers` workers;
+- imgcls: data=imagenet's train loader with `data.decode=cpu` (the workers decode and crop) or
+  `device` (the workers read the files; the device decodes and crops each batch at once: on a
+  CPU that is this process, one more core at work).
+`--prepared` also runs ours on an imgcls-prepare copy (shorter side 320), showing what decoding
+fewer pixels gains. `--train` runs the headline experiment (resnet50_imagenet, bf16,
+channels_last) on the same photos for `--epochs` epochs and prints its images/s and the share of
+time the loop waited for data (from the run's perf/ metrics).
 """
 
 import argparse
+import os
 import statistics
-import sys
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+from torchvision import datasets
 from torchvision import transforms as v1
-from torchvision.io import decode_jpeg
 
 from imgcls import REPO_ROOT
-from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
-from imgcls.data.decode import read_rgb
-from imgcls.data.digits import DigitsDataModule
-from imgcls.data.files import ImageFileDataset, list_images
-from imgcls.data.transforms import build_pipeline
+from imgcls.data.decode import parse_header
+from imgcls.data.files import list_images
+from imgcls.data.imagenet import ImageNetDataModule
+from imgcls.prepare import prepare
+from imgcls.train import train
+from imgcls.utils.hydra_utils import compose_config
 
-BATCH = 64
+
+def linked_imagenet(photos: list[Path], samples: int, root: Path) -> Path:
+    """root/train/<class>/<i>.JPEG and root/val/<class>/<i>.JPEG, links to the photos."""
+    for split, count in (("train", samples), ("val", max(len(photos), samples // 10))):
+        for i in range(count):
+            photo = photos[i % len(photos)]
+            folder = root / split / photo.parent.name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i:06d}.JPEG").symlink_to(photo)
+    return root
 
 
-def seed000_transform() -> v1.Compose:
-    """Seed 000's train_transforms, exactly as written there."""
-    return v1.Compose(
-        [
-            v1.RandomResizedCrop(224),
-            v1.RandomHorizontalFlip(),
-            v1.RandomRotation(10),
-            v1.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2),
-            v1.ToTensor(),
-            v1.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        ]
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def torchvision_rate(root: Path, args: argparse.Namespace, device: torch.device) -> float:
+    transform = v1.Compose([v1.RandomResizedCrop(224), v1.RandomHorizontalFlip(), v1.ToTensor()])
+    dataset = datasets.ImageFolder(str(root / "train"), transform=transform)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    return epoch_rate(loader, device, lambda batch: batch[0].to(device, non_blocking=True))
+
+
+def imgcls_rate(root: Path, args: argparse.Namespace, device: torch.device) -> float:
+    dm = ImageNetDataModule(
+        root=str(root),
+        batch_size=args.batch,
+        num_workers=args.workers,
+        augment="standard",
+        decode=args.decode,
+        artifacts_dir=None,
     )
 
+    class OnDevice:  # the loader's view of the trainer: the device it feeds
+        world_size, global_rank, training = 1, 0, True
 
-def torchvision_reference_transform() -> v1.Compose:
-    """torchvision's references/classification train preset without auto-augment (PIL)."""
-    return v1.Compose(
-        [
-            v1.RandomResizedCrop(224),
-            v1.RandomHorizontalFlip(),
-            v1.PILToTensor(),
-            v1.ConvertImageDtype(torch.float),
-            v1.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        ]
-    )
+        class strategy:  # noqa: N801
+            root_device = device
 
+    dm.trainer = OnDevice()
+    dm.setup()
+    loader = dm.train_dataloader()
 
-class PILDataset(Dataset):
-    """ImageFolder's way: PIL open + convert("RGB") per file, then the transform."""
+    def to_model(batch: tuple) -> torch.Tensor:
+        return dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, device, 0), 0)[0]
 
-    def __init__(self, paths: list[Path], transform: Callable) -> None:
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with open(self.paths[i], "rb") as f:
-            image = Image.open(f).convert("RGB")
-        return self.transform(image), 0
+    return epoch_rate(loader, device, to_model)
 
 
-class DecodeOnly(Dataset):
-    """The ceiling: libjpeg-turbo decode through torchvision.io, nothing else."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> int:
-        data = torch.frombuffer(bytearray(self.paths[i].read_bytes()), dtype=torch.uint8)
-        return decode_jpeg(data, device="cpu").numel()
-
-
-def set_one_thread(_: int = 0) -> None:
-    torch.set_num_threads(1)
-
-
-def images_per_second(
-    dataset: Dataset, on_batch: Callable | None = None, repeats: int = 3
-) -> float:
+def epoch_rate(loader: DataLoader, device: torch.device, to_model) -> float:
+    """Images/s over an epoch, after one warm-up epoch (worker start-up)."""
     rates = []
-    for _ in range(repeats):
-        loader = DataLoader(
-            dataset,
-            batch_size=BATCH,
-            num_workers=1,
-            worker_init_fn=set_one_thread,
-            collate_fn=None if not isinstance(dataset, DecodeOnly) else len,
-        )
-        start = time.perf_counter()
+    for _ in range(2):
+        synchronize(device)
+        start, images = time.perf_counter(), 0
         for batch in loader:
-            if on_batch is not None:
-                on_batch(batch)
-        rates.append(len(dataset) / (time.perf_counter() - start))
-    return statistics.median(rates)
+            images += len(to_model(batch))
+        synchronize(device)
+        rates.append(images / (time.perf_counter() - start))
+    return rates[-1]
+
+
+def train_rates(root: Path, args: argparse.Namespace) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as out:
+        overrides = [
+            "experiment=resnet50_imagenet",
+            f"data.root={root}",
+            f"data.batch_size={args.batch}",
+            f"data.num_workers={args.workers}",
+            f"data.decode={args.decode}",
+            f"trainer.max_epochs={args.epochs}",
+            f"model.compile={args.compile}",
+            "+trainer.limit_val_batches=2",
+            "+trainer.num_sanity_val_steps=0",
+            "test=false",
+            "extras.print_config=false",
+            "callbacks.rich_progress_bar=null",
+            f"paths.log_dir={out}",
+        ]
+        metrics, _ = train(compose_config("train", overrides, output_dir=out))
+    return metrics["perf/images_per_sec"], metrics["perf/data_wait_share"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=REPO_ROOT / "data" / "imagenet-sample-100")
-    parser.add_argument("--samples", type=int, default=600)
+    parser.add_argument("--samples", type=int, default=640, help="training images")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--decode", choices=["cpu", "device"], default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prepared", action="store_true", help="also on a prepared copy")
+    parser.add_argument("--train", action="store_true", help="also the headline experiment")
+    parser.add_argument("--epochs", type=int, default=3, help="with --train")
+    parser.add_argument("--compile", action="store_true", help="with --train: model.compile")
     args = parser.parse_args()
-    photos = [p for p in list_images(args.images) if p.suffix.upper() in (".JPEG", ".JPG")]
+    photos = [p for p in list_images(args.images, args.images) if p.suffix.upper() == ".JPEG"]
     if not photos:
-        sys.exit(
-            f"No JPEG photos under {args.images}: "
-            "extract ../shared/data/imagenet-sample-100.tar there."
+        raise SystemExit(
+            f"No photos under {args.images}: tar -xf ../shared/data/"
+            "imagenet-sample-100.tar -C data/"
         )
-    paths = [photos[i % len(photos)] for i in range(args.samples)]
-    samples = [(str(p), 0) for p in paths]
-    set_one_thread()
-    sizes = [read_rgb(p).shape[1:] for p in photos]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = [parse_header(p.read_bytes()).size for p in photos]
+    cpu = os.cpu_count()
     print(
-        f"{len(photos)} photos (median {statistics.median(h for h, _ in sizes)}x"
-        f"{statistics.median(w for _, w in sizes)} px) repeated to {len(paths)} per run; "
-        f"1 worker, 1 thread, batch {BATCH}, median of {args.repeats} runs"
+        f"{len(photos)} photos (median {statistics.median(w for w, _ in sizes)}x"
+        f"{statistics.median(h for _, h in sizes)} px) linked {args.samples} times; batch "
+        f"{args.batch}, {args.workers} worker(s), decode={args.decode}, device {device}, "
+        f"{cpu} CPUs, median of {args.repeats}"
     )
-
-    classic_pipeline = build_pipeline("seed_classic", in_memory=False)
-    standard_pipeline = build_pipeline("standard", in_memory=False)
-    normalizer = DigitsDataModule(mean=IMAGENET_MEAN, std=IMAGENET_STD)  # any source: the base's
-
-    def classic_device_side(batch: tuple) -> None:
-        normalizer.normalize(classic_pipeline.train_device(batch[0].float()))
-
-    ours = lambda p: ImageFileDataset(samples, p.train_worker, min_side=p.train_crop)  # noqa: E731
-    figures = {
-        "seed000": images_per_second(PILDataset(paths, seed000_transform()), repeats=args.repeats),
-        "seed_classic worker": images_per_second(ours(classic_pipeline), repeats=args.repeats),
-        "seed_classic end_to_end": images_per_second(
-            ours(classic_pipeline), classic_device_side, repeats=args.repeats
-        ),
-        "torchvision_reference": images_per_second(
-            PILDataset(paths, torchvision_reference_transform()), repeats=args.repeats
-        ),
-        "standard worker": images_per_second(ours(standard_pipeline), repeats=args.repeats),
-        "decode only (ceiling)": images_per_second(DecodeOnly(paths), repeats=args.repeats),
-    }
-    for name, rate in figures.items():
-        print(f"{name:>26}: {rate:7.1f} img/s")
-    ceiling = figures["decode only (ceiling)"]
-    classic, standard = figures["seed_classic worker"], figures["standard worker"]
-    shares = (
-        f"seed_classic worker {classic / ceiling:.2f}, standard worker {standard / ceiling:.2f}"
-    )
-    print(f"ceiling fraction: {shares}")
-    print(f"ratio standard/torchvision_reference={standard / figures['torchvision_reference']:.2f}")
-    print(f"ratio seed_classic worker/seed={classic / figures['seed000']:.2f}")
-    end_to_end = figures["seed_classic end_to_end"]
-    print(f"ratio seed_classic end_to_end/seed={end_to_end / figures['seed000']:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = linked_imagenet(photos, args.samples, Path(tmp) / "photos")
+        trees = {"original photos": root}
+        if args.prepared:
+            trees["prepared copy"] = Path(tmp) / "prepared"
+            prepare(root, trees["prepared copy"])
+        baseline = statistics.median(
+            torchvision_rate(root, args, device) for _ in range(args.repeats)
+        )
+        print(f"torchvision ImageFolder + PIL, original photos: {baseline:8,.0f} img/s")
+        for name, tree in trees.items():
+            ours = statistics.median(imgcls_rate(tree, args, device) for _ in range(args.repeats))
+            print(f"imgcls loader (decode={args.decode}), {name}: {ours:8,.0f} img/s")
+            print(f"  ratio imgcls/torchvision={ours / baseline:.2f}")
+        if args.train:
+            rate, wait = train_rates(root, args)
+            print(
+                f"resnet50_imagenet, {args.epochs} epochs: {rate:,.0f} img/s (last epoch), "
+                f"data wait {wait:.0%}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Tiny datasets written to disk in the layouts real ones use, for tests."""
 
+import os
 import pickle
 import zlib
 from collections.abc import Sequence
@@ -60,7 +61,7 @@ def fake_cifar_integrity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def write_image(path: Path, color: Sequence[int], size: tuple[int, int] = (40, 30), **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(zlib.crc32(str(path).encode()))  # same noise in every process
+    rng = np.random.default_rng(zlib.crc32(os.fsencode(path)))  # same noise in every process
     pixels = np.clip(np.array(color) + rng.integers(-10, 10, (size[1], size[0], 3)), 0, 255)
     Image.fromarray(pixels.astype(np.uint8)).save(path, **kw)
     return path

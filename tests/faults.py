@@ -49,3 +49,15 @@ class KillDuringSave(Callback):
             return None
 
         torch.save = save_then_die
+
+
+class FailOnRank(Callback):
+    """Raise in DDP rank `rank` at its first training step, in the run whose seed is `seed`
+    (`run_seed`: the run's own, `${seed}`)."""
+
+    def __init__(self, rank: int, seed: int, run_seed: int) -> None:
+        self.rank, self.fails = rank, seed == run_seed
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        if self.fails and trainer.global_rank == self.rank:
+            raise RuntimeError(f"rank {self.rank} fails on purpose")

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from imgcls import CONFIG_DIR
 from imgcls.models.checkpoint import load_classifier
 from imgcls.utils import ddp_hydra
+from imgcls.utils.config_checks import check_values
 from imgcls.utils.errors import UserError
 from imgcls.utils.hydra_utils import (
     apply_extras,
@@ -32,6 +33,7 @@ log = get_logger(__name__)
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if not cfg.get("ckpt_path"):
         raise UserError("eval needs a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt")
+    check_values(cfg)
     configure_numerics(cfg)
     model = load_classifier(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcls import CONFIG_DIR
 from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD, auto_workers
 from imgcls.data.decode import IMAGE_SUFFIXES, BadImageError, read_rgb
-from imgcls.data.files import list_images
+from imgcls.data.files import PATH_TEXT, list_images, shown
 from imgcls.data.transforms import resize_center_crop
 from imgcls.models.checkpoint import load_classifier
 from imgcls.utils.errors import UserError
@@ -39,9 +39,9 @@ def list_inputs(source: str | Path) -> list[Path]:
     in a .txt file (relative ones are taken from the list's own folder)."""
     path = Path(source).expanduser()
     if path.is_dir():
-        images = list_images(path)
+        images = list_images(path, tree=path)
     elif path.suffix.lower() == ".txt" and path.is_file():
-        lines = [line.strip() for line in path.read_text().splitlines()]
+        lines = [line.strip() for line in path.read_text(**PATH_TEXT).splitlines()]
         images = [path.parent / p if not Path(p).is_absolute() else Path(p) for p in lines if p]
     elif path.is_file():
         images = [path]
@@ -144,7 +144,8 @@ def write_predictions(
     predictions: list[Prediction], top_k: int, output_dir: Path, output_format: str
 ) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / "predictions.csv", "w", newline="") as f:
+    staged = output_dir / ".predictions.csv.tmp"  # renamed when whole: never a half-written csv
+    with open(staged, "w", newline="", **PATH_TEXT) as f:
         writer = csv.writer(f)
         ranks = [(f"class_{r}", f"prob_{r}") for r in range(1, top_k + 1)]
         writer.writerow(["path", *[name for pair in ranks for name in pair], "error"])
@@ -152,6 +153,7 @@ def write_predictions(
             cells = [c for pair in zip(p.classes, p.probabilities, strict=True) for c in pair]
             cells = [f"{c:.6f}" if isinstance(c, float) else c for c in cells]
             writer.writerow([p.path, *(cells or [""] * 2 * top_k), p.error])
+    staged.replace(output_dir / "predictions.csv")
     files = ["predictions.csv"]
     if output_format == "json":
         rows: list[dict[str, Any]] = [
@@ -177,10 +179,10 @@ def print_predictions(predictions: list[Prediction], rows: int) -> None:
     table.add_column("top classes (probability)")
     for p in predictions[:rows]:
         if p.error:
-            table.add_row(p.path, f"[red]not read: {p.error}")
+            table.add_row(shown(p.path), f"[red]not read: {p.error}")
         else:
             tops = zip(p.classes, p.probabilities, strict=True)
-            table.add_row(p.path, ", ".join(f"{c} ({q:.1%})" for c, q in tops))
+            table.add_row(shown(p.path), ", ".join(f"{c} ({q:.1%})" for c, q in tops))
     if len(predictions) > rows:
         table.caption = f"first {rows} of {len(predictions)}: all are in the output file"
     Console().print(table)

@@ -11,7 +11,7 @@ from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,7 +19,9 @@ from imgcls import CONFIG_DIR
 from imgcls.models.pretrained import eval_preprocessing
 from imgcls.resume import check_checkpoint_fits, resolve_resume
 from imgcls.utils import ddp_hydra
+from imgcls.utils.config_checks import check_values
 from imgcls.utils.config_hints import with_key_hints
+from imgcls.utils.errors import UserError
 from imgcls.utils.hydra_utils import (
     apply_extras,
     instantiate,
@@ -29,6 +31,7 @@ from imgcls.utils.hydra_utils import (
     run_hyperparameters,
     save_metrics,
     scalar_metrics,
+    set_in_struct,
 )
 from imgcls.utils.logging import get_logger
 from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
@@ -52,8 +55,8 @@ def build_components(cfg: DictConfig) -> dict[str, Any]:
         optimizer=cfg.optimizer,
         scheduler=cfg.get("scheduler"),
     )
-    callbacks = instantiate_each(cfg.get("callbacks"))
     loggers = instantiate_each(cfg.get("logger"))
+    callbacks = without_logger_callbacks(instantiate_each(cfg.get("callbacks")), loggers)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     return {
         "cfg": cfg,
@@ -63,6 +66,17 @@ def build_components(cfg: DictConfig) -> dict[str, Any]:
         "logger": loggers,
         "trainer": trainer,
     }
+
+
+def without_logger_callbacks(callbacks: list[Any], loggers: list[Any]) -> list[Any]:
+    """A run without a logger (`logger=null`) still trains: the callbacks that only write to a
+    logger, and refuse to start without one, step aside."""
+    if loggers:
+        return callbacks
+    needing = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+    for callback in needing:
+        log.info(f"No logger: {type(callback).__name__} left out")
+    return [c for c in callbacks if c not in needing]
 
 
 def preprocessing_of_weights(cfg: DictConfig) -> dict[str, Any]:
@@ -85,16 +99,22 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    check_values(cfg)
     configure_numerics(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    resumed_from = resolve_resume(cfg)
+    own_dir = cfg.paths.output_dir
+    resumed_from = resolve_resume(cfg)  # may point paths.output_dir at the resumed run's dir
     objects = build_components(cfg)
     trainer: L.Trainer = objects["trainer"]
     model, datamodule = objects["model"], objects["datamodule"]
     if resumed_from is not None:
         names = datamodule.class_names
-        check_checkpoint_fits(resumed_from, cfg.ckpt_path, cfg.model.net.name, names)
+        try:
+            check_checkpoint_fits(resumed_from, cfg.ckpt_path, cfg.model.net.name, names)
+        except UserError:  # refused: the earlier run stays as it was; this command's dir says why
+            set_in_struct(cfg, "paths.output_dir", own_dir)
+            raise
     for logger in trainer.loggers:
         logger.log_hyperparams(run_hyperparameters(cfg, model))
 

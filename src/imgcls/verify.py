@@ -18,7 +18,7 @@ from rich.table import Table
 from imgcls import CONFIG_DIR
 from imgcls.data.datamodule import auto_workers
 from imgcls.data.decode import BadImageError, read_rgb
-from imgcls.data.files import class_folders
+from imgcls.data.files import PATH_TEXT, class_folders, shown
 from imgcls.data.folder import FolderDataModule
 from imgcls.utils.errors import UserError
 from imgcls.utils.hydra_utils import instantiate, report_user_errors
@@ -41,6 +41,10 @@ def find_problems(datamodule: FolderDataModule) -> list[tuple[str, str]]:
         for name in sorted(set(class_folders(d)) - set(datamodule.class_dirs))
     ]
     paths = sorted({p for samples in datamodule.split_samples().values() for p, _ in samples})
+    problems += [
+        (link, f"folder link to {target} skipped: it leads back into the dataset")
+        for link, target in sorted(datamodule.skipped_links.items())
+    ]
     with ProcessPoolExecutor(max_workers=auto_workers() + 1) as pool:
         reasons = pool.map(problem, paths, chunksize=64)
         problems += [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
@@ -58,10 +62,10 @@ def verify(cfg: DictConfig) -> list[tuple[str, str]]:
         table.add_column("file", style="cyan", overflow="fold")
         table.add_column("problem", style="red")
         for path, reason in problems:
-            table.add_row(path, reason)
+            table.add_row(shown(path), reason)
         console.print(table)
         out = Path(cfg.paths.output_dir) / "problems.csv"
-        with open(out, "w", newline="") as f:
+        with open(out, "w", newline="", **PATH_TEXT) as f:
             csv.writer(f).writerows([("path", "problem"), *problems])
         console.print(f"Written to {out}")
     else:

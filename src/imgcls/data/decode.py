@@ -10,6 +10,7 @@ through PIL. Anything that cannot be read raises BadImageError with the reason.
 import io
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -17,6 +18,17 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 TORCHVISION_FORMATS = {"JPEG", "PNG"}
+# how each format's files begin: a file that begins so but whose header PIL cannot parse is a
+# damaged image, not "not an image"
+SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 # Lower-case suffixes PIL can read; anything else in a class folder is not an image.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -25,26 +37,46 @@ class BadImageError(Exception):
     """A file that is not a readable image (empty, truncated, not an image, too large)."""
 
 
-def _header(data: bytes) -> tuple[str, tuple[int, int]]:
+class Header(NamedTuple):
+    """What a file's header says, read without decoding its pixels."""
+
+    format: str
+    size: tuple[int, int]  # (width, height), as PIL gives it
+    mode: str
+    progressive: bool
+    orientation: int | None  # EXIF orientation (1: as stored), for JPEGs
+
+
+def parse_header(data: bytes) -> Header:
+    """The header of an image file's bytes; BadImageError for anything that is not an image."""
     if not data:
         raise BadImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():  # PIL warns above its limit; the check below says more
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:  # parses the header only
-                format_, size = image.format, image.size
+                format_, size, mode = image.format, image.size, image.mode
+                progressive = bool(image.info.get("progressive"))
+                orientation = image.getexif().get(0x0112) if format_ == "JPEG" else None
     except Image.DecompressionBombError as err:  # PIL refuses twice its limit at open
         raise BadImageError(
             f"over PIL's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels): {err}"
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        kind = next((f for sig, f in SIGNATURES.items() if data.startswith(sig)), None)
+        if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            kind = "WebP"
+        if kind is not None:
+            raise BadImageError(
+                f"a damaged {kind} file: its header cannot be read (truncated or corrupt)"
+            ) from err
         raise BadImageError("not an image file (no known image format)") from err
     if size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
         raise BadImageError(
             f"{size[0]}x{size[1]} pixels is over PIL's decompression-bomb limit "
             f"({Image.MAX_IMAGE_PIXELS} pixels)"
         )
-    return format_, size
+    return Header(format_, size, mode, progressive, orientation)
 
 
 def _decode_torchvision(data: bytes) -> torch.Tensor:
@@ -77,12 +109,17 @@ def read_rgb(path: str | Path, min_side: int | None = None) -> torch.Tensor:
     """The image at `path` as uint8 (3, H, W); decoded smaller, but with H, W >= min_side, when
     the file is a JPEG at least twice that size."""
     data = Path(path).read_bytes()
-    format_, (width, height) = _header(data)
+    return decode_any(data, parse_header(data), min_side)
+
+
+def decode_any(data: bytes, header: Header, min_side: int | None = None) -> torch.Tensor:
+    """A file's bytes, whose header was parsed, as uint8 RGB (3, H, W); see `read_rgb`."""
+    width, height = header.size
     try:
-        if format_ == "JPEG" and min_side and min(width, height) >= 2 * min_side:
+        if header.format == "JPEG" and min_side and min(width, height) >= 2 * min_side:
             scale = min_side / min(width, height)
             return _decode_pil(data, (round(width * scale), round(height * scale)))
-        if format_ in TORCHVISION_FORMATS:
+        if header.format in TORCHVISION_FORMATS:
             try:
                 return _decode_torchvision(data)
             except RuntimeError:

@@ -10,6 +10,7 @@ readable image, so a bad file met in epoch 37 costs one line in a log, not the r
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -20,6 +21,15 @@ from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 BAD_POLICIES = ("skip", "error")
+# File names are any bytes; Python holds the ones that are not UTF-8 as surrogates (os.fsdecode).
+# Text files that list paths are written and read with the same error handler, so every name
+# round-trips byte for byte; logs and tables show such bytes as \xNN escapes (`shown`).
+PATH_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
+def shown(path: str | Path) -> str:
+    """A path as printable text, for logs and tables."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def is_image_name(name: str) -> bool:
@@ -31,21 +41,56 @@ def class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Every image file below folder (recursively), in a stable order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath) / f for f in filenames if is_image_name(f)]
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def list_images(
+    folder: Path, tree: Path | None = None, skipped_links: dict[str, str] | None = None
+) -> list[Path]:
+    """Every image file below folder (recursively), in a stable order.
+
+    Links to folders are followed only where they lead out of `tree` (the dataset's folder,
+    by default folder's parent): a link back into it is a loop (`loop -> .`), a way into
+    another class's images (`up -> ..`) or a second path to files listed anyway, and is skipped
+    with a warning, and added to `skipped_links` ({link: target}) when given.
+    """
+    tree_real = os.path.realpath(tree if tree is not None else Path(folder).parent)
+    found, visited, pending = [], {os.path.realpath(folder)}, [str(folder)]
+    while pending:
+        for entry in os.scandir(pending.pop()):
+            if entry.name.startswith("."):
+                continue
+            if not entry.is_dir():
+                if is_image_name(entry.name) and entry.is_file():
+                    found.append(Path(entry.path))
+                continue
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if _within(target, tree_real) or _within(tree_real, target) or target in visited:
+                    if skipped_links is not None:
+                        skipped_links[entry.path] = target
+                    log.warning(
+                        f"Skipped the folder link {shown(entry.path)} -> {shown(target)}: it "
+                        "leads back into the dataset (a loop, another class's folder or files "
+                        "listed already)."
+                    )
+                    continue
+                visited.add(target)
+            pending.append(entry.path)
     return sorted(found)
 
 
-def scan_samples(root: Path, classes: Sequence[str]) -> list[tuple[str, int]]:
+
+def scan_samples(
+    root: Path, classes: Sequence[str], skipped_links: dict[str, str] | None = None
+) -> list[tuple[str, int]]:
     """(path, label) for every image in root/<class>/ for the given classes."""
     samples = []
     for label, name in enumerate(classes):
         if (root / name).is_dir():
-            samples += [(str(p), label) for p in list_images(root / name)]
+            images = list_images(root / name, root, skipped_links)
+            samples += [(str(p), label) for p in images]
     return samples
 
 
@@ -81,7 +126,8 @@ def stratified_split(
 
 
 class ImageFileDataset(Dataset):
-    """(path, label) samples read as uint8 RGB tensors, then `transform`ed."""
+    """(path, label) samples read by `reader` (uint8 RGB tensors by default), then
+    `transform`ed; `collate_fn` is what batches them (None: the DataLoader's default)."""
 
     def __init__(
         self,
@@ -90,6 +136,8 @@ class ImageFileDataset(Dataset):
         min_side: int | None = None,
         on_bad_image: str = "skip",
         bad_images_file: str | Path | None = None,
+        reader: Callable[[str, int | None], Any] = read_rgb,
+        collate_fn: Callable | None = None,
     ) -> None:
         if on_bad_image not in BAD_POLICIES:
             raise UserError(f"data.on_bad_image must be one of {BAD_POLICIES}, got {on_bad_image!r}")
@@ -98,6 +146,7 @@ class ImageFileDataset(Dataset):
         self.min_side = min_side
         self.on_bad_image = on_bad_image
         self.bad_images_file = Path(bad_images_file) if bad_images_file else None
+        self.reader, self.collate_fn = reader, collate_fn
         self._reported: set[str] = set()  # per process: a bad file is logged once, not per epoch
 
     def __len__(self) -> int:
@@ -107,7 +156,7 @@ class ImageFileDataset(Dataset):
         for attempt in range(len(self.samples)):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                image = read_rgb(path, self.min_side)
+                image = self.reader(path, self.min_side)
             except (BadImageError, OSError) as err:
                 self._bad(path, str(err))
                 continue
@@ -117,13 +166,15 @@ class ImageFileDataset(Dataset):
     def _bad(self, path: str, reason: str) -> None:
         if self.on_bad_image == "error":
             raise UserError(
-                f"Bad image {path}: {reason}. Fix or remove it, or set data.on_bad_image=skip."
+                f"Bad image {shown(path)}: {reason}. Fix or remove it, or set "
+                "data.on_bad_image=skip."
             )
         if path in self._reported:
             return
         self._reported.add(path)
-        log.warning(f"Skipping bad image {path}: {reason}")
+        log.warning(f"Skipping bad image {shown(path)}: {reason}")
         if self.bad_images_file is not None:
             self.bad_images_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.bad_images_file, "a") as f:  # one short append: safe across workers
+            # one short append: safe across workers
+            with open(self.bad_images_file, "a", **PATH_TEXT) as f:
                 f.write(f"{path}\t{reason}\n")

@@ -18,7 +18,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.datamodule import ImageDataModule, Splits, auto_workers
+from imgcls.data.device_decode import (
+    DECODE_PLACES,
+    DEVICE_CROP_SCALES,
+    collate_encoded,
+    read_for_device,
+)
 from imgcls.data.files import (
+    PATH_TEXT,
     ImageFileDataset,
     class_folders,
     list_images,
@@ -46,15 +53,21 @@ class FolderDataModule(ImageDataModule):
         in_memory: bool = False,
         on_bad_image: str = "skip",
         artifacts_dir: str | None = None,
+        decode: str = "cpu",
         **loader_kwargs,
     ) -> None:
         super().__init__(**loader_kwargs)
+        if decode not in DECODE_PLACES:
+            raise UserError(f"data.decode={decode!r} is not one of {', '.join(DECODE_PLACES)}.")
+        self.decode = decode
         self.root = Path(root).expanduser()
         self.split = tuple(split)
         self.split_seed = split_seed
         self.in_memory = in_memory
         self.on_bad_image = on_bad_image
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+        # folder links that lead back into the tree, passed over: {link: target}
+        self.skipped_links: dict[str, str] = {}
 
     # -- layout ----------------------------------------------------------------------------
     def split_dirs(self) -> dict[str, Path | None]:
@@ -70,12 +83,20 @@ class FolderDataModule(ImageDataModule):
         """The train folder's images by class, for classes that have any. Listed once: the
         class list and the train split both come from it."""
         train_dir = self.split_dirs()["train"]
-        listing = {name: list_images(train_dir / name) for name in class_folders(train_dir)}
+        listing = {
+            name: list_images(train_dir / name, train_dir, self.skipped_links)
+            for name in class_folders(train_dir)
+        }
         for empty in sorted(name for name, images in listing.items() if not images):
             log.warning(f"Class folder {train_dir / empty} has no images: left out.")
         kept = {name: images for name, images in listing.items() if images}
         if not kept:
             raise UserError(f"No class folders with images under {train_dir}. Expected {LAYOUTS}.")
+        if len(kept) == 1:
+            raise UserError(
+                f"data.root={self.root} has one class folder with images ({next(iter(kept))}): "
+                f"a classifier needs two or more. Expected {LAYOUTS}."
+            )
         return kept
 
     @property
@@ -100,7 +121,7 @@ class FolderDataModule(ImageDataModule):
         for name, folder in dirs.items():
             if folder is not None:  # each folder is listed once (ImageNet's val is also test)
                 if folder not in listed:
-                    listed[folder] = scan_samples(folder, self.class_dirs)
+                    listed[folder] = scan_samples(folder, self.class_dirs, self.skipped_links)
                 samples[name] = listed[folder]
         missing = [s for s in SPLIT_NAMES if dirs[s] is None]
         if missing:
@@ -120,7 +141,7 @@ class FolderDataModule(ImageDataModule):
         if self.artifacts_dir is None:
             return
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.artifacts_dir / "split.csv", "w", newline="") as f:
+        with open(self.artifacts_dir / "split.csv", "w", newline="", **PATH_TEXT) as f:
             writer = csv.writer(f)
             writer.writerow(["split", "path", "label", "class"])
             for name in SPLIT_NAMES:
@@ -131,6 +152,14 @@ class FolderDataModule(ImageDataModule):
         return self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None
 
     def _dataset(self, samples: list[tuple[str, int]], transform, min_side: int) -> ImageFileDataset:
+        if self.decodes_on_device():  # workers read bytes; the device decodes and crops
+            return ImageFileDataset(
+                samples,
+                on_bad_image=self.on_bad_image,
+                bad_images_file=self.bad_images_file,
+                reader=read_for_device,
+                collate_fn=collate_encoded,
+            )
         return ImageFileDataset(
             samples,
             transform=transform,
@@ -138,6 +167,18 @@ class FolderDataModule(ImageDataModule):
             on_bad_image=self.on_bad_image,
             bad_images_file=self.bad_images_file,
         )
+
+    def decodes_on_device(self) -> bool:
+        """data.decode=device, or auto on a GPU, for images read from files each epoch."""
+        if self.in_memory or self.decode == "cpu":
+            return False
+        on_device = self.decode == "device" or self.device.type == "cuda"
+        if on_device and self.augment not in DEVICE_CROP_SCALES:
+            raise UserError(
+                f"data.decode=device crops on the device, which data.augment={self.augment} does "
+                f"not: use one of {', '.join(DEVICE_CROP_SCALES)}, or data.decode=cpu."
+            )
+        return on_device
 
     def _load_into_memory(self, samples: list[tuple[str, int]]) -> TensorDataset:
         """Decode every image once, at the eval resize, into one uint8 tensor."""
@@ -168,6 +209,7 @@ class FolderDataModule(ImageDataModule):
 def report_bad_images(listing: Path | None) -> None:
     if listing is None or not listing.is_file():
         return
-    paths = {line.split("\t", 1)[0] for line in listing.read_text().splitlines() if line}
+    lines = listing.read_text(**PATH_TEXT).splitlines()
+    paths = {line.split("\t", 1)[0] for line in lines if line}
     log.warning(f"Skipped {len(paths)} bad image file(s); they are listed in {listing}.")
 

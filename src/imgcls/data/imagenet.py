@@ -2,7 +2,8 @@
 DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG (val sorted into class folders, as
 torchvision's and timm's scripts expect). The labelled val set doubles as the test split, as is
 usual since the test labels are not public. Classes show as names (tench, goldfish, ...), not
-WordNet ids, and any subset of the 1000 classes works.
+WordNet ids, and any subset of the 1000 classes works. Names are unique: ImageNet-1k has two
+cranes and two maillots, told apart here; any other clash gets its WordNet id.
 """
 
 from functools import cached_property
@@ -13,6 +14,26 @@ from imgcls.data.folder import FolderDataModule
 from imgcls.utils.errors import UserError
 
 LAYOUT = "DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG"
+# WordNet ids whose first synonym another class shares
+DISTINCT_NAMES = {
+    "n02012849": "crane (bird)",
+    "n03126707": "crane (machine)",
+    "n03710637": "maillot (tights)",
+    "n03710721": "maillot (swimsuit)",
+}
+
+
+def class_names_of(wnids: list[str]) -> list[str]:
+    """Human names for WordNet ids: the first synonym, told apart where two classes share it."""
+    info = ImageNetInfo()
+    index = {wnid: i for i, wnid in enumerate(info.label_names())}
+    names = [
+        DISTINCT_NAMES.get(wnid)
+        or (info.index_to_description(index[wnid]).split(",")[0] if wnid in index else wnid)
+        for wnid in wnids
+    ]
+    clashes = {name for name in names if names.count(name) > 1}
+    return [f"{n} ({w})" if n in clashes else n for n, w in zip(names, wnids, strict=True)]
 
 
 class ImageNetDataModule(FolderDataModule):
@@ -27,9 +48,4 @@ class ImageNetDataModule(FolderDataModule):
 
     @cached_property
     def class_names(self) -> list[str]:
-        info = ImageNetInfo()
-        index = {wnid: i for i, wnid in enumerate(info.label_names())}
-        return [
-            info.index_to_description(index[wnid]).split(",")[0] if wnid in index else wnid
-            for wnid in self.class_dirs
-        ]
+        return class_names_of(self.class_dirs)

@@ -1,5 +1,6 @@
 """Loading our checkpoints: safely (no pickled code runs) and with one clear message on failure."""
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,18 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
         raise UserError(
             f"No checkpoint at {path}. Pass ckpt_path=<run dir>/checkpoints/best.ckpt "
             "(runs are under logs/train/runs/)."
+        )
+    if not zipfile.is_zipfile(path):  # torch.save and Lightning write zip archives
+        with open(path, "rb") as f:
+            damaged = f.read(4) == b"PK\x03\x04"
+        raise UserError(
+            f"Cannot load {path}: "
+            + (
+                "the file is damaged (truncated or partly written)."
+                if damaged
+                else "it is not a checkpoint (torch.save writes zip archives; this is not one). "
+                "Pass ckpt_path=<run dir>/checkpoints/best.ckpt (runs are under logs/train/runs/)."
+            )
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,13 +149,35 @@ def print_summary(rows: list[dict], columns: list[str], metric: str | None, path
     Console().print(table)
 
 
+FAIL_WHEN = ("any", "all", "never")
+
+
 class SweepSummaryCallback(Callback):
-    """Hydra calls this once a multirun has run all its jobs."""
+    """Hydra calls this once a multirun has run all its jobs: the summary, then the exit code.
+
+    `fail_when`: the sweep exits with code 1 (so CI sees it) when `any` job failed (the default:
+    a grid's jobs are all meant to run), when `all` did (a search, where some trials failing is
+    part of searching), or `never`.
+    """
+
+    def __init__(self, fail_when: str = "any") -> None:
+        if fail_when not in FAIL_WHEN:
+            raise ValueError(f"fail_when must be one of {FAIL_WHEN}, got {fail_when!r}")
+        self.fail_when = fail_when
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = config.hydra.get("sweeper") or {}
         direction = sweeper.get("direction") if isinstance(sweeper.get("direction"), str) else None
-        write_summary(config.hydra.sweep.dir, config.get("optimized_metric"), direction)
+        path = write_summary(config.hydra.sweep.dir, config.get("optimized_metric"), direction)
+        statuses = [row["status"] for row in summarize(config.hydra.sweep.dir)[0]]
+        failed = sum(status != "completed" for status in statuses)
+        if not failed:
+            return
+        message = f"{failed} of {len(statuses)} jobs failed (errors in {path})."
+        fails = self.fail_when == "any" or (self.fail_when == "all" and failed == len(statuses))
+        Console(stderr=True).print(f"[red]{message}" if fails else message)
+        if fails:
+            sys.exit(1)
 
 
 def main() -> None:

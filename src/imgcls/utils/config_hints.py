@@ -16,8 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgcls import CONFIG_DIR
 
-_ABSENT = object()
-
 
 def key_hints(config_name: str, args: Sequence[str]) -> list[str]:
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
@@ -32,13 +30,13 @@ def key_hints(config_name: str, args: Sequence[str]) -> list[str]:
     for key in keys:
         if "." not in key or key[0] in "+~" or key.startswith("hydra."):
             continue
-        if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
-            continue
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None)
         if not isinstance(node, DictConfig):
             continue
-        siblings = sorted(str(k) for k in node)
+        siblings = sorted(str(k) for k in node)  # keys whose value is ??? included
+        if leaf in siblings:
+            continue
         close = difflib.get_close_matches(leaf, siblings, n=1)
         guess = f" Did you mean {parent}.{close[0]}?" if close else ""
         hints.append(f"{key} is not a key.{guess} The keys of {parent}: {', '.join(siblings)}.")

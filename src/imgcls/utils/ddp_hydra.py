@@ -3,21 +3,45 @@
 Lightning launches ranks 1..N-1 by re-running `sys.argv` with `hydra.run.dir=<run.dir>`. Under a
 multirun that re-runs the whole sweep (`-m lr=0.01,0.1`) in every child, and `run.dir` is not the
 job's dir, so each child creates stray run/sweep dirs. We rebuild the child's command from the one
-job the parent is running: its own overrides, single-run mode, and the parent's output dir.
+job the parent is running: its own overrides, single-run mode (`hydra.mode=RUN`: a config such as
+`hparams_search=...` sets MULTIRUN itself), and the parent's output dir.
+
+When a child rank dies, Lightning's process observer kills the other ranks and then the main
+process with SIGKILL: a sweep would lose every job after it, with no status and no summary. Ours
+kills the other ranks the same way, then raises `RankFailedError` in the main process, so the job is
+recorded as failed and the sweep goes on; should the main process still be inside that job a
+minute later (stuck in a collective with the dead rank), it is killed as before.
 
 Lightning also leaves the process group and its rendezvous variables (LOCAL_RANK, MASTER_PORT, ...)
 in the parent after fit; the next sweep job would then skip launching its children and wait for
 peers that never come. `ddp_job_scope` tears both down after each job.
+
+These hooks replace two private functions of Lightning's launcher; tests/test_cli.py fails loudly
+on a Lightning version that renames them.
 """
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch.distributed
 from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
 from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
+
+# how long the main process may take to leave a job after a rank died, before it is killed
+MAIN_EXIT_GRACE_S = 60.0
+# the signal by which the observer thread raises RankFailedError in the main thread
+_RAISE_SIGNAL = signal.SIGUSR2
+
+
+class RankFailedError(Exception):
+    """A DDP child process (rank >= 1) died during the job."""
+
 
 # argv flags that change what config is composed, with their values; they must reach the child.
 _CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
@@ -49,6 +73,7 @@ def hydra_child_command(local_rank: int) -> tuple[list[str], str]:
     command += list(hydra_cfg.overrides.task)
     output_dir = hydra_cfg.runtime.output_dir.replace("\\", "\\\\").replace('"', '\\"')
     command += [
+        "hydra.mode=RUN",
         f'hydra.run.dir="{output_dir}"',
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
         "hydra.output_subdir=null",
@@ -56,11 +81,76 @@ def hydra_child_command(local_rank: int) -> tuple[list[str], str]:
     return command, get_original_cwd()
 
 
+class _Job:
+    """The job running in this process (so a late signal never fails the next one) and the
+    child ranks it launched."""
+
+    number = 0
+    done = threading.Event()
+    children: list[subprocess.Popen] = []
+
+
+class ChildRankObserver(fabric_launcher._ChildProcessObserver):
+    """Lightning's observer, but a dead child fails the job instead of killing this process."""
+
+    def __init__(self, child_processes: list[subprocess.Popen]) -> None:
+        super().__init__(main_pid=os.getpid(), child_processes=child_processes)
+        self._job = _Job.number
+
+    def _terminate_all(self) -> None:
+        for child in self._child_processes:
+            child.send_signal(self._termination_signal)
+        if self._job != _Job.number or _Job.done.is_set():
+            return
+        _pending_failure[self._job] = _death_message(self._child_processes)
+        signal.pthread_kill(threading.main_thread().ident, _RAISE_SIGNAL)
+        if not _Job.done.wait(MAIN_EXIT_GRACE_S):
+            os.kill(self._main_pid, self._termination_signal)  # stuck with the dead rank
+
+
+_pending_failure: dict[int, str] = {}
+
+
+def _death_message(children: list[subprocess.Popen]) -> str | None:
+    dead = [(rank, c.returncode) for rank, c in enumerate(children, 1) if c.poll() not in (0, None)]
+    if not dead:
+        return None
+    codes = ", ".join(f"rank {rank} exited with code {code}" for rank, code in dead)
+    return f"A DDP process died ({codes}); its log is train_rank<N>.log in the run dir."
+
+
+def _raise_rank_failed(signum: int, frame: Any) -> None:
+    message = _pending_failure.pop(_Job.number, None)
+    if message is not None and not _Job.done.is_set():
+        raise RankFailedError(message)
+
+
+def _launch_observer(child_processes: list[subprocess.Popen]) -> None:
+    _Job.children = child_processes
+    ChildRankObserver(child_processes).start()
+
+
 def install() -> None:
-    """Route Lightning's child-process command through `hydra_child_command` (idempotent)."""
-    # The Trainer's launcher imported the function by name, so both modules hold a reference.
+    """Route Lightning's child-process command through `hydra_child_command`, and its process
+    observer through `ChildRankObserver` (idempotent)."""
+    # The Trainer's launcher imported the functions by name, so both modules hold a reference.
     fabric_launcher._hydra_subprocess_cmd = hydra_child_command
     trainer_launcher._hydra_subprocess_cmd = hydra_child_command
+    trainer_launcher._launch_process_observer = _launch_observer
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(_RAISE_SIGNAL, _raise_rank_failed)
+
+
+def _end_children(kill: bool, wait_s: float = 30.0) -> None:
+    """No rank outlives its job: after a failure they are killed; after success they finish
+    on their own (killed if they have not within `wait_s`)."""
+    for child in _Job.children:
+        if not kill:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(wait_s)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
 
 
 _RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -70,9 +160,25 @@ _RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WO
 def ddp_job_scope() -> Iterator[None]:
     """Run one job; afterwards leave no process group or rendezvous variables behind."""
     saved = {name: os.environ.get(name) for name in _RENDEZVOUS_VARS}
+    _Job.number += 1
+    _Job.done.clear()
+    _Job.children = []
+    failed = True
     try:
         yield
+        failed = False
+    except Exception as err:
+        # rank 0 often fails first with the collective's "connection closed": name the cause
+        for child in _Job.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5)
+        message = _death_message(_Job.children)
+        if message and not isinstance(err, RankFailedError):
+            raise RankFailedError(message) from err
+        raise
     finally:
+        _Job.done.set()
+        _end_children(kill=failed)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         for name, value in saved.items():

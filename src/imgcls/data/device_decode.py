@@ -1,0 +1,223 @@
+"""Decoding photos on the training device (`data.decode=device`), as DALI and FFCV feed a GPU.
+
+A CPU core decodes about 200 ImageNet photos a second; a GPU's nvjpeg decodes thousands. Here the
+loader workers only read each file and parse its header; a plain JPEG travels to the device
+as its bytes, and the device decodes the whole batch in one call (`torchvision.io.decode_jpeg` on
+a list, nvjpeg on CUDA; the same call runs on a CPU). What nvjpeg may not read, or reads without
+EXIF rotation (PNG and other formats, CMYK, progressive JPEGs, rotated photos), is decoded in the
+worker as before and travels as pixels. A file that turns out undecodable is left out of its
+batch and listed in bad_images.txt, never a crash.
+
+Then the crop: torchvision's RandomResizedCrop boxes, drawn per image from the same distribution
+(10 tries of area fraction and log-uniform aspect, then a centre crop), and evaluation's "resize
+the short side, centre-crop" as a box too, are cut out and resized for the whole batch in one
+`roi_align` (an average of bilinear samples per output pixel, adaptive in number: an
+antialiased downscale), then flipped per image.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.ops import roi_align
+
+from imgcls.data.decode import BadImageError, decode_any, parse_header
+from imgcls.data.files import PATH_TEXT, shown
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+DECODE_PLACES = ("cpu", "device", "auto")
+# the presets whose worker half can run on the device: their RandomResizedCrop area range (None:
+# the eval transform, for training too); what they do after it runs on the device already
+DEVICE_CROP_SCALES = {"none": None, "standard": (0.08, 1.0), "seed_classic": (0.08, 1.0)}
+# An image whose long side is over this many times the batch's median is shrunk alone before
+# the batch is assembled, so one huge photo does not make the whole padded batch huge.
+OUTLIER_FACTOR = 2.0
+
+
+class EncodedJPEG(NamedTuple):
+    """A JPEG's file bytes (uint8, on the host), for the device to decode."""
+
+    data: Tensor
+    path: str
+
+
+def read_for_device(path: str | Path, min_side: int | None = None) -> Tensor | EncodedJPEG:
+    """A loader worker's share: the bytes of a plain JPEG, or the decoded pixels of anything
+    else (as `read_rgb` gives them). Raises BadImageError for what is not an image."""
+    data = Path(path).read_bytes()
+    header = parse_header(data)
+    plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L")
+    if plain_jpeg and not header.progressive and header.orientation in (None, 1):
+        return EncodedJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8), str(path))
+    return decode_any(data, header, min_side)
+
+
+class EncodedBatch(NamedTuple):
+    """A batch as the workers send it: per image, JPEG bytes or decoded uint8 pixels."""
+
+    items: list[Tensor | EncodedJPEG]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def collate_encoded(samples: Sequence[tuple[Tensor | EncodedJPEG, int]]) -> tuple:
+    items, labels = zip(*samples, strict=True)
+    return EncodedBatch(list(items)), torch.as_tensor(labels)
+
+
+def decode_batch(
+    batch: EncodedBatch, device: torch.device, bad_images_file: Path | None = None
+) -> tuple[list[Tensor], list[int]]:
+    """uint8 (3, H, W) images on `device`, and the positions that decoded; the rest are listed
+    as bad."""
+    jpegs = [i for i, item in enumerate(batch.items) if isinstance(item, EncodedJPEG)]
+    images: list[Tensor | None] = [
+        None if i in jpegs else item.to(device, non_blocking=True)
+        for i, item in enumerate(batch.items)
+    ]
+    data = [batch.items[i].data for i in jpegs]
+    try:
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if data else []
+    except RuntimeError:  # one bad file fails the call: decode one by one to find it
+        decoded = [_decode_one(batch.items[i], device, bad_images_file) for i in jpegs]
+    for i, image in zip(jpegs, decoded, strict=True):
+        images[i] = image
+    kept = [i for i, image in enumerate(images) if image is not None]
+    return [images[i] for i in kept], kept
+
+
+def _decode_one(item: EncodedJPEG, device: torch.device, listing: Path | None) -> Tensor | None:
+    try:
+        return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    try:  # a variant the device's decoder rejects but PIL reads
+        data = item.data.numpy().tobytes()
+        return decode_any(data, parse_header(data)).to(device)
+    except (BadImageError, OSError) as err:
+        log.warning(f"Skipping bad image {shown(item.path)}: {err}")
+        if listing is not None:
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            with open(listing, "a", **PATH_TEXT) as f:
+                f.write(f"{item.path}\t{err}\n")
+        return None
+
+
+def sizes_of(images: Sequence[Tensor], device: torch.device) -> Tensor:
+    """(N, 2) float heights and widths (shapes: known on the host, no sync)."""
+    return torch.tensor([image.shape[-2:] for image in images], device=device).float()
+
+
+def random_resized_boxes(
+    sizes: Tensor,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    tries: int = 10,
+) -> Tensor:
+    """(N, 4) boxes (x1, y1, x2, y2) in pixels, one per image of (height, width) `sizes`, drawn
+    as torchvision's RandomResizedCrop draws them, for all images at once on their device."""
+    n, device = len(sizes), sizes.device
+    height, width = sizes[:, :1], sizes[:, 1:]
+    area = height * width * torch.empty(n, tries, device=device).uniform_(*scale)
+    log_ratio = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    aspect = log_ratio.exp()
+    w = (area * aspect).sqrt().round()
+    h = (area / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits, as the loop
+    found = fits.any(dim=1, keepdim=True)
+    w, h = w.gather(1, first), h.gather(1, first)
+    # none fits: a centre crop at the nearest allowed aspect
+    in_ratio = width / height
+    low, high = min(ratio), max(ratio)
+    fallback_w = torch.where(in_ratio > high, (height * high).round(), width)
+    fallback_h = torch.where(in_ratio < low, (width / low).round(), height)
+    w, h = torch.where(found, w, fallback_w), torch.where(found, h, fallback_h)
+    top = torch.where(
+        found,
+        (torch.rand(n, 1, device=device) * (height - h + 1)).floor(),
+        ((height - h) / 2).floor(),
+    )
+    left = torch.where(
+        found,
+        (torch.rand(n, 1, device=device) * (width - w + 1)).floor(),
+        ((width - w) / 2).floor(),
+    )
+    return torch.cat([left, top, left + w, top + h], dim=1)
+
+
+def center_boxes(sizes: Tensor, resize: int, crop: int) -> Tensor:
+    """(N, 4) boxes: what "resize the short side to `resize`, centre-crop `crop`" keeps of each
+    image, in its own pixels."""
+    side = sizes.min(dim=1, keepdim=True).values * (crop / resize)
+    height, width = sizes[:, :1], sizes[:, 1:]
+    top, left = (height - side) / 2, (width - side) / 2
+    return torch.cat([left, top, left + side, top + side], dim=1)
+
+
+def crop_resize(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
+    """Each image's box, resized to size x size, for the whole batch in one op: float (N, 3,
+    size, size) in [0, 255]. Images are padded into one batch tensor first (zeros outside each
+    image, which its box never reaches)."""
+    heights, widths = [i.shape[-2] for i in images], [i.shape[-1] for i in images]
+    images, boxes = _shrink_outliers(images, boxes)
+    heights, widths = [i.shape[-2] for i in images], [i.shape[-1] for i in images]
+    batch = images[0].new_zeros(len(images), 3, max(heights), max(widths))
+    for i, image in enumerate(images):
+        batch[i, :, : image.shape[-2], : image.shape[-1]] = image
+    index = torch.arange(len(images), device=boxes.device, dtype=boxes.dtype).unsqueeze(1)
+    rois = torch.cat([index, boxes], dim=1)
+    return roi_align(batch.float(), rois, output_size=size, sampling_ratio=-1, aligned=True)
+
+
+def _shrink_outliers(images: list[Tensor], boxes: Tensor) -> tuple[list[Tensor], Tensor]:
+    long_sides = sorted(max(i.shape[-2:]) for i in images)
+    limit = OUTLIER_FACTOR * long_sides[len(long_sides) // 2]
+    shrunk, scales = [], []
+    for image in images:
+        factor = min(1.0, limit / max(image.shape[-2:]))
+        if factor < 1.0:
+            size = [max(1, round(s * factor)) for s in image.shape[-2:]]
+            image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)
+            image = image[0].round().clamp(0, 255).to(torch.uint8)
+        shrunk.append(image)
+        scales.append(factor)
+    if all(s == 1.0 for s in scales):
+        return images, boxes
+    return shrunk, boxes * torch.tensor(scales, device=boxes.device, dtype=boxes.dtype)[:, None]
+
+
+def random_flip(images: Tensor) -> Tensor:
+    flip = torch.rand(len(images), device=images.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+@dataclass
+class DeviceCrops:
+    """The geometric part of a preset, done on the device after decoding: `scale` set, a
+    RandomResizedCrop to `train_crop` plus flip; None, the eval transform for training too."""
+
+    train_crop: int
+    eval_resize: int
+    eval_crop: int
+    scale: tuple[float, float] | None = (0.08, 1.0)
+
+    def train(self, images: list[Tensor]) -> Tensor:
+        sizes = sizes_of(images, images[0].device)
+        if self.scale is None:
+            return crop_resize(images, center_boxes(sizes, self.eval_resize, self.eval_crop), self.eval_crop)
+        boxes = random_resized_boxes(sizes, self.scale)
+        return random_flip(crop_resize(images, boxes, self.train_crop))
+
+    def eval(self, images: list[Tensor]) -> Tensor:
+        sizes = sizes_of(images, images[0].device)
+        boxes = center_boxes(sizes, self.eval_resize, self.eval_crop)
+        return crop_resize(images, boxes, self.eval_crop)

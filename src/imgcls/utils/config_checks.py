@@ -1,0 +1,82 @@
+"""Values checked before any work starts, each failure one line naming the key, the value and
+what is allowed (Hydra checks key names and group options; these are the values).
+
+Only keys a run actually has are checked: `optimizer.momentum` where the optimizer takes one,
+`data.batch_size` in train and eval alike.
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from imgcls.utils.errors import UserError
+
+
+def _whole(minimum: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _number(low: float, high: float | None = None, low_open: bool = False) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        if not isinstance(v, int | float) or isinstance(v, bool) or v != v:  # NaN
+            return False
+        return (v > low if low_open else v >= low) and (high is None or v < high)
+
+    return check
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _auto_or(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v == "auto" or check(v)
+
+
+def _epochs(v: Any) -> bool:
+    return _whole(-1)(v) and v != 0
+
+
+_ABSENT = object()
+
+
+# key -> (test, what is allowed)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.batch_size": (_whole(1), "a whole number >= 1 (images per device and step)"),
+    "data.eval_batch_size": (_optional(_whole(1)), "a whole number >= 1, or null"),
+    "data.num_workers": (_auto_or(_whole(0)), "auto or a whole number >= 0"),
+    "data.mixup_alpha": (_number(0), "a number >= 0 (0: off)"),
+    "data.cutmix_alpha": (_number(0), "a number >= 0 (0: off)"),
+    "optimizer.lr": (_number(0, low_open=True), "a number > 0"),
+    "optimizer.weight_decay": (_number(0), "a number >= 0"),
+    "optimizer.momentum": (_number(0, 1), "a number in [0, 1)"),
+    "model.label_smoothing": (_number(0, 1), "a number in [0, 1)"),
+    "trainer.max_epochs": (_epochs, "a whole number >= 1, or -1 for no limit"),
+    "trainer.min_epochs": (_optional(_whole(0)), "a whole number >= 0, or null"),
+    "trainer.accumulate_grad_batches": (_whole(1), "a whole number >= 1"),
+    "trainer.log_every_n_steps": (_whole(1), "a whole number >= 1"),
+}
+
+
+def check_values(cfg: DictConfig) -> None:
+    for key, (test, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if value is not _ABSENT and not test(value):  # absent or ???: not this run's to check
+            raise UserError(f"{key}={value!r} is not allowed: {allowed}.")
+    _check_cpu_processes(cfg)
+
+
+def _check_cpu_processes(cfg: DictConfig) -> None:
+    """DDP on the CPU starts one process per device: more than there are CPUs only thrashes."""
+    trainer = cfg.get("trainer") or {}
+    devices = trainer.get("devices")
+    if trainer.get("accelerator") != "cpu" or not _whole(1)(devices):
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if devices > (cpus or 1):
+        raise UserError(
+            f"trainer.devices={devices} is not allowed with trainer.accelerator=cpu on this "
+            f"machine: at most {cpus} (one process per CPU)."
+        )

@@ -1,0 +1,300 @@
+"""Hostile data, misuse and sweeps, as a new user meets them: nothing lost, nothing hangs, every
+failure one line. Each class of input that once broke is tested as a class."""
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.data.decode import BadImageError, read_rgb
+from imgcls.data.files import PATH_TEXT
+from imgcls.data.folder import FolderDataModule
+from imgcls.data.imagenet import class_names_of
+from imgcls.models.checkpoint import load_classifier
+from imgcls.predict import predict
+from imgcls.train import train
+from imgcls.utils.config_hints import key_hints
+from imgcls.utils.errors import UserError
+from imgcls.utils.hydra_utils import set_in_struct
+from imgcls.utils.run_status import run_recorded
+from imgcls.verify import verify
+from tests.data_factory import write_class_tree, write_image
+from tests.helpers import run_cli
+
+QUICK = ["model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
+CLI_QUICK = [*QUICK, "extras.print_config=false", "callbacks.rich_progress_bar=null"]
+
+
+# -- runs that should train ---------------------------------------------------------------------
+@pytest.mark.parametrize("no_logger", ["logger=[]", "~logger", "cfg.logger = None"])
+def test_a_run_without_a_logger_trains(make_cfg, no_logger: str) -> None:
+    if no_logger.startswith("cfg."):  # as lightning-hydra-template's tests set it
+        cfg = make_cfg(*QUICK)
+        set_in_struct(cfg, "logger", None)
+    else:
+        cfg = make_cfg(*QUICK, no_logger)
+    metrics, objects = train(cfg)
+    assert objects["trainer"].loggers == []
+    assert objects["trainer"].global_step == 2
+    assert 0 <= metrics["test/acc"] <= 1
+
+
+def test_a_rank_with_less_than_a_batch_of_files_still_trains(tmp_path: Path) -> None:
+    """2 processes, 12 images, batch 8: each rank has 6, one partial batch (not none)."""
+
+    class TwoRanks:
+        world_size, global_rank = 2, 0
+
+        class strategy:  # noqa: N801
+            root_device = torch.device("cpu")
+
+    root = write_class_tree(tmp_path, ["a", "b"], per_class=10)
+    dm = FolderDataModule(root=str(root), split=(0.5, 0.25, 0.25), batch_size=8, num_workers=0)
+    dm.trainer = TwoRanks()
+    dm.setup()
+    assert len(dm.splits.train) == 12
+    assert not dm.train_dataloader().drop_last
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+def test_a_sweep_with_failed_jobs_writes_its_summary_and_exits_non_zero(tmp_path: Path) -> None:
+    args = ["-m", "optimizer.lr=-1,-2", *CLI_QUICK, f"paths.log_dir={tmp_path}"]
+    result = run_cli("train.py", args)
+    assert result.returncode == 1
+    assert "2 of 2 jobs failed" in result.stderr + result.stdout
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("optimizer.lr=" in r["error"] for r in rows)
+
+
+def processes_mentioning(marker: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", str(marker)], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.slow
+def test_optuna_with_ddp_leaves_no_process_and_every_trial_its_status(tmp_path: Path) -> None:
+    search = [
+        "hparams_search=digits_optuna",
+        "hydra.sweeper.n_trials=2",
+        "trainer=ddp_sim",
+        *CLI_QUICK,
+        f"paths.log_dir={tmp_path}",
+    ]
+    result = run_cli("train.py", search)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not processes_mentioning(tmp_path)
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()  # the child made no sweep of its own
+    statuses = [json.loads((sweep / j / "status.json").read_text()) for j in ("0", "1")]
+    assert [s["status"] for s in statuses] == ["completed", "completed"]
+    assert (sweep / "1" / "train_rank1.log").is_file()  # each trial ran on two processes
+
+
+@pytest.mark.slow
+def test_a_dead_ddp_rank_fails_its_job_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    grid = [
+        "-m",
+        "seed=1,2",
+        "trainer=ddp_sim",
+        "+callbacks.fault._target_=tests.faults.FailOnRank",
+        "+callbacks.fault.rank=1",
+        "+callbacks.fault.seed=1",  # only the first job's rank 1 dies
+        "+callbacks.fault.run_seed=${seed}",
+        *CLI_QUICK,
+        f"paths.log_dir={tmp_path}",
+    ]
+    result = run_cli("train.py", grid)
+    assert result.returncode == 1  # one job failed
+    assert not processes_mentioning(tmp_path)
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    statuses = [json.loads((sweep / j / "status.json").read_text()) for j in ("0", "1")]
+    assert [s["status"] for s in statuses] == ["failed", "completed"]
+    assert "DDP process died" in statuses[0]["error"]
+    assert (sweep / "summary.csv").is_file()
+
+
+# -- files --------------------------------------------------------------------------------------
+def test_folder_links_back_into_the_dataset_are_skipped_and_reported(tmp_path: Path) -> None:
+    root = write_class_tree(tmp_path / "data", ["a", "b"], per_class=3)
+    (root / "a" / "loop").symlink_to(".")  # a loop
+    (root / "a" / "up").symlink_to("..")  # into the other class
+    (root / "a" / "twin").symlink_to(root / "a")  # the same files again
+    outside = write_class_tree(tmp_path / "elsewhere", ["more"], per_class=2) / "more"
+    (root / "b" / "more").symlink_to(outside)  # out of the tree: a real extra folder
+    dm = FolderDataModule(root=str(root))
+    labels = [label for samples in dm.split_samples().values() for _, label in samples]
+    assert labels.count(0) == 3  # a: its own 3, once each
+    assert labels.count(1) == 5  # b: 3 + 2 behind the link that leaves the tree
+    assert set(dm.skipped_links) == {str(root / "a" / n) for n in ("loop", "up", "twin")}
+
+
+def test_verify_lists_the_skipped_links(make_cfg, tmp_path: Path) -> None:
+    root = write_class_tree(tmp_path / "data", ["a", "b"], per_class=3)
+    (root / "a" / "loop").symlink_to(".")
+    problems = verify(make_cfg("data=folder", f"data.root={root}", config_name="verify"))
+    assert [(p, "leads back into the dataset" in r) for p, r in problems] == [
+        (str(root / "a" / "loop"), True)
+    ]
+
+
+NON_UTF8 = b"caf\xe9 \xff.jpg"  # Latin-1 and a byte no encoding maps: a real, legal file name
+
+
+@pytest.fixture
+def tree_with_non_utf8_names(tmp_path: Path) -> Path:
+    root = write_class_tree(tmp_path / "data", ["a", "b"], per_class=4)
+    good = os.fsdecode(bytes(root / "a") + b"/" + NON_UTF8)
+    write_image(Path(good), (200, 30, 30))
+    Path(os.fsdecode(bytes(root / "b") + b"/bad " + NON_UTF8)).write_bytes(b"")  # empty: bad
+    return root
+
+
+def test_non_utf8_file_names_train_and_are_listed_byte_for_byte(
+    make_cfg, tree_with_non_utf8_names: Path, tmp_path: Path
+) -> None:
+    cfg = make_cfg(
+        "model=cifar_quick",
+        "trainer.max_epochs=1",
+        "data=folder",
+        f"data.root={tree_with_non_utf8_names}",
+        "data.split=[0.5,0.25,0.25]",
+        "data.num_workers=1",  # bad files are met in a worker process
+        "data.batch_size=2",  # batches cover all 6 training images
+    )
+    train(cfg)  # every split is read once at least: the bad file is met wherever it fell
+    run = tmp_path / "run"
+    assert b"bad " + NON_UTF8 in (run / "bad_images.txt").read_bytes()
+    assert NON_UTF8 in (run / "split.csv").read_bytes()
+    with open(run / "split.csv", newline="", **PATH_TEXT) as f:
+        listed = {row["path"] for row in csv.DictReader(f)}
+    assert all(Path(p).exists() for p in listed)  # every name written back losslessly
+
+
+def test_non_utf8_file_names_predict_and_verify(
+    make_cfg, tree_with_non_utf8_names: Path, tmp_path: Path
+) -> None:
+    train(make_cfg(*QUICK, "test=false"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    predict_cfg = make_cfg(
+        f"ckpt_path={ckpt}",
+        f"input={tree_with_non_utf8_names}",
+        "output_format=json",
+        config_name="predict",
+        run_dir=tmp_path / "predict",
+    )
+    predictions = predict(predict_cfg)
+    assert len(predictions) == 10
+    written = (tmp_path / "predict" / "predictions.csv").read_bytes()
+    assert NON_UTF8 in written
+    assert b"bad " + NON_UTF8 in written
+    verify_cfg = make_cfg(
+        "data=folder",
+        f"data.root={tree_with_non_utf8_names}",
+        config_name="verify",
+        run_dir=tmp_path / "verify",
+    )
+    problems = verify(verify_cfg)
+    assert len(problems) == 1
+    assert b"bad " + NON_UTF8 in (tmp_path / "verify" / "problems.csv").read_bytes()
+
+
+# -- work lost ----------------------------------------------------------------------------------
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_a_refused_resume_leaves_the_earlier_run_as_it_was(make_cfg, tmp_path: Path) -> None:
+    first = make_cfg(*QUICK, run_dir=tmp_path / "first")
+    run_recorded(first, lambda: train(first))
+    before = snapshot(tmp_path / "first")
+    assert json.loads((tmp_path / "first" / "status.json").read_text())["status"] == "completed"
+
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    other = make_cfg(
+        *QUICK, "data=fake", "data.num_classes=3", f"ckpt_path={ckpt}", run_dir=tmp_path / "other"
+    )
+    with pytest.raises(UserError, match="trained on 10 classes"):
+        run_recorded(other, lambda: train(other))
+    assert snapshot(tmp_path / "first") == before
+    refused = json.loads((tmp_path / "other" / "status.json").read_text())
+    assert refused["status"] == "failed"
+
+
+# -- messages -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("data.batch_size=0", "data.batch_size=0 is not allowed: a whole number >= 1"),
+        ("data.batch_size=-1", "data.batch_size=-1 is not allowed: a whole number >= 1"),
+        ("optimizer.lr=-1", "optimizer.lr=-1 is not allowed: a number > 0"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not allowed: a whole number"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
+        ("optimizer.momentum=1.5", "optimizer.momentum=1.5 is not allowed: a number in"),
+    ],
+)
+def test_values_out_of_range_are_one_line_before_any_work(make_cfg, override, says) -> None:
+    with pytest.raises(UserError, match="^" + says.replace(".", r"\.").replace("(", r"\(")):
+        train(make_cfg(override))
+
+
+def test_more_cpu_processes_than_cpus_is_refused(make_cfg) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    with pytest.raises(UserError, match=rf"trainer\.devices={cpus + 1} .* at most {cpus}"):
+        train(make_cfg("trainer=ddp_sim", f"trainer.devices={cpus + 1}"))
+
+
+def test_a_value_error_on_the_command_line_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("train.py", ["data.batch_size=0", f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 1
+    assert "data.batch_size=0 is not allowed" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_folder_with_one_class_says_so(tmp_path: Path) -> None:
+    root = write_class_tree(tmp_path, ["only"], per_class=3)
+    with pytest.raises(UserError, match=r"one class folder with images \(only\).*two or more"):
+        _ = FolderDataModule(root=str(root)).class_names
+
+
+def test_no_hint_for_a_key_that_exists_with_a_missing_value() -> None:
+    assert key_hints("train", ["data=folder", "data.root=/no/such/dir"]) == []
+    (hint,) = key_hints("train", ["data=folder", "data.rot=/x"])
+    assert hint.startswith("data.rot is not a key. Did you mean data.root?")
+
+
+def test_a_text_file_as_checkpoint_is_named_for_what_it_is(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.ckpt"
+    notes.write_text("my best run was yesterday\n")
+    with pytest.raises(UserError, match="it is not a checkpoint") as err:
+        load_classifier(notes)
+    assert "mmap" not in str(err.value)
+    half = tmp_path / "half.ckpt"
+    half.write_bytes(b"PK\x03\x04" + b"\0" * 20)
+    with pytest.raises(UserError, match="damaged"):
+        load_classifier(half)
+
+
+@pytest.mark.parametrize("keep", [2, 10, 60])
+def test_a_jpeg_cut_inside_its_header_is_a_damaged_jpeg(tmp_path: Path, keep: int) -> None:
+    whole = write_image(tmp_path / "whole.jpg", (90, 120, 200)).read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: max(keep, 3)])
+    with pytest.raises(BadImageError, match="damaged JPEG"):
+        read_rgb(cut)
+
+
+def test_imagenet_class_names_are_unique_and_human() -> None:
+    from timm.data import ImageNetInfo
+
+    names = class_names_of(ImageNetInfo().label_names())
+    assert len(set(names)) == 1000
+    assert names[:3] == ["tench", "goldfish", "great white shark"]
+    assert {"crane (bird)", "crane (machine)", "maillot (tights)", "maillot (swimsuit)"} <= set(
+        names
+    )
