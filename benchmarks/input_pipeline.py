@@ -38,7 +38,7 @@ from imgcls.data.files import list_images
 from imgcls.data.imagenet import ImageNetDataModule
 from imgcls.prepare import prepare
 from imgcls.train import train
-from imgcls.utils.hydra_utils import compose_config
+from imgcls.utils.compose import compose_config
 
 
 def linked_imagenet(photos: list[Path], samples: int, root: Path) -> Path:

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.models.backbones import build_net
 from imgcls.train import build_components
-from imgcls.utils.hydra_utils import compose_config, instantiate
+from imgcls.utils.compose import compose_config, instantiate
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from imgcls.utils.hydra_utils import compose_config
+from imgcls.utils.compose import compose_config
 
 # Quiet and quick: no config tree, no live progress bar in captured output.
 QUIET = {

@@ -14,7 +14,7 @@ from imgcls.train import train
 
 def hand_confusion(cfg) -> tuple[torch.Tensor, list[str]]:
     """Predict the test split image by image, outside Lightning, and count (true, predicted)."""
-    from imgcls.utils.hydra_utils import instantiate
+    from imgcls.utils.compose import instantiate
 
     model = load_classifier(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)

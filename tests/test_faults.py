@@ -17,8 +17,8 @@ from PIL import Image
 from imgcls.models.checkpoint import load_classifier
 from imgcls.models.pretrained import read_state_dict
 from imgcls.train import build_components, train
+from imgcls.utils.compose import compose_config
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import compose_config
 from tests.helpers import run_cli
 
 # 6 full steps per epoch (1,257 training digits, batches of 200, the last partial one

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from imgcls.train import train
-from imgcls.utils.hydra_utils import compose_config
+from imgcls.utils.compose import compose_config
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 # torchvision's MixUp / CutMix draw their per-batch mixing weight and box from host-side RNG

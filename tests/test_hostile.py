@@ -17,10 +17,10 @@ from imgcls.data.imagenet import class_names_of
 from imgcls.models.checkpoint import load_classifier
 from imgcls.predict import predict
 from imgcls.train import train
+from imgcls.utils.compose import set_in_struct
 from imgcls.utils.config_hints import key_hints
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import set_in_struct
-from imgcls.utils.run_status import run_recorded
+from imgcls.utils.run_record import run_recorded
 from imgcls.verify import verify
 from tests.data_factory import write_class_tree, write_image
 from tests.helpers import run_cli

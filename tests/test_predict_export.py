@@ -13,8 +13,8 @@ from imgcls.export import export
 from imgcls.models.checkpoint import load_classifier
 from imgcls.predict import predict
 from imgcls.train import train
+from imgcls.utils.compose import compose_config
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import compose_config
 from tests.data_factory import PALETTE, write_class_tree, write_image
 
 CLASSES = ["cat", "dog", "fox"]

@@ -9,9 +9,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from imgcls.callbacks.ema import HostCountedEMA
 from imgcls.eval import evaluate
-from imgcls.train import train
+from imgcls.task import apply_extras
+from imgcls.train import metric_value, train
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import apply_extras, metric_value
 
 # A small fast net so these tests take seconds, not minutes.
 QUICK = ["model=cifar_quick", "optimizer.lr=0.05"]

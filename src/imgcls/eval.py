@@ -4,28 +4,19 @@ The model (architecture, class names) comes from the checkpoint; the data from t
 which must be the dataset the model was trained on (checked by class names).
 """
 
-from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from imgcls import CONFIG_DIR
 from imgcls.models.checkpoint import load_classifier
-from imgcls.utils import ddp_hydra
+from imgcls.task import task_main
+from imgcls.utils.compose import instantiate, instantiate_each
 from imgcls.utils.config_checks import check_values
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import (
-    apply_extras,
-    instantiate,
-    instantiate_each,
-    report_user_errors,
-    save_metrics,
-    scalar_metrics,
-)
 from imgcls.utils.logging import get_logger
 from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
 from imgcls.utils.rich_utils import print_metrics_table
+from imgcls.utils.run_record import save_metrics, scalar_metrics
 
 log = get_logger(__name__)
 
@@ -53,18 +44,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     with nondeterministic_ops_explained():
         trainer.test(model=model, datamodule=datamodule)
     metrics = scalar_metrics(trainer.callback_metrics)
-    save_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    save_metrics(metrics, cfg.paths.output_dir)
     print_metrics_table(metrics, title=f"{cfg.task_name} metrics")
     return metrics, {"cfg": cfg, "model": model, "datamodule": datamodule, "trainer": trainer}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    ddp_hydra.install()
-    apply_extras(cfg)
-    with ddp_hydra.ddp_job_scope():
-        evaluate(cfg)
+main = task_main("eval", evaluate)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from imgcls import CONFIG_DIR
 from imgcls.models.backbones import build_net
 from imgcls.models.checkpoint import PRETRAINED_KEYS, classifier_from_checkpoint, read_checkpoint
+from imgcls.task import task_main
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import apply_extras, report_user_errors
 from imgcls.utils.logging import get_logger
 from imgcls.utils.rich_utils import print_metrics_table
 
@@ -163,11 +161,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return card
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    apply_extras(cfg)
-    export(cfg)
+main = task_main("export", export)
 
 
 if __name__ == "__main__":

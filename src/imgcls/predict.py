@@ -13,21 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from imgcls import CONFIG_DIR
 from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD, auto_workers
 from imgcls.data.decode import IMAGE_SUFFIXES, BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT, list_images, shown
 from imgcls.data.transforms import resize_center_crop
 from imgcls.models.checkpoint import load_classifier
+from imgcls.task import task_main
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import apply_extras, report_user_errors
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -191,11 +189,7 @@ def print_predictions(predictions: list[Prediction], rows: int) -> None:
         log.warning(f"{bad} of {len(predictions)} files could not be read (see the error column).")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    apply_extras(cfg)
-    predict(cfg)
+main = task_main("predict", predict)
 
 
 if __name__ == "__main__":

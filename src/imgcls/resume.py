@@ -12,8 +12,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imgcls.models.checkpoint import read_checkpoint
+from imgcls.utils.compose import set_in_struct
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import set_in_struct
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)

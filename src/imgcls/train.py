@@ -6,37 +6,24 @@ directly); `main()` is the command line and returns the value a sweeper optimize
 
 import json
 import logging
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from imgcls import CONFIG_DIR
 from imgcls.models.pretrained import eval_preprocessing
 from imgcls.resume import check_checkpoint_fits, resolve_resume
-from imgcls.utils import ddp_hydra
+from imgcls.task import task_main
+from imgcls.utils.compose import instantiate, instantiate_each, set_in_struct
 from imgcls.utils.config_checks import check_values
-from imgcls.utils.config_hints import with_key_hints
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import (
-    apply_extras,
-    instantiate,
-    instantiate_each,
-    metric_value,
-    report_user_errors,
-    run_hyperparameters,
-    save_metrics,
-    scalar_metrics,
-    set_in_struct,
-)
 from imgcls.utils.logging import get_logger
 from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
 from imgcls.utils.rich_utils import print_metrics_table
-from imgcls.utils.run_status import Preempted, run_recorded
+from imgcls.utils.run_record import Preempted, save_metrics, scalar_metrics
 
 log = get_logger(__name__)
 
@@ -91,6 +78,33 @@ def preprocessing_of_weights(cfg: DictConfig) -> dict[str, Any]:
     return preprocessing
 
 
+def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:
+    """The value a sweeper optimizes; a missing name is a config mistake, so say which exist."""
+    if not name:
+        return None
+    if name not in metrics:
+        logged = ", ".join(sorted(metrics))
+        raise UserError(f"optimized_metric={name!r} was not logged. Logged metrics: {logged}")
+    return metrics[name]
+
+
+def run_hyperparameters(cfg: DictConfig, model: Any) -> dict[str, Any]:
+    """What loggers record for a run: the whole config, flattened, plus the model's size."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    flat = dict(_flatten(params))
+    flat["model/params_total"] = sum(p.numel() for p in model.parameters())
+    flat["model/params_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return flat
+
+
+def _flatten(tree: Any, prefix: str = "") -> Any:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _flatten(value, f"{prefix}{key}/")
+    else:
+        yield prefix.rstrip("/"), tree if isinstance(tree, int | float | str | bool) else str(tree)
+
+
 def best_checkpoint(trainer: L.Trainer) -> str | None:
     callback = trainer.checkpoint_callback
     if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
@@ -138,25 +152,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     # Every rank, into its own log (train.log, train_rank1.log): synced metrics must agree.
     logging.getLogger(__name__).info(f"rank {trainer.global_rank} metrics: {json.dumps(metrics)}")
-    save_metrics(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    save_metrics(metrics, cfg.paths.output_dir)
     print_metrics_table(metrics, title=f"{cfg.task_name} metrics")
     return metrics, objects
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-@report_user_errors
-def hydra_main(cfg: DictConfig) -> float | None:
-    def job() -> float | None:
-        ddp_hydra.install()
-        apply_extras(cfg)
-        with ddp_hydra.ddp_job_scope():
-            metrics, _ = train(cfg)
-        return metric_value(metrics, cfg.get("optimized_metric"))
-
-    return run_recorded(cfg, job)
+def train_and_score(cfg: DictConfig) -> float | None:
+    """Train, test, and return the optimized metric (what a sweeper maximizes)."""
+    metrics, _ = train(cfg)
+    return metric_value(metrics, cfg.get("optimized_metric"))
 
 
-main = with_key_hints("train", hydra_main)
+main = task_main("train", train_and_score)
 
 
 if __name__ == "__main__":

@@ -6,22 +6,20 @@ so it can guard a data pipeline. Training itself skips such files (`data.on_bad_
 """
 
 import csv
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imgcls import CONFIG_DIR
 from imgcls.data.datamodule import auto_workers
 from imgcls.data.decode import BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT, class_folders, shown
 from imgcls.data.folder import FolderDataModule
+from imgcls.task import task_main
+from imgcls.utils.compose import instantiate
 from imgcls.utils.errors import UserError
-from imgcls.utils.hydra_utils import instantiate, report_user_errors
 
 
 def problem(path: str) -> str | None:
@@ -73,11 +71,14 @@ def verify(cfg: DictConfig) -> list[tuple[str, str]]:
     return problems
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="verify")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    if verify(cfg):
-        sys.exit(1)
+def verify_or_fail(cfg: DictConfig) -> None:
+    """Verify; problems make the command fail (exit code 1), so it can guard a pipeline."""
+    problems = verify(cfg)
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) in the dataset: see the table above.")
+
+
+main = task_main("verify", verify_or_fail)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Each run's `status.json` (completed / failed with its error / interrupted, and its duration),
-and the rule that one failed job never ends a sweep.
+"""What a run leaves in its dir to say how it went: `status.json` (completed / failed with its
+error / preempted / interrupted, and its duration) and `metrics.json`, and the rule that one
+failed job never ends a sweep.
 
 In a multirun, a job that raises is logged with its error, recorded as failed, and returns no
 value: Hydra's basic sweeper goes on to the next job, and Optuna records the trial as failed
@@ -10,7 +11,7 @@ loudly, as before.
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
 
 
 class Preempted(Exception):  # noqa: N818 (a state, not an error)
@@ -66,3 +68,15 @@ def run_recorded(cfg: DictConfig, task: Callable[[], float | None]) -> float | N
     finally:
         status["duration_s"] = round(time.perf_counter() - start, 3)
         write_status(cfg.paths.output_dir, status)
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Logged tensors as plain floats (JSON, sweepers and tables want numbers, not tensors)."""
+    return {name: float(value) for name, value in metrics.items()}
+
+
+@rank_zero_only
+def save_metrics(metrics: Mapping[str, float], output_dir: str | Path) -> None:
+    path = Path(output_dir) / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
