@@ -12,6 +12,7 @@ from imgcls.data.datamodule import EpochSeededRandomSampler
 from imgcls.data.digits import DigitsDataModule
 from imgcls.data.fake import FakeDataModule
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
+from imgcls.data.input_contract import InputContract
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,16 @@ def test_normalize_matches_the_textbook_formula() -> None:
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected)
     assert out_labels is labels
+
+
+def test_the_input_contract_round_trips_pixels_and_checkpoint_data() -> None:
+    contract = InputContract(36, 32, (0.1, 0.2, 0.3), (0.5, 0.25, 0.125))
+    pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(contract.denormalize(contract.normalize(pixels)), pixels)
+    assert InputContract.from_dict(contract.as_dict()) == contract
+    dm = DigitsDataModule(mean=contract.mean, std=contract.std)
+    assert (dm.contract.resize, dm.contract.crop) == (32, 32)  # the digits' own size
+    torch.testing.assert_close(dm.normalize(pixels), contract.normalize(pixels))
 
 
 def test_in_memory_batches_are_indexed_in_the_samplers_order(digits: DigitsDataModule) -> None:

@@ -9,8 +9,9 @@ import torch
 import torchvision
 from lightning.pytorch.callbacks import Callback
 
+from imgcls.data.input_contract import InputContract
 from imgcls.models.backbones import build_net
-from imgcls.models.pretrained import eval_preprocessing, read_state_dict
+from imgcls.models.pretrained import read_state_dict
 from imgcls.train import build_components, preprocessing_of_weights, train
 from imgcls.utils.errors import UserError
 from tests.data_factory import cache_torchvision_weights, write_class_tree
@@ -163,19 +164,12 @@ def test_timm_models_by_name(tmp_path: Path) -> None:
         build_net("timm/resnet10", num_classes=2)
 
 
-def test_eval_preprocessing_follows_the_weights(make_cfg, tmp_path: Path) -> None:
-    assert eval_preprocessing({"name": "resnet50", "weights": "IMAGENET1K_V2"}) == {
-        "eval_resize": 232,
-        "eval_crop": 224,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    }
-    assert eval_preprocessing({"name": "resnet50", "weights": None}) is None
-    assert eval_preprocessing({"name": "timm/convnext_tiny.fb_in1k", "pretrained": True}) == {
-        "eval_resize": 256,
-        "eval_crop": 224,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    }
+def test_the_input_contract_follows_the_weights(make_cfg, tmp_path: Path) -> None:
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    torchvision_v2 = InputContract.of_weights({"name": "resnet50", "weights": "IMAGENET1K_V2"})
+    assert torchvision_v2 == InputContract(232, 224, *imagenet)
+    assert InputContract.of_weights({"name": "resnet50", "weights": None}) is None
+    timm_net = {"name": "timm/convnext_tiny.fb_in1k", "pretrained": True}
+    assert InputContract.of_weights(timm_net) == InputContract(256, 224, *imagenet)
     cfg = make_cfg(*folder_overrides(tmp_path), "model=resnet50", "model.net.weights=IMAGENET1K_V2")
     assert preprocessing_of_weights(cfg)["train_crop"] == 224

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from imgcls.data.input_contract import InputContract
 from imgcls.models.backbones import build_net
 from imgcls.models.checkpoint import PRETRAINED_KEYS, classifier_from_checkpoint, read_checkpoint
 from imgcls.task import task_main
@@ -108,11 +109,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = read_checkpoint(ckpt_path)  # read once: the model and its metrics
     model = classifier_from_checkpoint(checkpoint, ckpt_path)
     hparams = model.hparams
-    prep = dict(hparams.get("preprocessing") or {})
-    if not prep.get("crop"):
-        raise UserError(f"{ckpt_path} records no input size (an older checkpoint).")
+    saved = dict(hparams.get("preprocessing") or {})
+    if not {"resize", "crop", "mean", "std"} <= saved.keys():
+        raise UserError(f"{ckpt_path} records no input size and normalization (an older one).")
+    contract = InputContract.from_dict(saved)
     net = model.net.eval().to(memory_format=torch.contiguous_format)
-    size = prep["crop"]
+    size = contract.crop
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FILE_NAMES[cfg.format]
@@ -145,12 +147,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "input": {
             "shape": ["batch", 3, size, size],
             "layout": "NCHW float32, RGB",
-            "preprocess": f"resize short side to {prep['resize']}, center-crop {size}, "
+            "preprocess": f"resize short side to {contract.resize}, center-crop {size}, "
             "scale to [0, 1], subtract mean, divide by std",
-            "resize": prep["resize"],
-            "crop": size,
-            "mean": prep.get("mean"),
-            "std": prep.get("std"),
+            **contract.as_dict(),
         },
         "output": "logits, one per class (softmax for probabilities)",
         "metrics": checkpoint_metrics(checkpoint, ckpt_path),

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD, auto_workers
 from imgcls.data.decode import IMAGE_SUFFIXES, BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT, list_images, shown
+from imgcls.data.input_contract import InputContract
 from imgcls.data.transforms import resize_center_crop
 from imgcls.models.checkpoint import load_classifier
 from imgcls.task import task_main
@@ -87,6 +88,20 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N.") from err
 
 
+def checkpoint_contract(saved: dict[str, Any], cfg: DictConfig) -> InputContract:
+    """The checkpoint's input contract; `resize` / `crop` in the config override its sizes."""
+    resize, crop = cfg.resize or saved.get("resize"), cfg.crop or saved.get("crop")
+    if not (resize and crop):
+        raise UserError(
+            f"{cfg.ckpt_path} does not record its input size (an older checkpoint): pass "
+            "resize=<short side> crop=<size>, e.g. resize=256 crop=224."
+        )
+    if "mean" not in saved:
+        log.warning("The checkpoint records no mean/std: normalizing with ImageNet's.")
+    mean, std = saved.get("mean", IMAGENET_MEAN), saved.get("std", IMAGENET_STD)
+    return InputContract(int(resize), int(crop), tuple(mean), tuple(std))
+
+
 @torch.inference_mode()
 def predict(cfg: DictConfig) -> list[Prediction]:
     if not cfg.get("ckpt_path") or not cfg.get("input"):
@@ -95,24 +110,13 @@ def predict(cfg: DictConfig) -> list[Prediction]:
         raise UserError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}.")
     device = resolve_device(cfg.device)
     model = load_classifier(cfg.ckpt_path).to(device)
-    prep = dict(model.hparams.get("preprocessing") or {})
-    resize, crop = cfg.resize or prep.get("resize"), cfg.crop or prep.get("crop")
-    if not (resize and crop):
-        raise UserError(
-            f"{cfg.ckpt_path} does not record its input size (an older checkpoint): pass "
-            "resize=<short side> crop=<size>, e.g. resize=256 crop=224."
-        )
-    if "mean" not in prep:
-        log.warning("The checkpoint records no mean/std: normalizing with ImageNet's.")
-    shape = (1, 3, 1, 1)
-    mean = torch.tensor(prep.get("mean", IMAGENET_MEAN), device=device).view(shape) * 255
-    std = torch.tensor(prep.get("std", IMAGENET_STD), device=device).view(shape) * 255
+    contract = checkpoint_contract(model.hparams.get("preprocessing") or {}, cfg)
 
     paths = list_inputs(cfg.input)
     workers = auto_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
     workers = min(workers, max(0, (len(paths) - 1) // cfg.batch_size))  # none for one batch
     loader = DataLoader(
-        ImagePaths(paths, resize, crop),
+        ImagePaths(paths, contract.resize, contract.crop),
         batch_size=cfg.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
@@ -122,7 +126,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     predictions = []
     done = 0
     for images, errors in loader:
-        images = (images.to(device, non_blocking=True).float() - mean) / std
+        images = contract.normalize(images.to(device, non_blocking=True))
         logits = model.eval_logits(images, tta_flip=cfg.tta_flip or None)
         probs, indices = logits.float().softmax(dim=1).topk(top_k, dim=1)
         for i, error in enumerate(errors):

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from imgcls.models.pretrained import eval_preprocessing
+from imgcls.data.input_contract import InputContract
 from imgcls.resume import check_checkpoint_fits, resolve_resume
 from imgcls.task import task_main
 from imgcls.utils.compose import instantiate, instantiate_each, set_in_struct
@@ -38,7 +38,7 @@ def build_components(cfg: DictConfig) -> dict[str, Any]:
         _recursive_=False,
         num_classes=datamodule.num_classes,
         class_names=datamodule.class_names,
-        preprocessing=datamodule.eval_preprocessing(),
+        preprocessing=datamodule.contract.as_dict(),
         optimizer=cfg.optimizer,
         scheduler=cfg.get("scheduler"),
     )
@@ -69,13 +69,19 @@ def without_logger_callbacks(callbacks: list[Any], loggers: list[Any]) -> list[A
 def preprocessing_of_weights(cfg: DictConfig) -> dict[str, Any]:
     """Pretrained weights bring their own eval resize / crop and normalization; the train crop
     follows the eval crop unless the data config sets it."""
-    preprocessing = eval_preprocessing(OmegaConf.to_container(cfg.model.net, resolve=True))
-    if not preprocessing:
+    contract = InputContract.of_weights(OmegaConf.to_container(cfg.model.net, resolve=True))
+    if contract is None:
         return {}
+    data = {
+        "eval_resize": contract.resize,
+        "eval_crop": contract.crop,
+        "mean": list(contract.mean),
+        "std": list(contract.std),
+    }
     if cfg.data.get("train_crop") is None:
-        preprocessing["train_crop"] = preprocessing["eval_crop"]
-    log.info(f"Data preprocessing follows the pretrained weights: {preprocessing}")
-    return preprocessing
+        data["train_crop"] = contract.crop
+    log.info(f"Data preprocessing follows the pretrained weights: {data}")
+    return data
 
 
 def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:

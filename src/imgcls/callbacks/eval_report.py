@@ -26,7 +26,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from imgcls.callbacks.tensorboard_images import add_figure, to_uint8_images
+from imgcls.callbacks.tensorboard_images import add_figure
 from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure, save_figure
 from imgcls.utils.logging import get_logger
 
@@ -95,7 +95,7 @@ class EvaluationReport(Callback):
         self.metrics.update(logits, labels)
         if trainer.is_global_zero and self.misclassified:
             datamodule = trainer.datamodule
-            pixels = to_uint8_images(images, datamodule.mean, datamodule.std)
+            pixels = datamodule.contract.denormalize(images)
             self.mistakes.update(pixels, logits, labels)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

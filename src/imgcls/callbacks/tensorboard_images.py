@@ -10,11 +10,9 @@ The test stage's confusion matrix and wrong images come from callbacks.Evaluatio
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
-from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure
@@ -26,14 +24,6 @@ def add_figure(trainer: L.Trainer, tag: str, fig: Figure) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(tag, fig, trainer.global_step, close=False)
-
-
-def to_uint8_images(images: Tensor, mean: Any, std: Any) -> Tensor:
-    """Normalized model inputs back to viewable uint8 pixels."""
-    shape = (1, -1, 1, 1)
-    mean = torch.as_tensor(mean, device=images.device).view(shape)
-    std = torch.as_tensor(std, device=images.device).view(shape)
-    return ((images.float() * std + mean) * 255).clamp(0, 255).round().to(torch.uint8)
 
 
 class TrainingBatchGrid(Callback):
@@ -51,7 +41,7 @@ class TrainingBatchGrid(Callback):
         if labels.ndim == 2:  # MixUp / CutMix: name the dominant class
             labels = labels.argmax(dim=1)
         datamodule = trainer.datamodule
-        pixels = to_uint8_images(images.detach(), datamodule.mean, datamodule.std)
+        pixels = datamodule.contract.denormalize(images.detach())
         names = [pl_module.class_names[i] for i in labels.tolist()]
         fig = image_grid_figure(pixels, names, "training batch, augmented (as the net sees it)")
         add_figure(trainer, "train/augmented_batch", fig)

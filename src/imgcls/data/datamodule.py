@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 
 from imgcls.data.device_decode import DEVICE_CROP_SCALES, DeviceCrops, EncodedBatch, decode_batch
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder, epoch_permutation
+from imgcls.data.input_contract import InputContract
 from imgcls.data.transforms import Pipeline, build_pipeline
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -118,7 +119,7 @@ class ImageDataModule(LightningDataModule, ABC):
         self.step_seed: int | None = None
         self._pipeline: Pipeline | None = None
         self._batch_mix: v2.Transform | None = None
-        self._scale_shift: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._contract: InputContract | None = None
         self._on_device: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._fits: dict[torch.device, bool] = {}
 
@@ -156,17 +157,16 @@ class ImageDataModule(LightningDataModule, ABC):
             self._batch_mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
         return self._batch_mix
 
-    def eval_preprocessing(self) -> dict[str, object]:
-        """What an image must go through before the model sees it, saved in checkpoints so
-        predict and export need nothing but the checkpoint: resize the short side, center-crop,
-        then normalize [0, 255] with mean / std x 255."""
-        pipeline = self.pipeline
-        return {
-            "resize": pipeline.eval_resize,
-            "crop": pipeline.eval_crop,
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
+    @property
+    def contract(self) -> InputContract:
+        """What an image goes through before the model sees it (eval resize and crop, mean and
+        std): saved in checkpoints, so predict and export need nothing but the checkpoint."""
+        if self._contract is None:
+            pipeline = self.pipeline
+            self._contract = InputContract(
+                pipeline.eval_resize, pipeline.eval_crop, self.mean, self.std
+            )
+        return self._contract
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
@@ -247,14 +247,8 @@ class ImageDataModule(LightningDataModule, ABC):
         return getattr(self.splits, name)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 255] -> (x / 255 - mean) / std, folded into one multiply-add."""
-        device = images.device
-        if device not in self._scale_shift:
-            mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
-            self._scale_shift[device] = (1.0 / (255.0 * std), -mean / std)
-        scale, shift = self._scale_shift[device]
-        return torch.addcmul(shift, images.float(), scale)
+        """[0, 255] -> (x / 255 - mean) / std."""
+        return self.contract.normalize(images)
 
     def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         if self.step_seed is not None and self.trainer is not None and self.trainer.training:

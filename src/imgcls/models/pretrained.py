@@ -12,7 +12,6 @@ that does not fit means the weights belong to another architecture, and the run 
   torchvision reference checkpoint (`{"model": ...}`) or one of our own checkpoints.
 """
 
-import math
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -132,31 +131,3 @@ def load_pretrained(net: nn.Module, state: dict[str, Tensor], head: str, source:
         f"Loaded {len(fits)} pretrained tensors from {source}"
         + (f"; new head {head!r} for this run's classes" if replaced else "")
     )
-
-
-def eval_preprocessing(net_cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The eval resize / crop and normalization the pretrained weights were trained with, or None
-    when the net starts from scratch or from a local file (then the data config decides)."""
-    name, weights = net_cfg.get("name", ""), net_cfg.get("weights")
-    if weights and not name.startswith("timm/"):
-        preset = torchvision_weights(name, weights).transforms()
-        return {
-            "eval_resize": preset.resize_size[0],
-            "eval_crop": preset.crop_size[0],
-            "mean": list(preset.mean),
-            "std": list(preset.std),
-        }
-    if name.startswith("timm/") and net_cfg.get("pretrained"):
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(name.removeprefix("timm/"))
-        if cfg is None:
-            return None
-        crop = cfg.input_size[-1]
-        return {
-            "eval_resize": math.floor(crop / cfg.crop_pct),
-            "eval_crop": crop,
-            "mean": list(cfg.mean),
-            "std": list(cfg.std),
-        }
-    return None
