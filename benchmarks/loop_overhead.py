@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.datamodule import ImageDataModule, Splits
-from imgcls.models.backbones import build_net
+from imgcls.models.zoo import build_net
 from imgcls.train import build_components
 from imgcls.utils.compose import compose_config, instantiate
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from imgcls.export import export_onnx
-from imgcls.models.backbones import build_net
+from imgcls.models.zoo import build_net
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> float:

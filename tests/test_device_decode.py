@@ -142,7 +142,7 @@ def test_device_crops_give_the_presets_sizes() -> None:
     assert 0 <= float(train_out.min()) <= float(train_out.max()) <= 255
 
 
-@pytest.mark.parametrize("augment", ["standard", "seed_classic", "none"])
+@pytest.mark.parametrize("augment", ["standard", "classic_imagenet", "none"])
 def test_training_with_device_decoding_on_real_files(make_cfg, tmp_path: Path, augment) -> None:
     root = write_class_tree(tmp_path / "photos", ["cat", "dog", "fox"], per_class=8)
     (root / "cat" / "empty.jpg").write_bytes(b"")  # a bad file among them

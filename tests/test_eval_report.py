@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcls.eval import evaluate
-from imgcls.models.checkpoint import load_classifier
+from imgcls.models.loading import load_classifier
 from imgcls.train import train
 
 

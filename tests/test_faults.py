@@ -14,7 +14,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
-from imgcls.models.checkpoint import load_classifier
+from imgcls.models.loading import load_classifier
 from imgcls.models.pretrained import read_state_dict
 from imgcls.train import build_components, train
 from imgcls.utils.compose import compose_config
@@ -159,7 +159,7 @@ def test_disk_full_is_reported_and_the_last_checkpoint_survives(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr("imgcls.utils.checkpoint_io.torch.save", fills_the_disk)
+    monkeypatch.setattr("imgcls.utils.atomic_save.torch.save", fills_the_disk)
     with pytest.raises(UserError, match=r"No space left .*last\.ckpt.*is intact") as err:
         train(make_cfg(*RUN))
     assert "ckpt_path=last" in str(err.value)

@@ -10,8 +10,8 @@ import torchvision
 from lightning.pytorch.callbacks import Callback
 
 from imgcls.data.input_contract import InputContract
-from imgcls.models.backbones import build_net
-from imgcls.models.pretrained import read_state_dict
+from imgcls.models.pretrained import find_head, read_state_dict
+from imgcls.models.zoo import build_net
 from imgcls.train import build_components, preprocessing_of_weights, train
 from imgcls.utils.errors import UserError
 from tests.data_factory import cache_torchvision_weights, write_class_tree
@@ -39,7 +39,7 @@ class Snapshots(Callback):
 
 
 def test_frozen_backbone_learns_only_after_unfreezing(make_cfg, tmp_path: Path) -> None:
-    # seed 000's file: a DataParallel state_dict ('module.' prefixes) with a 1000-class head
+    # a file as DataParallel saves it: a state_dict ('module.' prefixes) with a 1000-class head
     torch.manual_seed(1)
     source = torchvision.models.resnet18(num_classes=1000).state_dict()
     weights = tmp_path / "resnet18_imagenet.pth"
@@ -50,9 +50,9 @@ def test_frozen_backbone_learns_only_after_unfreezing(make_cfg, tmp_path: Path) 
         "model=resnet18",
         f"model.net.weights_path={weights}",
         "model.net.head_init=xavier",
-        "model.freeze_backbone=true",
-        "model.unfreeze_at_epoch=1",
-        "model.head_lr_mult=10",
+        "callbacks=with_frozen_backbone",
+        "callbacks.frozen_backbone.unfreeze_at_epoch=1",
+        "optimizer.imgcls.lr_mult.head=10",
         "optimizer.lr=0.01",
         "trainer.max_epochs=2",
         "test=false",
@@ -89,8 +89,8 @@ def test_head_lr_mult_splits_decay_groups_too(make_cfg, tmp_path: Path) -> None:
         *folder_overrides(tmp_path),
         *SMALL_IMAGES,
         "model=cifar_quick",
-        "model.head_lr_mult=5",
-        "optimizer.no_decay_norm_and_bias=true",
+        "optimizer.imgcls.lr_mult.head=5",
+        "optimizer.imgcls.no_decay_norm_and_bias=true",
         "optimizer.lr=0.02",
         "scheduler=none",
         "trainer.max_epochs=1",
@@ -156,6 +156,8 @@ def test_weights_path_takes_our_checkpoint_and_safetensors(make_cfg, tmp_path: P
 def test_timm_models_by_name(tmp_path: Path) -> None:
     net = build_net("timm/resnet10t", num_classes=4)
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 4)
+    assert find_head(net, 4) == "fc"  # timm's get_classifier says so
+    assert find_head(build_net("timm/convnext_atto", num_classes=4), 4) == "head.fc"
     path = tmp_path / "timm.pth"
     torch.save(net.state_dict(), path)
     again = build_net("timm/resnet10t", num_classes=7, weights_path=str(path))

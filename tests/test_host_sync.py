@@ -76,8 +76,8 @@ RUNS = {
         "data.augment=cifar_light",
         "scheduler=onecycle",
         "callbacks=with_ema",
-        "optimizer.norm_lr_mult=64",
-        "optimizer.no_decay_norm_and_bias=true",
+        "optimizer.imgcls.lr_mult.norm=64",
+        "optimizer.imgcls.no_decay_norm_and_bias=true",
     ],
 }
 

@@ -14,7 +14,7 @@ from imgcls.data.decode import BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT
 from imgcls.data.folder import FolderDataModule
 from imgcls.data.imagenet import class_names_of
-from imgcls.models.checkpoint import load_classifier
+from imgcls.models.loading import load_classifier
 from imgcls.predict import predict
 from imgcls.train import train
 from imgcls.utils.compose import set_in_struct

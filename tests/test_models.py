@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from imgcls.models.backbones import available_nets, build_net, torchvision_models
 from imgcls.models.classifier import ImageClassifier, accuracy_metrics
 from imgcls.models.nets.fast_cifar import FastCifar, whitening_filters
 from imgcls.models.nets.resnet_cifar import BasicBlock
 from imgcls.models.optim import build_optimizer, build_scheduler
+from imgcls.models.zoo import available_nets, build_net, torchvision_models
 from imgcls.utils.errors import UserError
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
@@ -189,7 +189,7 @@ def test_norm_and_bias_can_skip_weight_decay() -> None:
     plain = build_optimizer(net, SGD)
     assert len(plain.param_groups) == 1
     assert plain.param_groups[0]["weight_decay"] == 1e-4
-    split = build_optimizer(net, {**SGD, "no_decay_norm_and_bias": True})
+    split = build_optimizer(net, {**SGD, "imgcls": {"no_decay_norm_and_bias": True}})
     decay, free = split.param_groups
     assert decay["weight_decay"] == 1e-4
     assert free["weight_decay"] == 0.0
@@ -200,7 +200,8 @@ def test_norm_and_bias_can_skip_weight_decay() -> None:
 
 def test_norm_layers_can_train_at_a_multiple_of_the_lr() -> None:
     net = build_net("fast_cifar", num_classes=10)
-    optimizer = build_optimizer(net, {**SGD, "no_decay_norm_and_bias": True, "norm_lr_mult": 64})
+    ours = {"no_decay_norm_and_bias": True, "lr_mult": {"norm": 64}}
+    optimizer = build_optimizer(net, {**SGD, "imgcls": ours})
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert sorted(groups) == ["backbone", "backbone_no_decay", "norm_no_decay"]
     assert groups["norm_no_decay"]["lr"] == pytest.approx(6.4)
@@ -233,9 +234,7 @@ def test_warmup_cosine_ramps_then_decays_per_step() -> None:
     cfg = {
         "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
         "T_max": None,
-        "interval": "step",
-        "warmup_epochs": 1,
-        "warmup_start_factor": 0.01,
+        "imgcls": {"interval": "step", "warmup_epochs": 1, "warmup_start_factor": 0.01},
     }
     # 10 epochs of 10 steps: 10 warmup steps, then 90 of cosine
     seen = lrs(cfg, total_steps=100, max_epochs=10, steps=100)
@@ -253,7 +252,7 @@ def test_onecycle_spans_the_whole_run() -> None:
         "max_lr": 0.1,
         "total_steps": None,
         "pct_start": 0.25,
-        "interval": "step",
+        "imgcls": {"interval": "step"},
     }
     seen = lrs(cfg, total_steps=40, max_epochs=4, steps=40)  # stepping past the end would raise
     assert max(seen) == pytest.approx(0.1)
@@ -261,11 +260,13 @@ def test_onecycle_spans_the_whole_run() -> None:
     assert seen[-1] < 1e-3
 
 
-def test_onecycle_peaks_at_the_scaled_optimizer_lr() -> None:
-    optimizer = build_optimizer(nn.Linear(2, 2), {**SGD, "scale_lr": "linear"}, global_batch=512)
+def test_onecycle_peaks_at_each_groups_lr() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    optimizer = build_optimizer(net, {**SGD, "imgcls": {"lr_mult": {"norm": 4}}})
     cfg = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": None, "total_steps": None}
     scheduler = build_scheduler(optimizer, cfg, total_steps=20, max_epochs=2)["scheduler"]
-    assert scheduler.optimizer.param_groups[0]["max_lr"] == pytest.approx(0.2)  # 0.1 x 512 / 256
+    peaks = [group["max_lr"] for group in scheduler.optimizer.param_groups]
+    assert peaks == pytest.approx([0.1, 0.4])
 
 
 def test_no_scheduler_config_means_constant_lr() -> None:

@@ -10,7 +10,7 @@ import torchvision
 from PIL import Image
 
 from imgcls.export import export
-from imgcls.models.checkpoint import load_classifier
+from imgcls.models.loading import load_classifier
 from imgcls.predict import predict
 from imgcls.train import train
 from imgcls.utils.compose import compose_config

@@ -13,11 +13,11 @@ import torchvision
 from imgcls import CONFIG_DIR
 from imgcls.callbacks.progressive_resize import resolution_at
 from imgcls.data.digits import DigitsDataModule
-from imgcls.models.checkpoint import load_classifier
 from imgcls.models.classifier import ImageClassifier
+from imgcls.models.loading import load_classifier
 from imgcls.models.nets.fast_cifar import FastCifar
-from imgcls.models.optim import scaled_lr
 from imgcls.train import train
+from imgcls.utils.config_resolve import device_count, scaled_lr
 from imgcls.utils.errors import UserError
 from tests.data_factory import (
     cache_torchvision_weights,
@@ -106,16 +106,22 @@ def test_data_dependent_init_whitens_fast_cifar_from_the_first_train_images(make
 
 
 def test_linear_lr_scaling() -> None:
-    assert scaled_lr(0.1, "linear", 1024, 256) == pytest.approx(0.4)
-    assert scaled_lr(0.1, None, 1024, 256) == 0.1
-    with pytest.raises(UserError, match="null or 'linear'"):
-        scaled_lr(0.1, "sqrt", 1024, 256)
+    assert scaled_lr(0.1, 1024, 256) == pytest.approx(0.4)
+    assert device_count({"devices": [0, 3]}) == 2
+    assert device_count({"devices": "0,1,2"}) == 3
+    assert device_count({"accelerator": "cpu", "devices": "auto"}) == 1
 
 
-def test_lr_follows_the_global_batch_in_training(make_cfg) -> None:
-    cfg = make_cfg("debug=fdr", "optimizer.scale_lr=linear", "data.batch_size=32", "scheduler=none")
+def test_lr_follows_the_global_batch_and_the_config_records_it(make_cfg) -> None:
+    linear = ["optimizer.imgcls.scale_lr=linear", "data.batch_size=32", "scheduler=none"]
+    cfg = make_cfg("debug=fdr", *linear, "+trainer.accumulate_grad_batches=2")
     _, objects = train(cfg)
-    assert objects["trainer"].optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 32 / 256)
+    lr = 0.1 * 32 * 2 / 256
+    assert objects["trainer"].optimizers[0].param_groups[0]["lr"] == pytest.approx(lr)
+    assert cfg.optimizer.lr == pytest.approx(lr)  # as the run's logged config says
+    assert cfg.optimizer.imgcls.scale_lr is None  # scaled once, not again from this config
+    with pytest.raises(UserError, match="null or 'linear'"):
+        train(make_cfg("debug=fdr", "optimizer.imgcls.scale_lr=sqrt"))
 
 
 def test_throughput_is_logged_per_epoch(make_cfg) -> None:
@@ -196,7 +202,7 @@ def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
             "trainer.precision=bf16-mixed",
             "model.net.name=fast_cifar",  # its whitening stem is set on rank 0 and broadcast
             "model.channels_last=true",
-            "model.sync_batchnorm=true",
+            "trainer.sync_batchnorm=true",
             "trainer.max_epochs=2",
             f"paths.log_dir={tmp_path}",
             "extras.print_config=false",
@@ -210,7 +216,7 @@ def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
         line = re.search(r"rank (\d) metrics: (\{.*\})", (run / log_file).read_text())
         per_rank[int(line.group(1))] = json.loads(line.group(2))
     assert set(per_rank) == {0, 1}
-    assert "sync_batchnorm needs CUDA" in (run / "train.log").read_text()  # said, not ignored
+    assert "trainer.sync_batchnorm needs CUDA" in (run / "train.log").read_text()  # said
     for name in ("val/acc", "val/loss", "test/acc", "test/acc_top5", "train/loss"):
         assert per_rank[0][name] == pytest.approx(per_rank[1][name]), name
     assert per_rank[0]["test/acc"] > 0.15  # learning, in bf16 on two processes

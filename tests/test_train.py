@@ -30,7 +30,7 @@ def test_fast_dev_run(make_cfg) -> None:
         ["optimizer=adamw", "optimizer.lr=3e-4", "scheduler=warmup_cosine"],
         ["scheduler=onecycle"],
         ["scheduler=step", "scheduler.step_size=1"],
-        ["scheduler=none", "optimizer=adam", "optimizer.no_decay_norm_and_bias=true"],
+        ["scheduler=none", "optimizer=adam", "optimizer.imgcls.no_decay_norm_and_bias=true"],
     ],
     ids=lambda o: " ".join(o),
 )

@@ -38,8 +38,8 @@ def test_preset_sizes_follow_the_recipes() -> None:
     assert custom.eval_worker(PHOTO).shape == (3, 144, 144)
 
 
-def test_seed_classic_puts_colour_and_rotation_on_the_device() -> None:
-    pipeline = build_pipeline("seed_classic", in_memory=False)
+def test_classic_imagenet_puts_colour_and_rotation_on_the_device() -> None:
+    pipeline = build_pipeline("classic_imagenet", in_memory=False)
     names = [type(m).__name__ for m in pipeline.train_device]
     assert names == ["RandomAffineBatch", "ColorJitterBatch"]
     batch = torch.rand(4, 3, 224, 224) * 255
@@ -49,7 +49,7 @@ def test_seed_classic_puts_colour_and_rotation_on_the_device() -> None:
     assert out.max() <= 255
 
 
-@pytest.mark.parametrize("preset", ["none", "standard", "cifar", "cifar_light", "seed_classic"])
+@pytest.mark.parametrize("preset", ["none", "standard", "cifar", "cifar_light", "classic_imagenet"])
 def test_in_memory_presets_run_on_the_device_at_native_size(preset: str) -> None:
     pipeline = build_pipeline(preset, in_memory=True, native_size=32)
     assert pipeline.train_worker is None

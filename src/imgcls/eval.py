@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from imgcls.models.checkpoint import load_classifier
+from imgcls.models.loading import load_classifier
 from imgcls.task import task_main
 from imgcls.utils.compose import instantiate, instantiate_each
 from imgcls.utils.config_checks import check_values

@@ -24,7 +24,7 @@ from imgcls.data.decode import IMAGE_SUFFIXES, BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT, list_images, shown
 from imgcls.data.input_contract import InputContract
 from imgcls.data.transforms import resize_center_crop
-from imgcls.models.checkpoint import load_classifier
+from imgcls.models.loading import load_classifier
 from imgcls.task import task_main
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from imgcls.models.checkpoint import read_checkpoint
+from imgcls.models.loading import read_checkpoint
 from imgcls.utils.compose import set_in_struct
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger

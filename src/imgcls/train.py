@@ -19,6 +19,7 @@ from imgcls.resume import check_checkpoint_fits, resolve_resume
 from imgcls.task import task_main
 from imgcls.utils.compose import instantiate, instantiate_each, set_in_struct
 from imgcls.utils.config_checks import check_values
+from imgcls.utils.config_resolve import resolve_config
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
@@ -120,6 +121,7 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     check_values(cfg)
+    resolve_config(cfg)
     configure_numerics(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)

@@ -10,7 +10,7 @@ parameters only when it wraps the model, before this hook.
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from imgcls.models.checkpoint import PRETRAINED_KEYS
+from imgcls.models.loading import PRETRAINED_KEYS
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -1,7 +1,7 @@
 """The test set's report, written next to metrics.json and logged to TensorBoard:
 
-- `per_class.csv`: support, accuracy (seed 003's per-class table; it equals the class's recall),
-  precision, recall and F1 of every class;
+- `per_class.csv`: support, accuracy (the per-class table of PyTorch's CIFAR-10 tutorial; it
+  equals the class's recall), precision, recall and F1 of every class;
 - `confusion.csv` and `confusion.png`: the confusion matrix (rows true, columns predicted);
 - `misclassified.png`: the most confidently wrong test images, with true and predicted names.
 

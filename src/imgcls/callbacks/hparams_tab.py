@@ -33,5 +33,6 @@ class HparamsTab(Callback):
             if isinstance(logger, TensorBoardLogger) and logger.hparams:
                 params = {k: v for k, v in logger.hparams.items() if v is not None}
                 # the tab reads each metric's value from its scalar curve; these are just names
+                writer = logger.experiment.file_writer  # the run's own event file
                 for summary in hparams(params, dict.fromkeys(self.metrics, 0.0)):
-                    logger.experiment._get_file_writer().add_summary(summary)
+                    writer.add_summary(summary)

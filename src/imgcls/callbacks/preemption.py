@@ -2,12 +2,14 @@
 
 Lightning already catches SIGTERM: it lets the running step finish, then raises SIGTERMException
 out of `fit`. Here SIGUSR1 (SLURM's warning signal, `--signal=USR1@120`) gets the same treatment
-where no SLURM auto-requeue handler owns it, and when either arrives `last.ckpt` is written at
-that step before the exception leaves `fit`. train.py then skips testing, records the run as
+where no SLURM auto-requeue handler owns it (the process sends itself SIGTERM, so Lightning's own
+handler does the rest), and when either arrives `last.ckpt` is written at that step before the
+exception leaves `fit`. train.py then skips testing, records the run as
 `preempted` in status.json and exits with code 0; rerunning the same command with
 `ckpt_path=last` (or the printed path) continues at the same step and data position.
 """
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,9 @@ class PreemptionCheckpoint(Callback):
         self.saved_path: Path | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning registers its SIGTERM handler when fit starts; ours come after it.
-        connector = trainer._signal_connector
-
         def as_sigterm(signum: int, frame: Any) -> None:
             log.warning(f"Received {signal.Signals(signum).name}: stopping after this step")
-            connector._sigterm_notifier_fn(signum, frame)
+            os.kill(os.getpid(), signal.SIGTERM)
 
         for signum in self.signals:
             if signal.getsignal(signum) in (signal.SIG_DFL, signal.SIG_IGN, None):

@@ -1,7 +1,8 @@
 """Pictures in TensorBoard's Images tab, off the training hot path and from rank 0 only:
 
 - `TrainingBatchGrid`: the first training batch as the net sees it (augmented, mixed), turned
-  back into pixels, with class names (seed 003's `imshow(make_grid(images))`), once per run;
+  back into pixels, with class names (the `imshow(make_grid(images))` of PyTorch's CIFAR-10
+  tutorial), once per run;
 - `ValidationConfusion`: the validation confusion matrix after every validation epoch.
 
 The test stage's confusion matrix and wrong images come from callbacks.EvaluationReport.

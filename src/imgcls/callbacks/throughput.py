@@ -1,11 +1,12 @@
 """Images per second and the share of time the training loop waited for data, per epoch.
 
-Seed 000 printed "load 0.37 s vs train 0.09 s per batch" by hand to find that its GPUs idled;
-this does the same for every run. The wait is the host time between the end of one training
-step and the start of the next (fetching, transferring and preparing the batch); the rest of
-the epoch is the step. Only host clocks are read and only tensor shapes, which are metadata:
-no device synchronization in the step. The epoch's end, where metrics are computed, settles
-any queued device work, so the per-epoch figures are true even on an asynchronous GPU.
+The classic ImageNet tutorial printed "load 0.37 s vs train 0.09 s per batch" by hand to find
+that its GPUs idled; this does the same for every run. The wait is the host time between the
+end of one training step and the start of the next (fetching, transferring and preparing the
+batch); the rest of the epoch is the step. Only host clocks are read and only tensor shapes,
+which are metadata: no device synchronization in the step. The epoch's end, where metrics are
+computed, settles any queued device work, so the per-epoch figures are true even on an
+asynchronous GPU.
 """
 
 import time

@@ -21,7 +21,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 from torchvision.transforms import v2
 
-from imgcls.data.device_decode import DEVICE_CROP_SCALES, DeviceCrops, EncodedBatch, decode_batch
+from imgcls.data.device_decode import DeviceCrops, EncodedBatch, decode_batch
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder, epoch_permutation
 from imgcls.data.input_contract import InputContract
 from imgcls.data.transforms import Pipeline, build_pipeline
@@ -113,7 +113,7 @@ class ImageDataModule(LightningDataModule, ABC):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.splits: Splits | None = None
-        # set by callbacks.ProgressiveResize: training batches are scaled to this many px
+        # training batches are scaled to this many px (set_train_resolution)
         self.train_resolution: int | None = None
         # set by callbacks.StepSeeds: training batches are augmented from (seed, step) RNG
         self.step_seed: int | None = None
@@ -156,6 +156,11 @@ class ImageDataModule(LightningDataModule, ABC):
                 mixes.append(v2.CutMix(alpha=self.cutmix_alpha, num_classes=self.num_classes))
             self._batch_mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
         return self._batch_mix
+
+    def set_train_resolution(self, pixels: int | None) -> None:
+        """Scale training batches to `pixels` x `pixels` on the device from now on (None: the
+        preset's crop). callbacks.ProgressiveResize changes it per epoch; the loaders stay."""
+        self.train_resolution = pixels
 
     @property
     def contract(self) -> InputContract:
@@ -293,14 +298,10 @@ class ImageDataModule(LightningDataModule, ABC):
             raise UserError("No image of a whole batch could be decoded (see bad_images.txt).")
         if len(kept) < len(batch):
             labels = labels[torch.tensor(kept, device=device)]
-        crops = DeviceCrops(*self.crop_sizes_resolved, DEVICE_CROP_SCALES[self.augment])
-        return (crops.train(images) if training else crops.eval(images)), labels
-
-    @property
-    def crop_sizes_resolved(self) -> tuple[int, int, int]:
-        """The preset's train crop, eval resize and eval crop, defaults filled in."""
         pipeline = self.pipeline
-        return pipeline.train_crop, pipeline.eval_resize, pipeline.eval_crop
+        sizes = pipeline.train_crop, pipeline.eval_resize, pipeline.eval_crop
+        crops = DeviceCrops(*sizes, pipeline.device_crop)
+        return (crops.train(images) if training else crops.eval(images)), labels
 
     def eval_images(self, images: torch.Tensor) -> torch.Tensor:
         """A loaded batch as evaluation sees it: eval transform on the device, normalized."""

@@ -33,9 +33,6 @@ from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 DECODE_PLACES = ("cpu", "device", "auto")
-# the presets whose worker half can run on the device: their RandomResizedCrop area range (None:
-# the eval transform, for training too); what they do after it runs on the device already
-DEVICE_CROP_SCALES = {"none": None, "standard": (0.08, 1.0), "seed_classic": (0.08, 1.0)}
 # An image whose long side is over this many times the batch's median is shrunk alone before
 # the batch is assembled, so one huge photo does not make the whole padded batch huge.
 OUTLIER_FACTOR = 2.0

@@ -18,12 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.datamodule import ImageDataModule, Splits, auto_workers
-from imgcls.data.device_decode import (
-    DECODE_PLACES,
-    DEVICE_CROP_SCALES,
-    collate_encoded,
-    read_for_device,
-)
+from imgcls.data.device_decode import DECODE_PLACES, collate_encoded, read_for_device
 from imgcls.data.files import (
     PATH_TEXT,
     ImageFileDataset,
@@ -32,7 +27,7 @@ from imgcls.data.files import (
     scan_samples,
     stratified_split,
 )
-from imgcls.data.transforms import resize_center_crop
+from imgcls.data.transforms import NO_DEVICE_CROP, PRESETS, resize_center_crop
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -173,10 +168,11 @@ class FolderDataModule(ImageDataModule):
         if self.in_memory or self.decode == "cpu":
             return False
         on_device = self.decode == "device" or self.device.type == "cuda"
-        if on_device and self.augment not in DEVICE_CROP_SCALES:
+        if on_device and self.pipeline.device_crop is NO_DEVICE_CROP:
+            able = [name for name, make in PRESETS.items() if make().device_crop is not NO_DEVICE_CROP]
             raise UserError(
                 f"data.decode=device crops on the device, which data.augment={self.augment} does "
-                f"not: use one of {', '.join(DEVICE_CROP_SCALES)}, or data.decode=cpu."
+                f"not: use one of {', '.join(able)}, or data.decode=cpu."
             )
         return on_device
 

@@ -1,25 +1,30 @@
-"""Named augmentation presets (`data.augment=...`), uint8 end to end.
+"""Named augmentation presets (`data.augment=...`), uint8 end to end, one function each.
 
-A preset splits its work between the loader workers (per image, torchvision.transforms.v2 on
-uint8 tensors, for data read from files) and the device (per-image random parameters, batched,
-on float images in [0, 255] just before normalization). Data held in memory (`in_memory`) has no
-worker side: all of its augmentation runs on the device.
+A preset says its default sizes (train crop, eval resize, eval crop) and where its work runs:
+- `worker`: per image in the loader workers (torchvision.transforms.v2 on uint8 tensors), for
+  data read from files;
+- `in_memory`: batched on the device, for data held in memory (no workers), or None where the
+  preset needs per-image worker transforms;
+- `device`: batched on the device after the workers' part, per-image random (float [0, 255]);
+- `device_crop`: with `data.decode=device`, the RandomResizedCrop area range the device crops
+  with in place of the workers (None: the eval transform), or absent where it cannot.
 
-| preset | train | default sizes (train crop / eval resize / eval crop) |
+| preset | train | default sizes |
 |---|---|---|
 | none | eval transform only | 224 / 256 / 224 |
 | standard | RandomResizedCrop + flip | 224 / 256 / 224 |
 | cifar | pad-4 random crop + flip | 32 / 32 / 32 |
-| cifar_light | pad-2 mirror random crop + flip (airbench's, for schedules of ~10 epochs) | 32 / 32 / 32 |
-| seed_classic | seed 000: RandomResizedCrop + flip (workers), rotation 10 + ColorJitter 0.2 (device) | 224 / 256 / 224 |
+| cifar_light | pad-2 mirror random crop + flip (airbench's, for ~10-epoch schedules) | 32 / 32 / 32 |
+| classic_imagenet | RandomResizedCrop + flip, then rotation 10 + ColorJitter 0.2 | 224 / 256 / 224 |
 | torchvision_recipe | RandomResizedCrop + flip + TrivialAugmentWide + RandomErasing 0.1 | 176 / 232 / 224 |
 
 Evaluation always resizes the short side to the eval resize and center-crops the eval crop.
 A source whose images all have one size (digits, CIFAR) keeps it unless sizes are given.
+Add a preset: one function decorated with `@preset("name")`.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 from torchvision.transforms import v2
@@ -27,20 +32,109 @@ from torchvision.transforms import v2
 from imgcls.data.device_augment import ColorJitterBatch, RandomAffineBatch
 from imgcls.utils.errors import UserError
 
-DEFAULT_SIZES = {
-    "none": (224, 256, 224),
-    "standard": (224, 256, 224),
-    "cifar": (32, 32, 32),
-    "cifar_light": (32, 32, 32),
-    "seed_classic": (224, 256, 224),
-    "torchvision_recipe": (176, 232, 224),
-}
-PRESETS = tuple(DEFAULT_SIZES)
+RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop area range
+NO_DEVICE_CROP = object()  # a preset whose worker half cannot run on the device
+
+
+@dataclass(frozen=True)
+class Preset:
+    sizes: tuple[int, int, int]  # train crop, eval resize, eval crop
+    worker: Callable[[int], Callable]  # train crop -> per-image transform
+    in_memory: Callable[[int], nn.Module | None] | None  # train crop -> batched transform
+    device: Callable[[], nn.Module | None] = lambda: None
+    device_crop: object = field(default=NO_DEVICE_CROP)  # RRC scale, None (eval), or absent
+
+
+PRESETS: dict[str, Callable[[], Preset]] = {}
+
+
+def preset(name: str) -> Callable:
+    def register(make: Callable[[], Preset]) -> Callable[[], Preset]:
+        PRESETS[name] = make
+        return make
+
+    return register
+
+
+def resize_center_crop(resize: int, crop: int) -> v2.Compose:
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop)])
+
+
+def pad_crop_flip(crop: int, padding: int, mode: str) -> v2.Compose:
+    """Resize to `crop`, pad by `padding` px, random-crop back to `crop`, flip (CIFAR)."""
+    pad_crop = v2.RandomCrop(crop, padding=padding, padding_mode=mode)
+    return v2.Compose([resize_center_crop(crop, crop), pad_crop, v2.RandomHorizontalFlip()])
+
+
+def resized_crop_flip(crop: int) -> v2.Compose:
+    return v2.Compose([v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip()])
+
+
+@preset("none")
+def _none() -> Preset:
+    return Preset((224, 256, 224), worker=lambda crop: None, in_memory=lambda crop: None, device_crop=None)
+
+
+@preset("standard")
+def _standard() -> Preset:
+    return Preset(
+        (224, 256, 224),
+        worker=resized_crop_flip,
+        in_memory=lambda crop: RandomAffineBatch(crop, scale=RRC_SCALE),
+        device_crop=RRC_SCALE,
+    )
+
+
+@preset("cifar")
+def _cifar() -> Preset:
+    return Preset(
+        (32, 32, 32),
+        worker=lambda crop: pad_crop_flip(crop, 4, "constant"),
+        in_memory=lambda crop: RandomAffineBatch(crop, shift=4),
+    )
+
+
+@preset("cifar_light")
+def _cifar_light() -> Preset:
+    return Preset(
+        (32, 32, 32),
+        worker=lambda crop: pad_crop_flip(crop, 2, "symmetric"),
+        in_memory=lambda crop: RandomAffineBatch(crop, shift=2, padding_mode="reflection"),
+    )
+
+
+@preset("classic_imagenet")
+def _classic_imagenet() -> Preset:
+    """The classic ImageNet tutorial's pipeline: RandomResizedCrop + flip, rotation up
+    to 10 degrees (nearest-neighbour, as torchvision's RandomRotation) and ColorJitter 0.2."""
+    jitter = ColorJitterBatch(0.2, 0.2, 0.2, 0.2)
+    return Preset(
+        (224, 256, 224),
+        worker=resized_crop_flip,
+        in_memory=lambda crop: nn.Sequential(
+            RandomAffineBatch(crop, scale=RRC_SCALE, degrees=10), jitter
+        ),
+        device=lambda: nn.Sequential(
+            RandomAffineBatch(flip=False, degrees=10, interpolation="nearest"), jitter
+        ),
+        device_crop=RRC_SCALE,
+    )
+
+
+@preset("torchvision_recipe")
+def _torchvision_recipe() -> Preset:
+    return Preset(
+        (176, 232, 224),
+        worker=lambda crop: v2.Compose(
+            [resized_crop_flip(crop), v2.TrivialAugmentWide(), v2.RandomErasing(0.1)]
+        ),
+        in_memory=None,  # TrivialAugmentWide is per image: workers only
+    )
 
 
 @dataclass
 class Pipeline:
-    """What runs where. A None step is skipped."""
+    """What runs where for a data source. A None step is skipped."""
 
     train_worker: Callable | None
     eval_worker: Callable | None
@@ -49,10 +143,8 @@ class Pipeline:
     train_crop: int
     eval_resize: int
     eval_crop: int
-
-
-def resize_center_crop(resize: int, crop: int) -> v2.Compose:
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop)])
+    # data.decode=device: the RandomResizedCrop area range, None for the eval transform
+    device_crop: object = NO_DEVICE_CROP
 
 
 def build_pipeline(
@@ -64,61 +156,31 @@ def build_pipeline(
     native_size: int | None = None,
 ) -> Pipeline:
     """The preset's transforms. `native_size`: the one size all of a source's images have."""
-    if augment not in DEFAULT_SIZES:
+    if augment not in PRESETS:
         raise UserError(f"Unknown data.augment={augment!r}. Presets: {', '.join(PRESETS)}.")
-    if native_size:
-        default_crop = default_resize = default_eval_crop = native_size
-    else:
-        default_crop, default_resize, default_eval_crop = DEFAULT_SIZES[augment]
-    crop = train_crop or default_crop
-    resize = eval_resize or default_resize
-    eval_crop = eval_crop or default_eval_crop
+    chosen = PRESETS[augment]()
+    defaults = (native_size,) * 3 if native_size else chosen.sizes
+    crop, resize, eval_crop = (
+        given or default for given, default in zip((train_crop, eval_resize, eval_crop), defaults)
+    )
     eval_transform = resize_center_crop(resize, eval_crop)
-    rrc = (0.08, 1.0)  # torchvision's RandomResizedCrop area range
-    jitter = ColorJitterBatch(0.2, 0.2, 0.2, 0.2) if augment == "seed_classic" else None
-
     if in_memory:
-        if augment == "torchvision_recipe":
+        if chosen.in_memory is None:
             raise UserError(
-                "data.augment=torchvision_recipe needs per-image worker transforms "
-                "(TrivialAugmentWide): set data.in_memory=false or pick another preset."
+                f"data.augment={augment} needs per-image worker transforms: set "
+                "data.in_memory=false or pick another preset."
             )
-        geometry = {
-            "none": None,
-            "standard": RandomAffineBatch(crop, scale=rrc),
-            "cifar": RandomAffineBatch(crop, shift=4),
-            "cifar_light": RandomAffineBatch(crop, shift=2, padding_mode="reflection"),
-            "seed_classic": RandomAffineBatch(crop, scale=rrc, degrees=10),
-        }[augment]
-        same_size = resize == eval_crop == native_size
-        fixed = None if same_size else eval_transform
-        steps = [m for m in (geometry, jitter) if m is not None]
-        train_device = nn.Sequential(*steps) if steps else fixed
+        fixed = None if resize == eval_crop == native_size else eval_transform
+        train_device = chosen.in_memory(crop) or fixed
         return Pipeline(None, None, train_device, fixed, crop, resize, eval_crop)
-
-    flip = v2.RandomHorizontalFlip()
-    train_worker = {
-        "none": eval_transform,
-        "standard": v2.Compose([v2.RandomResizedCrop(crop, antialias=True), flip]),
-        "cifar": v2.Compose([resize_center_crop(crop, crop), v2.RandomCrop(crop, padding=4), flip]),
-        "cifar_light": v2.Compose(
-            [
-                resize_center_crop(crop, crop),
-                v2.RandomCrop(crop, padding=2, padding_mode="symmetric"),
-                flip,
-            ]
-        ),
-        "seed_classic": v2.Compose([v2.RandomResizedCrop(crop, antialias=True), flip]),
-        "torchvision_recipe": v2.Compose(
-            [
-                v2.RandomResizedCrop(crop, antialias=True),
-                flip,
-                v2.TrivialAugmentWide(),
-                v2.RandomErasing(0.1),
-            ]
-        ),
-    }[augment]
-    # seed 000's RandomRotation(10) samples nearest-neighbour; so does ours
-    rotate = RandomAffineBatch(flip=False, degrees=10, interpolation="nearest")
-    train_device = nn.Sequential(rotate, jitter) if jitter else None
-    return Pipeline(train_worker, eval_transform, train_device, None, crop, resize, eval_crop)
+    train_worker = chosen.worker(crop) or eval_transform
+    return Pipeline(
+        train_worker,
+        eval_transform,
+        chosen.device(),
+        None,
+        crop,
+        resize,
+        eval_crop,
+        chosen.device_crop,
+    )

@@ -2,7 +2,7 @@
 
 Its hyperparameters are plain data (the net's name and kwargs, the optimizer and scheduler
 configs, the class names, the eval preprocessing), so a checkpoint loads with
-`torch.load(weights_only=True)` and rebuilds the same model alone (models/checkpoint.py): predict
+`torch.load(weights_only=True)` and rebuilds the same model alone (models/loading.py): predict
 and export need nothing else.
 """
 
@@ -11,17 +11,13 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from imgcls.models.backbones import build_net
 from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.models.pretrained import find_head
-from imgcls.utils.errors import UserError
-from imgcls.utils.logging import get_logger
-
-log = get_logger(__name__)
+from imgcls.models.tta import tta_logits
+from imgcls.models.zoo import build_net
 
 
 def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> MetricCollection:
@@ -37,6 +33,10 @@ def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> Metric
 
 
 class ImageClassifier(LightningModule):
+    """A net with cross-entropy, accuracy metrics and its optimizer: the training, validation
+    and test steps. Freezing the backbone is callbacks.FrozenBackbone's; test-time augmentation
+    is models/tta.py's; the lr a run uses is settled with its config (utils/config_resolve.py)."""
+
     def __init__(
         self,
         net: dict[str, Any],
@@ -47,26 +47,14 @@ class ImageClassifier(LightningModule):
         class_names: list[str] | None = None,
         channels_last: bool = False,
         compile: bool = False,
-        sync_batchnorm: bool = False,
         tta_flip: bool = False,
         tta_shift: int = 0,
-        freeze_backbone: bool = False,
-        unfreeze_at_epoch: int | None = None,
-        head_lr_mult: float = 1.0,
         preprocessing: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # train.py logs the whole config
         self.net = build_net(num_classes=num_classes, **net)
         self.head_name = find_head(self.net, num_classes)
-        head_ids = {id(p) for p in self.head.parameters()}
-        # the backbone's trainable parameters (some nets keep a few fixed by design)
-        self._backbone_params = [
-            p for p in self.net.parameters() if p.requires_grad and id(p) not in head_ids
-        ]
-        self.backbone_frozen = False
-        if freeze_backbone:
-            self.set_backbone_frozen(True)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         # The compiled net is kept off the module tree so state_dict keys stay `net.*` (no
@@ -93,22 +81,6 @@ class ImageClassifier(LightningModule):
         """The classifier layer (a property, so its weights are not saved twice)."""
         return self.net.get_submodule(self.head_name)
 
-    def set_backbone_frozen(self, frozen: bool) -> None:
-        """A frozen backbone neither learns nor moves its BatchNorm statistics (they stay in eval
-        mode, as in torchvision's FrozenBatchNorm): only the head trains."""
-        for p in self._backbone_params:
-            p.requires_grad_(not frozen)
-        self.backbone_frozen = frozen
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "ImageClassifier":
-        super().train(mode)
-        if self.backbone_frozen:
-            for module in self.net.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
-
     @property
     def class_names(self) -> list[str]:
         names = self.hparams.get("class_names")
@@ -122,46 +94,10 @@ class ImageClassifier(LightningModule):
         return net(images)
 
     def eval_logits(self, images: Tensor, tta_flip: bool | None = None) -> Tensor:
-        """Logits for evaluation: with `tta_flip` (default: the model's own setting), averaged
-        with those of the mirror images. With `tta_shift` = s > 0, airbench's translation TTA
-        too: half the weight on these, half on the images shifted by s px up-left and down-right
-        (reflect padding)."""
+        """Logits for evaluation, with the model's test-time augmentation (`tta_flip` given:
+        flips on or off whatever the model's own setting)."""
         flip = self.hparams.tta_flip if tta_flip is None else tta_flip
-        logits = self._flip_averaged_logits(images, flip)
-        shift = self.hparams.tta_shift
-        if shift:
-            height, width = images.shape[-2:]
-            padded = F.pad(images, [shift] * 4, mode="reflect")
-            views = (padded[..., :height, :width], padded[..., 2 * shift :, 2 * shift :])
-            shifted = sum(self._flip_averaged_logits(view, flip) for view in views) / len(views)
-            logits = (logits + shifted) / 2
-        return logits
-
-    def _flip_averaged_logits(self, images: Tensor, flip: bool) -> Tensor:
-        logits = self(images)
-        return (logits + self(images.flip(-1))) / 2 if flip else logits
-
-    def setup(self, stage: str) -> None:
-        unfreezes = self.hparams.freeze_backbone and self.hparams.unfreeze_at_epoch is not None
-        if unfreezes and self.trainer.world_size > 1:
-            # DDP registers the parameters to sync once, at wrap time, frozen ones excluded.
-            raise UserError(
-                "model.unfreeze_at_epoch does not work across devices (DDP syncs only the "
-                "parameters trainable at the start). Train the frozen phase, then start the "
-                "unfrozen one from its checkpoint: model.net.weights_path=<best.ckpt>."
-            )
-        # BatchNorm statistics over the global batch, for small per-device batches under DDP.
-        if not (self.hparams.sync_batchnorm and self.trainer.world_size > 1):
-            return
-        if self.trainer.strategy.root_device.type != "cuda":
-            log.warning(
-                "model.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm): kept "
-                "per-process BatchNorm on this device."
-            )
-            return
-        self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
-        if self._compiled_net is not None:
-            object.__setattr__(self, "_compiled_net", torch.compile(self.net))
+        return tta_logits(self, images, flip, self.hparams.tta_shift)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept checkpoints written by code that compiled the LightningModule or the net."""
@@ -209,12 +145,6 @@ class ImageClassifier(LightningModule):
         # The sanity-check epoch must not count as the best validation accuracy.
         self.val_acc_best.reset()
 
-    def on_train_epoch_start(self) -> None:
-        unfreeze_at = self.hparams.unfreeze_at_epoch
-        if self.backbone_frozen and unfreeze_at is not None and self.current_epoch >= unfreeze_at:
-            log.info(f"Epoch {self.current_epoch}: unfreezing the backbone")
-            self.set_backbone_frozen(False)
-
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 
@@ -228,16 +158,7 @@ class ImageClassifier(LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        datamodule = self.trainer.datamodule
-        per_device = datamodule.batch_size if datamodule is not None else None
-        global_batch = (
-            per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
-            if per_device
-            else None
-        )
-        optimizer = build_optimizer(
-            self.net, self.hparams.optimizer, global_batch, self.head, self.hparams.head_lr_mult
-        )
+        optimizer = build_optimizer(self.net, self.hparams.optimizer, self.head)
         scheduler = build_scheduler(
             optimizer,
             self.hparams.scheduler,

@@ -31,8 +31,13 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def find_head(net: nn.Module, num_classes: int) -> str:
-    """The name of the classifier head: the last Linear (or 1x1 Conv, SqueezeNet) that outputs
-    one value per class. Works for our nets, torchvision's and timm's."""
+    """The name of the classifier head. timm's nets say which it is (`get_classifier`); for ours
+    and torchvision's it is the last Linear (or 1x1 Conv, SqueezeNet) with one output per class."""
+    if hasattr(net, "get_classifier"):
+        head = net.get_classifier()
+        name = next((n for n, m in net.named_modules() if m is head), None)
+        if name:
+            return name
     found = None
     for name, module in net.named_modules():
         out = getattr(module, "out_features", None)
@@ -46,8 +51,8 @@ def find_head(net: nn.Module, num_classes: int) -> str:
 
 
 def init_head(head: nn.Module, how: str) -> None:
-    """`xavier`: seed 001's xavier-uniform weights; `zeros`: an all-zero head, which starts every
-    class equal; `default`: the layer's own init."""
+    """`xavier`: xavier-uniform weights, as transfer-learning tutorials do; `zeros`: an all-zero
+    head, which starts every class equal; `default`: the layer's own init."""
     if how not in HEAD_INITS:
         raise UserError(f"model.net.head_init must be one of {', '.join(HEAD_INITS)}, got {how!r}.")
     if how == "default":

@@ -7,8 +7,7 @@ accuracy of image classifiers, which is why torchvision's and timm's training sc
 too); convolutions already use TF32 by torch's default. On a CPU `high` computes as `highest`.
 
 `trainer.deterministic=true` picks deterministic kernels everywhere, and torch refuses the few
-CUDA ops that have none. cuDNN's autotuner (`trainer.benchmark`) is switched off with it: it picks
-kernels by timing them, which differs between runs.
+CUDA ops that have none: `nondeterministic_ops_explained` says so in one line.
 """
 
 import re
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -32,11 +31,6 @@ def configure_numerics(cfg: DictConfig) -> None:
             allowed = ", ".join(MATMUL_PRECISIONS)
             raise UserError(f"float32_matmul_precision={precision!r} is not one of {allowed}.")
         torch.set_float32_matmul_precision(precision)
-    trainer = cfg.get("trainer")
-    if trainer is not None and trainer.get("deterministic") and trainer.get("benchmark"):
-        with open_dict(cfg):
-            trainer.benchmark = False
-        log.info("trainer.deterministic is on: cuDNN's autotuner (trainer.benchmark) is off.")
 
 
 @contextmanager

@@ -1,8 +1,8 @@
-"""CIFAR10-quick (Caffe's cifar10_quick, the net of seed 002).
+"""CIFAR10-quick (Caffe's cifar10_quick).
 
 Three 5x5 convs (32, 32, 64) each followed by a 2x2 max-pool, then Linear 1024 -> 64 -> classes.
-Seed 002's copy has no activations at all, which makes everything but the pools one linear map;
-we put the ReLUs of the Caffe original back.
+A common PyTorch copy of it has no activations at all, which makes everything but the pools one
+linear map; we put the ReLUs of the Caffe original back.
 """
 
 from torch import nn

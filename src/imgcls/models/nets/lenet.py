@@ -1,4 +1,4 @@
-"""LeNet-5 from PyTorch's CIFAR-10 tutorial (seed 003): conv 6, conv 16, fc 120, 84, classes."""
+"""LeNet-5 from PyTorch's CIFAR-10 tutorial: conv 6, conv 16, fc 120, 84, classes."""
 
 from torch import nn
 

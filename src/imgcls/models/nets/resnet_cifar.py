@@ -1,8 +1,8 @@
-"""The CIFAR ResNet of He et al. (2016, sec. 4.2): what seed 004's hand-made ResNet meant to be.
+"""The CIFAR ResNet of He et al. (2016, sec. 4.2): what tutorials' hand-made ResNets mean to be.
 
 A 3x3 stem, three stages of basic residual blocks at widths w, 2w, 4w (stride 2 between stages),
 global average pooling and one linear layer. depth = 6n + 2: 20, 32, 44, 56, 110.
-Seed 004's version lost the residual addition and misplaced `forward`; here every block adds its
+A common one of those loses the residual addition and misplaced `forward`; here every block adds its
 shortcut, projected by a 1x1 conv where the shape changes.
 """
 

@@ -1,5 +1,6 @@
 """Loading our checkpoints: safely (no pickled code runs) and with one clear message on failure."""
 
+import inspect
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,10 @@ def classifier_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> ImageC
     net is built without pretrained weights (nothing downloads), then gets the checkpoint's."""
     hparams = dict(checkpoint["hyper_parameters"])
     hparams["net"] = {**hparams["net"], **PRETRAINED_KEYS}
+    # settings older versions kept in the model (freezing, sync BatchNorm, head lr) are not
+    # the rebuilt model's business: evaluation needs none of them
+    known = inspect.signature(ImageClassifier.__init__).parameters
+    hparams = {k: v for k, v in hparams.items() if k in known}
     try:
         model = ImageClassifier(**hparams)
         model.on_load_checkpoint(checkpoint)

@@ -1,0 +1,71 @@
+"""Values that follow from other values or from the machine, settled once a run's config is
+composed and written back into it, so that the config the run logs says what ran:
+
+- `optimizer.imgcls.scale_lr=linear`: `optimizer.lr` is the lr for `reference_batch` images a
+  step (Goyal et al. 2017) and becomes lr x global batch / reference_batch, the global batch being
+  data.batch_size x devices x nodes x gradient accumulation;
+- `trainer.sync_batchnorm` with CPU processes: off, with a warning (torch's SyncBatchNorm needs
+  GPUs);
+- `trainer.deterministic`: cuDNN's autotuner (`trainer.benchmark`) off, as it picks kernels by
+  timing them, which differs between runs.
+"""
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from imgcls.utils.compose import set_in_struct
+from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+SCALE_RULES = (None, "none", "linear")
+
+
+def resolve_config(cfg: DictConfig) -> None:
+    trainer = cfg.get("trainer")
+    if trainer is None:
+        return
+    if trainer.get("deterministic") and trainer.get("benchmark"):
+        set_in_struct(cfg, "trainer.benchmark", False)
+        log.info("trainer.deterministic is on: cuDNN's autotuner (trainer.benchmark) is off.")
+    if trainer.get("sync_batchnorm") and not on_gpu(trainer):
+        set_in_struct(cfg, "trainer.sync_batchnorm", False)
+        log.warning(
+            "trainer.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm): kept per-process "
+            "BatchNorm on the CPU."
+        )
+    ours = (cfg.get("optimizer") or {}).get("imgcls") or {}
+    rule = ours.get("scale_lr")
+    if rule not in SCALE_RULES:
+        raise UserError(f"optimizer.imgcls.scale_lr must be null or 'linear', got {rule!r}")
+    if rule == "linear":
+        batch = cfg.data.batch_size * device_count(trainer) * trainer.get("num_nodes", 1)
+        batch *= trainer.get("accumulate_grad_batches", 1)
+        lr = scaled_lr(cfg.optimizer.lr, batch, ours.get("reference_batch", 256))
+        set_in_struct(cfg, "optimizer.lr", lr)
+        set_in_struct(cfg, "optimizer.imgcls.scale_lr", None)  # done: the lr above is the run's
+
+
+def scaled_lr(lr: float, global_batch: int, reference_batch: int) -> float:
+    new_lr = lr * global_batch / reference_batch
+    log.info(f"lr {lr:g} x global batch {global_batch} / {reference_batch} = {new_lr:g}")
+    return new_lr
+
+
+def on_gpu(trainer: Any) -> bool:
+    accelerator = trainer.get("accelerator", "auto")
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def device_count(trainer: Any) -> int:
+    """How many devices (processes per node) Lightning will use for `trainer.devices`."""
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, list | ListConfig):
+        return len(devices)
+    if devices in ("auto", -1, "-1"):
+        return max(1, torch.cuda.device_count()) if on_gpu(trainer) else 1
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    return int(devices)
