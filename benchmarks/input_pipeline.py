@@ -21,7 +21,6 @@ time the loop waited for data (from the run's perf/ metrics).
 """
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from imgcls.data.imagenet import ImageNetDataModule
 from imgcls.prepare import prepare
 from imgcls.train import train
 from imgcls.utils.compose import compose_config
+from imgcls.utils.machine import available_cpus
 
 
 def linked_imagenet(photos: list[Path], samples: int, root: Path) -> Path:
@@ -152,7 +152,7 @@ def main() -> None:
         )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = [parse_header(p.read_bytes()).size for p in photos]
-    cpu = os.cpu_count()
+    cpu = available_cpus()
     print(
         f"{len(photos)} photos (median {statistics.median(w for w, _ in sizes)}x"
         f"{statistics.median(h for _, h in sizes)} px) linked {args.samples} times; batch "

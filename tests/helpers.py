@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
+
+import torch
 
 from imgcls import REPO_ROOT
 
@@ -18,4 +21,13 @@ def run_cli(script: str, args: Sequence[str], timeout: float = 300) -> subproces
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def fake_trainer(world_size: int = 1, rank: int = 0, training: bool = True) -> SimpleNamespace:
+    """What a datamodule reads of its trainer (DDP rank and size, the device, whether it is
+    training), without starting a Trainer."""
+    strategy = SimpleNamespace(root_device=torch.device("cpu"))
+    return SimpleNamespace(
+        world_size=world_size, global_rank=rank, training=training, strategy=strategy
     )

@@ -13,6 +13,7 @@ from imgcls.data.digits import DigitsDataModule
 from imgcls.data.fake import FakeDataModule
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
 from imgcls.data.input_contract import InputContract
+from tests.helpers import fake_trainer
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +127,10 @@ def test_in_memory_shards_cover_the_data_like_distributed_sampler(size: int, wor
 def test_a_rank_with_less_than_a_batch_still_trains() -> None:
     """DDP over 2 processes, 100 images, batch 64: each rank has 50, one partial batch."""
 
-    class TwoRanks:
-        world_size, global_rank = 2, 1
-
-        class strategy:  # noqa: N801
-            root_device = torch.device("cpu")
-
     dm = DigitsDataModule(batch_size=64)
     dm.setup()
     dm.splits.train = TensorDataset(*(t[:100] for t in dm.splits.train.tensors))
-    dm.trainer = TwoRanks()
+    dm.trainer = fake_trainer(world_size=2, rank=1)
     assert len(dm.train_dataloader()) == 1
 
 

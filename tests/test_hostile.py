@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from imgcls.data.decode import BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT
@@ -23,7 +22,7 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.run_record import run_recorded
 from imgcls.verify import verify
 from tests.data_factory import write_class_tree, write_image
-from tests.helpers import run_cli
+from tests.helpers import fake_trainer, run_cli
 
 QUICK = ["model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
 CLI_QUICK = [*QUICK, "extras.print_config=false", "callbacks.rich_progress_bar=null"]
@@ -46,15 +45,9 @@ def test_a_run_without_a_logger_trains(make_cfg, no_logger: str) -> None:
 def test_a_rank_with_less_than_a_batch_of_files_still_trains(tmp_path: Path) -> None:
     """2 processes, 12 images, batch 8: each rank has 6, one partial batch (not none)."""
 
-    class TwoRanks:
-        world_size, global_rank = 2, 0
-
-        class strategy:  # noqa: N801
-            root_device = torch.device("cpu")
-
     root = write_class_tree(tmp_path, ["a", "b"], per_class=10)
     dm = FolderDataModule(root=str(root), split=(0.5, 0.25, 0.25), batch_size=8, num_workers=0)
-    dm.trainer = TwoRanks()
+    dm.trainer = fake_trainer(world_size=2, rank=0)
     dm.setup()
     assert len(dm.splits.train) == 12
     assert not dm.train_dataloader().drop_last

@@ -25,7 +25,7 @@ from tests.data_factory import (
     write_class_tree,
     write_imagenet,
 )
-from tests.helpers import run_cli
+from tests.helpers import fake_trainer, run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -59,10 +59,8 @@ def test_progressive_resize_schedule_and_device_scaling(make_cfg) -> None:
     assert resolution_at(5, 128, 256, 0, 8, 32) == 192
     dm = DigitsDataModule(batch_size=4)
 
-    class Training:
-        training = True
-
-    dm.trainer, dm.train_resolution = Training(), 24
+    dm.trainer = fake_trainer()
+    dm.set_train_resolution(24)
     images, _ = dm.on_after_batch_transfer((torch.zeros(4, 3, 32, 32, dtype=torch.uint8), None), 0)
     assert images.shape == (4, 3, 24, 24)
 

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from imgcls.data.decode import BadImageError, parse_header
 from imgcls.data.files import PATH_TEXT, is_image_name, shown
+from imgcls.utils.machine import available_cpus
 
 SKIPPED_FILE = "skipped_files.txt"
 
@@ -102,7 +103,7 @@ def prepare(
         raise SystemExit(f"Write the copy outside {src} (DST={dst} is inside it).")
     jobs = plan(src, dst)
     skipped = []
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or available_cpus()
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns) as progress, ProcessPoolExecutor(workers) as pool:
         task = progress.add_task(f"{shown(dst)}", total=len(jobs))

@@ -9,10 +9,10 @@ move to the training device once and are batched there by indexing (data/in_memo
 """
 
 import math
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from imgcls.data.input_contract import InputContract
 from imgcls.data.transforms import Pipeline, build_pipeline
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
+from imgcls.utils.machine import available_cpus, to_device_async
 from imgcls.utils.seeding import reseed
 
 log = get_logger(__name__)
@@ -47,8 +48,7 @@ def auto_workers(devices: int = 1) -> int:
     """Loader workers per device process: its share of the CPUs, one left for the process
     itself. No fixed cap: a CPU core decodes ~200 photos a second, so feeding one modern GPU
     takes every core there is."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) // max(1, devices) - 1)
+    return max(1, available_cpus() // max(1, devices) - 1)
 
 
 class EpochSeededRandomSampler(RandomSampler):
@@ -120,8 +120,9 @@ class ImageDataModule(LightningDataModule, ABC):
         self._pipeline: Pipeline | None = None
         self._batch_mix: v2.Transform | None = None
         self._contract: InputContract | None = None
-        self._on_device: dict[tuple[int, torch.device], torch.Tensor] = {}
-        self._fits: dict[torch.device, bool] = {}
+        # in-memory tensors copied to the (one) training device, and whether they all fit there
+        self._on_device: dict[int, torch.Tensor] = {}
+        self._fits_device: bool | None = None
 
     @property
     @abstractmethod
@@ -131,6 +132,11 @@ class ImageDataModule(LightningDataModule, ABC):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def bad_images_file(self) -> Path | None:
+        """Where unreadable files are listed (sources read from files say where)."""
+        return None
 
     @abstractmethod
     def build_splits(self) -> Splits:
@@ -223,20 +229,19 @@ class ImageDataModule(LightningDataModule, ABC):
         device = self.device
         if device.type != "cuda" or tensor.device == device or not self._fits_on(device):
             return tensor
-        key = (id(tensor), device)
-        if key not in self._on_device:
-            self._on_device[key] = tensor.to(device)
-        return self._on_device[key]
+        if id(tensor) not in self._on_device:
+            self._on_device[id(tensor)] = tensor.to(device)
+        return self._on_device[id(tensor)]
 
     def _fits_on(self, device: torch.device) -> bool:
-        if device not in self._fits:
+        if self._fits_device is None:
             splits = self.splits.train, self.splits.val, self.splits.test
             needed = sum(t.nbytes for s in splits for t in getattr(s, "tensors", ()))
             free, _ = torch.cuda.mem_get_info(device)
-            self._fits[device] = needed <= free / 4
-            where = f"on {device}" if self._fits[device] else "on the host (too large)"
+            self._fits_device = needed <= free / 4
+            where = f"on {device}" if self._fits_device else "on the host (too large)"
             log.info(f"In-memory data ({needed / 2**30:.2f} GiB) held {where}")
-        return self._fits[device]
+        return self._fits_device
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._split("train"), train=True)
@@ -293,11 +298,11 @@ class ImageDataModule(LightningDataModule, ABC):
         """Photos decoded on the device, cropped as the preset's workers would have: float
         images in [0, 255] at the train (or eval) crop, with the labels of those that decoded."""
         device = labels.device
-        images, kept = decode_batch(batch, device, getattr(self, "bad_images_file", None))
+        images, kept = decode_batch(batch, device, self.bad_images_file)
         if not images:
             raise UserError("No image of a whole batch could be decoded (see bad_images.txt).")
         if len(kept) < len(batch):
-            labels = labels[torch.tensor(kept, device=device)]
+            labels = labels[to_device_async(kept, device)]
         pipeline = self.pipeline
         sizes = pipeline.train_crop, pipeline.eval_resize, pipeline.eval_crop
         crops = DeviceCrops(*sizes, pipeline.device_crop)

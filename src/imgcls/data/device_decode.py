@@ -29,6 +29,7 @@ from torchvision.ops import roi_align
 
 from imgcls.data.decode import BadImageError, decode_any, parse_header
 from imgcls.data.files import PATH_TEXT, shown
+from imgcls.utils.machine import to_device_async
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -77,8 +78,8 @@ def decode_batch(
     as bad."""
     jpegs = [i for i, item in enumerate(batch.items) if isinstance(item, EncodedJPEG)]
     images: list[Tensor | None] = [
-        None if i in jpegs else item.to(device, non_blocking=True)
-        for i, item in enumerate(batch.items)
+        None if isinstance(item, EncodedJPEG) else item.to(device, non_blocking=True)
+        for item in batch.items
     ]
     data = [batch.items[i].data for i in jpegs]
     try:
@@ -109,8 +110,8 @@ def _decode_one(item: EncodedJPEG, device: torch.device, listing: Path | None) -
 
 
 def sizes_of(images: Sequence[Tensor], device: torch.device) -> Tensor:
-    """(N, 2) float heights and widths (shapes: known on the host, no sync)."""
-    return torch.tensor([image.shape[-2:] for image in images], device=device).float()
+    """(N, 2) float heights and widths (shapes, known on the host: no sync)."""
+    return to_device_async([image.shape[-2:] for image in images], device, torch.float32)
 
 
 def random_resized_boxes(
@@ -164,7 +165,6 @@ def crop_resize(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
     """Each image's box, resized to size x size, for the whole batch in one op: float (N, 3,
     size, size) in [0, 255]. Images are padded into one batch tensor first (zeros outside each
     image, which its box never reaches)."""
-    heights, widths = [i.shape[-2] for i in images], [i.shape[-1] for i in images]
     images, boxes = _shrink_outliers(images, boxes)
     heights, widths = [i.shape[-2] for i in images], [i.shape[-1] for i in images]
     batch = images[0].new_zeros(len(images), 3, max(heights), max(widths))
@@ -189,7 +189,7 @@ def _shrink_outliers(images: list[Tensor], boxes: Tensor) -> tuple[list[Tensor],
         scales.append(factor)
     if all(s == 1.0 for s in scales):
         return images, boxes
-    return shrunk, boxes * torch.tensor(scales, device=boxes.device, dtype=boxes.dtype)[:, None]
+    return shrunk, boxes * to_device_async(scales, boxes.device, boxes.dtype)[:, None]
 
 
 def random_flip(images: Tensor) -> Tensor:
@@ -208,10 +208,9 @@ class DeviceCrops:
     scale: tuple[float, float] | None = (0.08, 1.0)
 
     def train(self, images: list[Tensor]) -> Tensor:
-        sizes = sizes_of(images, images[0].device)
         if self.scale is None:
-            return crop_resize(images, center_boxes(sizes, self.eval_resize, self.eval_crop), self.eval_crop)
-        boxes = random_resized_boxes(sizes, self.scale)
+            return self.eval(images)
+        boxes = random_resized_boxes(sizes_of(images, images[0].device), self.scale)
         return random_flip(crop_resize(images, boxes, self.train_crop))
 
     def eval(self, images: list[Tensor]) -> Tensor:

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from imgcls.utils.machine import to_device_async
+
 # (seed, epoch) -> the generator's seed: epochs far apart in seed space
 EPOCH_STRIDE = 1_000_003
 
@@ -70,18 +72,13 @@ class IndexedBatches:
         # Lightning looks for these two, as on a DataLoader: `sampler.set_epoch` every epoch
         self.sampler, self.batch_sampler = order, None
         self.drop_last = drop_last
-        self._staged: Tensor | None = None  # the host copy of the order, while it is in flight
 
     def __len__(self) -> int:
         count = len(self.sampler) / self.batch_size
         return math.floor(count) if self.drop_last else math.ceil(count)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self.sampler.indices()
-        device = self.images.device
-        if device.type == "cuda":  # pinned, so the copy neither blocks nor waits for the device
-            self._staged = order.pin_memory()
-            order = self._staged.to(device, non_blocking=True)
+        order = to_device_async(self.sampler.indices(), self.images.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             yield self.images.index_select(0, index), self.labels.index_select(0, index)

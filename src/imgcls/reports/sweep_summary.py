@@ -109,7 +109,10 @@ def summarize(
     return rows, columns, metric
 
 
-def write_summary(root: str | Path, metric: str | None = None, direction: str | None = None):
+def write_summary(
+    root: str | Path, metric: str | None = None, direction: str | None = None
+) -> tuple[Path, list[dict[str, Any]]]:
+    """summary.csv in root and the table on the console; returns the file and its rows."""
     rows, columns, metric = summarize(root, metric, direction)
     path = Path(root) / SUMMARY_FILE
     with open(path, "w", newline="") as f:
@@ -117,7 +120,7 @@ def write_summary(root: str | Path, metric: str | None = None, direction: str | 
         writer.writeheader()
         writer.writerows(rows)
     print_summary(rows, columns, metric, path)
-    return path
+    return path, rows
 
 
 # metrics worth a column in the console table (summary.csv has all of them)
@@ -168,8 +171,10 @@ class SweepSummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = config.hydra.get("sweeper") or {}
         direction = sweeper.get("direction") if isinstance(sweeper.get("direction"), str) else None
-        path = write_summary(config.hydra.sweep.dir, config.get("optimized_metric"), direction)
-        statuses = [row["status"] for row in summarize(config.hydra.sweep.dir)[0]]
+        path, rows = write_summary(
+            config.hydra.sweep.dir, config.get("optimized_metric"), direction
+        )
+        statuses = [row["status"] for row in rows]
         failed = sum(status != "completed" for status in statuses)
         if not failed:
             return

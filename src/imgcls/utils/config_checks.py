@@ -5,13 +5,13 @@ Only keys a run actually has are checked: `optimizer.momentum` where the optimiz
 `data.batch_size` in train and eval alike.
 """
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.utils.errors import UserError
+from imgcls.utils.machine import available_cpus
 
 
 def _whole(minimum: int) -> Callable[[Any], bool]:
@@ -74,8 +74,8 @@ def _check_cpu_processes(cfg: DictConfig) -> None:
     devices = trainer.get("devices")
     if trainer.get("accelerator") != "cpu" or not _whole(1)(devices):
         return
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if devices > (cpus or 1):
+    cpus = available_cpus()
+    if devices > cpus:
         raise UserError(
             f"trainer.devices={devices} is not allowed with trainer.accelerator=cpu on this "
             f"machine: at most {cpus} (one process per CPU)."

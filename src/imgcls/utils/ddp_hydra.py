@@ -88,6 +88,7 @@ class _Job:
     number = 0
     done = threading.Event()
     children: list[subprocess.Popen] = []
+    failure: str | None = None  # why a child rank died, for the signal handler to raise
 
 
 class ChildRankObserver(fabric_launcher._ChildProcessObserver):
@@ -102,13 +103,10 @@ class ChildRankObserver(fabric_launcher._ChildProcessObserver):
             child.send_signal(self._termination_signal)
         if self._job != _Job.number or _Job.done.is_set():
             return
-        _pending_failure[self._job] = _death_message(self._child_processes)
+        _Job.failure = _death_message(self._child_processes)
         signal.pthread_kill(threading.main_thread().ident, _RAISE_SIGNAL)
         if not _Job.done.wait(MAIN_EXIT_GRACE_S):
             os.kill(self._main_pid, self._termination_signal)  # stuck with the dead rank
-
-
-_pending_failure: dict[int, str] = {}
 
 
 def _death_message(children: list[subprocess.Popen]) -> str | None:
@@ -120,7 +118,7 @@ def _death_message(children: list[subprocess.Popen]) -> str | None:
 
 
 def _raise_rank_failed(signum: int, frame: Any) -> None:
-    message = _pending_failure.pop(_Job.number, None)
+    message, _Job.failure = _Job.failure, None
     if message is not None and not _Job.done.is_set():
         raise RankFailedError(message)
 
@@ -162,7 +160,7 @@ def ddp_job_scope() -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in _RENDEZVOUS_VARS}
     _Job.number += 1
     _Job.done.clear()
-    _Job.children = []
+    _Job.children, _Job.failure = [], None
     failed = True
     try:
         yield

@@ -1,0 +1,25 @@
+"""What this process runs on: the CPUs it may use, and getting small host values to its device."""
+
+import os
+
+import torch
+from torch import Tensor
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def to_device_async(
+    values: Tensor | list, device: torch.device, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Host values (an epoch's order, image sizes, indices) on `device` without the host
+    waiting for it: a CUDA copy from pinned memory, queued behind the device's work (torch keeps
+    the pinned buffer until the copy is done). A plain tensor elsewhere."""
+    tensor = values if isinstance(values, Tensor) else torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
