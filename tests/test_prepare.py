@@ -30,6 +30,11 @@ def photos(tmp_path: Path) -> Path:
     Image.fromarray(PHOTO).save(src / "train" / "dog" / "rotated.jpg", exif=exif)
     (src / "train" / "dog" / "empty.jpg").write_bytes(b"")
     (src / "train" / "dog" / ".hidden.jpg").write_bytes(b"")
+    (src / "train" / "dog" / "loop").symlink_to(".")  # back into the tree: not followed
+    elsewhere = tmp_path / "elsewhere" / "fox"
+    elsewhere.mkdir(parents=True)
+    Image.fromarray(PHOTO[:80, :100]).save(elsewhere / "small.jpg")
+    (src / "val" / "fox").symlink_to(elsewhere)  # a class folder linked in, as people do
     return src
 
 
@@ -50,6 +55,7 @@ def test_prepared_copy_is_smaller_plain_and_complete(photos: Path, tmp_path: Pat
         "val/cat/small.jpg",
         "val/dog/big.jpg",
         "val/dog/small.jpg",
+        "val/fox/small.jpg",
     ]
     for path in dst.rglob("*.jpg"):
         header = parse_header(path.read_bytes())

@@ -17,7 +17,6 @@ Unreadable files are skipped and listed in DST/skipped_files.txt. It ends by pri
 
 import argparse
 import io
-import os
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -27,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from imgcls.data.decode import BadImageError, parse_header
-from imgcls.data.files import PATH_TEXT, is_image_name, shown
+from imgcls.data.files import PATH_TEXT, list_images, shown
 from imgcls.utils.machine import available_cpus
 
 SKIPPED_FILE = "skipped_files.txt"
@@ -74,16 +73,13 @@ def prepare_one(
 
 
 def plan(src: Path, dst: Path) -> list[tuple[str, str]]:
-    """(source, target) for every image below src whose target is not written yet."""
+    """(source, target) for every image below src whose target is not written yet, found as
+    training finds them (links to folders elsewhere followed, links back into src not)."""
     jobs = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out_dir = dst / Path(dirpath).relative_to(src)
-        for name in sorted(filenames):
-            if is_image_name(name):
-                target = out_dir / (Path(name).stem + ".jpg")
-                if not target.exists():
-                    jobs.append((os.path.join(dirpath, name), str(target)))
+    for path in list_images(src, tree=src):
+        target = (dst / path.relative_to(src)).with_suffix(".jpg")
+        if not target.exists():
+            jobs.append((str(path), str(target)))
     return jobs
 
 
