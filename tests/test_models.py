@@ -181,7 +181,7 @@ def test_classifier_loss_uses_label_smoothing() -> None:
     )
     logits, labels = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
     expected = nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
-    torch.testing.assert_close(model.criterion(logits, labels), expected)
+    torch.testing.assert_close(model.criterion(logits, labels).mean(), expected)
 
 
 def test_norm_and_bias_can_skip_weight_decay() -> None:
@@ -272,3 +272,60 @@ def test_onecycle_peaks_at_each_groups_lr() -> None:
 def test_no_scheduler_config_means_constant_lr() -> None:
     optimizer = build_optimizer(nn.Linear(2, 2), SGD)
     assert build_scheduler(optimizer, {}, total_steps=10, max_epochs=1) is None
+
+
+def test_the_confusion_matrix_counts_as_torchmetrics_without_bincount() -> None:
+    from torchmetrics.classification import (
+        MulticlassConfusionMatrix,
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
+
+    from imgcls.models.confusion import ConfusionMatrix, per_class_scores
+
+    torch.manual_seed(0)
+    ours, reference = ConfusionMatrix(7), MulticlassConfusionMatrix(7)
+    batches = [(torch.randn(50, 7), torch.randint(0, 6, (50,))) for _ in range(3)]  # class 6 unseen
+    for logits, labels in batches:
+        ours.update(logits, labels)
+        reference.update(logits, labels)
+    assert torch.equal(ours.compute(), reference.compute())
+    scores = per_class_scores(ours.compute())
+    logits, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    for name, metric in (
+        ("precision", MulticlassPrecision),
+        ("recall", MulticlassRecall),
+        ("f1", MulticlassF1Score),
+    ):
+        expected = metric(7, average=None, zero_division=0)(logits, labels)
+        torch.testing.assert_close(scores[name].float(), expected, msg=name)
+    assert scores["support"].tolist() == torch.bincount(labels, minlength=7).tolist()
+
+
+@pytest.mark.parametrize("cfg", [SGD, {"_target_": "torch.optim.AdamW", "lr": 1e-3}])
+def test_16_mixed_takes_a_fused_optimizer_that_survives_a_skipped_first_step(cfg: dict) -> None:
+    """With a GradScaler the optimizer is torch's fused one (its inf check stays on the
+    device); a first step skipped for inf gradients must leave the momentum clean (torch's
+    fused SGD would keep uninitialized buffers) and then train exactly as the plain one."""
+    weights = []
+    for grad_scaler in (False, True):
+        torch.manual_seed(0)
+        net = nn.Linear(4, 2)
+        optimizer = build_optimizer(net, cfg, grad_scaler=grad_scaler)
+        assert bool(optimizer.defaults.get("fused")) == grad_scaler
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        for step in range(4):
+            optimizer.zero_grad()
+            loss = net(torch.randn(8, 4)).square().mean()
+            scaler.scale(loss * (float("inf") if step == 0 else 1.0)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        weights.append(net.weight.detach().clone())
+    assert torch.isfinite(weights[1]).all()
+    torch.testing.assert_close(weights[1], weights[0])
+
+
+def test_16_mixed_with_gradient_clipping_keeps_the_plain_optimizer() -> None:
+    optimizer = build_optimizer(nn.Linear(2, 2), SGD, grad_scaler=True, clipping=True)
+    assert not optimizer.defaults.get("fused")

@@ -60,7 +60,8 @@ class ImageClassifier(LightningModule):
         # The compiled net is kept off the module tree so state_dict keys stay `net.*` (no
         # `_orig_mod.`): checkpoints load with or without compile, and into plain torchvision.
         object.__setattr__(self, "_compiled_net", torch.compile(self.net) if compile else None)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # per-image losses: the epoch's mean loss is over images, with no batch size to pass
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="none")
         # top-1 only on training batches: top-5 there costs a step ~1% and tells little
         self.train_metrics = accuracy_metrics(num_classes, "train/", top5=False)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
@@ -109,15 +110,17 @@ class ImageClassifier(LightningModule):
         images, labels = batch
         logits = self(images) if stage == "train" else self.eval_logits(images)
         # labels are class indices, or MixUp/CutMix soft targets
-        loss = self.criterion(logits, labels)
+        losses = self.criterion(logits, labels)
         if labels.ndim == 2:
             labels = labels.argmax(dim=1)  # accuracy against the dominant class
         # Only metric state is updated in the step; values are computed (and DDP-synced) and
         # logged once per epoch, in _log_epoch: nothing in the step waits on the device, and
-        # Lightning's per-call logging cost (~1 ms on a CPU) is not paid every step.
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.shape[0])
+        # Lightning's per-call logging cost (~1 ms on a CPU) is not paid every step. The mean
+        # takes the per-image losses, not a batch size: torchmetrics makes a Python weight a
+        # device tensor with a blocking copy (and ignores weights under nan_strategy="disable").
+        getattr(self, f"{stage}_loss").update(losses.detach())
         getattr(self, f"{stage}_metrics").update(logits.detach(), labels)
-        return loss, logits
+        return losses.mean(), logits
 
     def _log_epoch(self, stage: str) -> dict[str, Tensor]:
         mean_loss, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
@@ -158,12 +161,19 @@ class ImageClassifier(LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.net, self.hparams.optimizer, self.head)
+        trainer = self.trainer
+        optimizer = build_optimizer(
+            self.net,
+            self.hparams.optimizer,
+            self.head,
+            grad_scaler=getattr(trainer.precision_plugin, "scaler", None) is not None,
+            clipping=bool(trainer.gradient_clip_val),
+        )
         scheduler = build_scheduler(
             optimizer,
             self.hparams.scheduler,
-            total_steps=self.trainer.estimated_stepping_batches,
-            max_epochs=self.trainer.max_epochs,
+            total_steps=trainer.estimated_stepping_batches,
+            max_epochs=trainer.max_epochs,
         )
         return (
             {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -10,20 +10,28 @@ block, `imgcls`, and are consumed here:
   001's fine-tuning trains the head at 10x; airbench trains BatchNorm biases at 64x);
 - optimizer `imgcls.scale_lr` / `reference_batch`: settled with the config, before training
   (utils/config_resolve.py);
+- under 16-mixed precision the optimizer is torch's fused one where it exists (no host read of
+  the GradScaler's state per step), unless the config sets `fused` / `foreach` or clips
+  gradients;
 - scheduler `imgcls.interval` (`epoch` or `step`), `imgcls.warmup_epochs` and
   `imgcls.warmup_start_factor` (a LinearLR warmup chained before the main scheduler); a `null`
   `T_max` / `total_steps` means "the rest of the run", computed once the data is known.
 """
 
+import inspect
 import math
 from typing import Any
 
+import torch
 from hydra.utils import get_class
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
 
 from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 RUN_LENGTH_KEYS = ("T_max", "total_steps")
@@ -66,8 +74,14 @@ def param_groups(
 
 
 def build_optimizer(
-    model: nn.Module, cfg: dict[str, Any], head: nn.Module | None = None
+    model: nn.Module,
+    cfg: dict[str, Any],
+    head: nn.Module | None = None,
+    grad_scaler: bool = False,
+    clipping: bool = False,
 ) -> Optimizer:
+    """`grad_scaler`: the run scales its loss (16-mixed), so the optimizer is a fused one where
+    torch has it (`fused_for_grad_scaler`); `clipping`: gradients are clipped."""
     kwargs = dict(cfg)
     optimizer_class = get_class(kwargs.pop("_target_"))
     ours = dict(kwargs.pop("imgcls", None) or {})
@@ -78,7 +92,40 @@ def build_optimizer(
         ours.get("lr_mult"),
         ours.get("no_decay_norm_and_bias", False),
     )
-    return optimizer_class(groups, **kwargs)
+    fused = grad_scaler and fused_for_grad_scaler(optimizer_class, kwargs, clipping)
+    optimizer = optimizer_class(groups, **({"fused": True} | kwargs if fused else kwargs))
+    if fused and optimizer.defaults.get("momentum"):
+        # torch's fused SGD takes the first step's momentum buffers uninitialized when that
+        # step is skipped (GradScaler found inf/NaN, common at the first scale): start them at
+        # zero, which gives the same first step (dampening 0) and no garbage after a skip
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return optimizer
+
+
+def fused_for_grad_scaler(optimizer_class: type, kwargs: dict[str, Any], clipping: bool) -> bool:
+    """Whether to ask for torch's fused kernel. With a GradScaler (16-mixed), a non-fused
+    optimizer makes the host read the scaler's found-inf flag before every step, waiting for the
+    device; a fused one (SGD, Adam, AdamW) unscales and skips on the device. Not when the config
+    chooses `fused` / `foreach` itself, and not with gradient clipping: Lightning must unscale
+    before clipping, which fused optimizers refuse."""
+    if "fused" in kwargs or "foreach" in kwargs:
+        return bool(kwargs.get("fused"))
+    name = optimizer_class.__name__
+    if "fused" not in inspect.signature(optimizer_class).parameters:
+        log.warning(
+            f"{name} has no fused kernel: under 16-mixed precision the host reads the "
+            "GradScaler's inf check every step (bf16-mixed needs no scaler)."
+        )
+        return False
+    if clipping:
+        log.warning(
+            f"Gradient clipping under 16-mixed keeps {name} unfused: the GradScaler's inf check is "
+            "read on the host every step (bf16-mixed needs no scaler and clips without it)."
+        )
+        return False
+    return True
 
 
 def build_scheduler(
