@@ -18,9 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # ITU-R 601 luma, as torchvision's rgb_to_grayscale
-LUMA = (0.299, 0.587, 0.114)
+LUMA = torch.tensor((0.299, 0.587, 0.114), dtype=torch.float64)
 # RGB -> YIQ: hue is a rotation of the (I, Q) chroma plane
-RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+RGB_TO_YIQ = torch.tensor(
+    ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312)), dtype=torch.float64
+)
+YIQ_TO_RGB = torch.linalg.inv(RGB_TO_YIQ)
 
 
 def _uniform(n: int, low: float, high: float, device: torch.device) -> Tensor:
@@ -99,6 +102,17 @@ class ColorJitterBatch(nn.Module):
     ) -> None:
         super().__init__()
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self._constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, ...]] = {}
+
+    def constants(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """Luma, RGB -> YIQ and back, on `device`: copied there once (a copy from the host in
+        every step would make the host wait for the device)."""
+        key = (device, dtype)
+        if key not in self._constants:
+            self._constants[key] = tuple(
+                t.to(device, dtype) for t in (LUMA, RGB_TO_YIQ, YIQ_TO_RGB)
+            )
+        return self._constants[key]
 
     def _factors(self, n: int, spread: float, device: torch.device) -> Tensor:
         return _uniform(n, max(0.0, 1 - spread), 1 + spread, device)
@@ -106,10 +120,8 @@ class ColorJitterBatch(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         n, device, dtype = images.shape[0], images.device, images.dtype
         eye = torch.eye(3, device=device, dtype=dtype).expand(n, 3, 3)
-        luma = torch.tensor(LUMA, device=device, dtype=dtype)
-        ones = torch.ones(3, device=device, dtype=dtype)
-        to_yiq = torch.tensor(RGB_TO_YIQ, device=device, dtype=dtype)
-        gray = torch.outer(ones, luma)  # x -> its luma in every channel
+        luma, to_yiq, from_yiq = self.constants(device, dtype)
+        gray = luma.expand(3, 3)  # x -> its luma in every channel
         b = self._factors(n, self.brightness, device).to(dtype).view(n, 1, 1)
         c = self._factors(n, self.contrast, device).to(dtype).view(n, 1, 1)
         s = self._factors(n, self.saturation, device).to(dtype).view(n, 1, 1)
@@ -118,7 +130,7 @@ class ColorJitterBatch(nn.Module):
         rotate[:, 0, 0] = 1
         rotate[:, 1, 1], rotate[:, 1, 2] = angle.cos(), -angle.sin()
         rotate[:, 2, 1], rotate[:, 2, 2] = angle.sin(), angle.cos()
-        hue = torch.linalg.inv(to_yiq) @ rotate @ to_yiq
+        hue = from_yiq @ rotate @ to_yiq
 
         mean_rgb = images.mean(dim=(2, 3))  # (n, 3): contrast blends toward the mean grey
         matrix, offset = eye.clone(), torch.zeros(n, 3, device=device, dtype=dtype)
