@@ -69,3 +69,28 @@ def test_report_matches_a_hand_computation(make_cfg, tmp_path: Path) -> None:
             [recall, precision, recall, f1], abs=1e-5
         )
     assert metrics["test/acc"] == pytest.approx((confusion.trace() / confusion.sum()).item())
+
+
+def test_the_most_confident_mistakes_are_kept_across_batches() -> None:
+    from imgcls.callbacks.eval_report import ConfidentMistakes
+
+    torch.manual_seed(0)
+    batches = [
+        (torch.randn(6, 3, 2, 2), torch.randn(6, 4), torch.randint(0, 4, (6,))) for _ in range(4)
+    ]
+    mistakes = ConfidentMistakes(5)
+    for images, logits, labels in batches:
+        mistakes.update(images, logits, labels)
+    confidence, images, labels, preds = mistakes.wrong()
+
+    every = [
+        (c.item(), i, t.item(), p.item())
+        for batch_images, logits, batch_labels in batches
+        for c, p, t, i in zip(*logits.softmax(1).max(1), batch_labels, batch_images, strict=True)
+        if p != t
+    ]
+    best = sorted(every, key=lambda row: -row[0])[:5]
+    assert confidence.tolist() == pytest.approx([row[0] for row in best])
+    assert labels.tolist() == [row[2] for row in best]
+    assert preds.tolist() == [row[3] for row in best]
+    assert torch.equal(images, torch.stack([row[1] for row in best]))

@@ -5,8 +5,8 @@
 - `confusion.csv` and `confusion.png`: the confusion matrix (rows true, columns predicted);
 - `misclassified.png`: the most confidently wrong test images, with true and predicted names.
 
-Metrics are torchmetrics, synced over devices; the wrong images are those seen by rank 0. All of
-it happens in the test stage only, never in training.
+The counts are a torchmetrics metric (models/confusion.py), synced over devices; the wrong images
+are those seen by rank 0. Nothing is read back to the host until the test epoch ends.
 """
 
 import csv
@@ -18,55 +18,47 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
 from imgcls.callbacks.tensorboard_images import add_figure
+from imgcls.models.confusion import ConfusionMatrix, per_class_scores
 from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure, save_figure
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 
-def per_class_metrics(num_classes: int) -> MetricCollection:
-    per_class = {"average": None, "zero_division": 0}
-    return MetricCollection(
-        {
-            "precision": MulticlassPrecision(num_classes, **per_class),
-            "recall": MulticlassRecall(num_classes, **per_class),
-            "f1": MulticlassF1Score(num_classes, **per_class),
-            "confusion": MulticlassConfusionMatrix(num_classes),
-        }
-    )
-
-
 class ConfidentMistakes:
-    """The k wrong predictions made with the highest confidence, kept on the CPU."""
+    """The k wrong predictions made with the highest confidence: a running top-k kept where the
+    batches are (nothing read back per batch), moved to the host once, by `wrong()`."""
 
     def __init__(self, k: int) -> None:
         self.k = k
-        self.confidence = torch.empty(0)
-        self.images = torch.empty(0, dtype=torch.uint8)
-        self.labels = torch.empty(0, dtype=torch.long)
-        self.preds = torch.empty(0, dtype=torch.long)
+        self.kept: tuple[Tensor, ...] | None = None  # score, image, label, prediction
 
     def update(self, images: Tensor, logits: Tensor, labels: Tensor) -> None:
-        confidence, preds = logits.float().softmax(dim=1).max(dim=1)
-        wrong = (preds != labels).nonzero().flatten()
-        if self.k == 0 or len(wrong) == 0:
+        """`images` normalized as the net saw them (only the kept ones are denormalized)."""
+        if self.k == 0:
             return
-        wrong = wrong[confidence[wrong].argsort(descending=True)[: self.k]]
-        merged = torch.cat([self.confidence, confidence[wrong].cpu()])
-        keep = merged.argsort(descending=True)[: self.k]
-        self.confidence = merged[keep]
-        self.images = torch.cat([self.images, images[wrong].cpu()])[keep]
-        self.labels = torch.cat([self.labels, labels[wrong].cpu()])[keep]
-        self.preds = torch.cat([self.preds, preds[wrong].cpu()])[keep]
+        confidence, preds = logits.float().softmax(dim=1).max(dim=1)
+        score = torch.where(preds != labels, confidence, -1.0)  # right ones rank last
+        candidates = self._top((score, images, labels, preds))
+        if self.kept is not None:
+            merged = (torch.cat(pair) for pair in zip(self.kept, candidates, strict=True))
+            candidates = self._top(tuple(merged))
+        self.kept = candidates
+
+    def _top(self, columns: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        top = columns[0].topk(min(self.k, len(columns[0]))).indices
+        return tuple(column.index_select(0, top) for column in columns)
+
+    def wrong(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(confidence, normalized images, labels, preds) of the kept wrong predictions, most
+        confident first, on the CPU."""
+        if self.kept is None:
+            return torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0)
+        score, images, labels, preds = (t.cpu() for t in self.kept)
+        wrong = score >= 0
+        return score[wrong], images[wrong], labels[wrong], preds[wrong]
 
 
 class EvaluationReport(Callback):
@@ -74,11 +66,11 @@ class EvaluationReport(Callback):
         """`misclassified`: how many of the most confidently wrong images to show (0: none)."""
         self.output_dir = Path(output_dir)
         self.misclassified = misclassified
-        self.metrics: MetricCollection | None = None
+        self.confusion: ConfusionMatrix | None = None
         self.mistakes = ConfidentMistakes(misclassified)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.metrics = per_class_metrics(pl_module.hparams.num_classes).to(pl_module.device)
+        self.confusion = ConfusionMatrix(pl_module.hparams.num_classes).to(pl_module.device)
         self.mistakes = ConfidentMistakes(self.misclassified)
 
     def on_test_batch_end(
@@ -92,41 +84,40 @@ class EvaluationReport(Callback):
     ) -> None:
         images, labels = batch
         logits = outputs["logits"]
-        self.metrics.update(logits, labels)
-        if trainer.is_global_zero and self.misclassified:
-            datamodule = trainer.datamodule
-            pixels = datamodule.contract.denormalize(images)
-            self.mistakes.update(pixels, logits, labels)
+        self.confusion.update(logits, labels)
+        if trainer.is_global_zero:
+            self.mistakes.update(images, logits, labels)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        values = self.metrics.compute()  # synced over devices: every rank takes part
-        self.metrics.reset()
-        self.write(trainer, pl_module.class_names, {k: v.cpu() for k, v in values.items()})
+        confusion = self.confusion.compute().cpu()  # synced over devices: every rank takes part
+        self.confusion.reset()
+        self.write(trainer, pl_module.class_names, confusion)
 
     @rank_zero_only
-    def write(self, trainer: L.Trainer, names: list[str], values: dict[str, Tensor]) -> None:
+    def write(self, trainer: L.Trainer, names: list[str], confusion: Tensor) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        confusion = values["confusion"]
-        support = confusion.sum(dim=1)
+        scores = per_class_scores(confusion)
         with open(self.output_dir / "per_class.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["class", "support", "accuracy", "precision", "recall", "f1"])
             for i, name in enumerate(names):
-                recall = values["recall"][i].item()
-                scores = [recall, values["precision"][i].item(), recall, values["f1"][i].item()]
-                writer.writerow([name, int(support[i]), *(f"{s:.6f}" for s in scores)])
+                recall = scores["recall"][i].item()
+                values = [recall, scores["precision"][i].item(), recall, scores["f1"][i].item()]
+                writer.writerow([name, int(scores["support"][i]), *(f"{v:.6f}" for v in values)])
         with open(self.output_dir / "confusion.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["true \\ predicted", *names])
             for name, row in zip(names, confusion.tolist(), strict=True):
                 writer.writerow([name, *row])
         figures = {"confusion": confusion_figure(confusion, names)}
-        if len(self.mistakes.images):
-            m = self.mistakes
-            triples = zip(m.labels.tolist(), m.preds.tolist(), m.confidence.tolist(), strict=True)
+        confidence, images, labels, preds = self.mistakes.wrong()
+        if len(images):
+            triples = zip(labels.tolist(), preds.tolist(), confidence.tolist(), strict=True)
             captions = [f"{names[t]} → {names[p]}\n{c:.0%}" for t, p, c in triples]
             figures["misclassified"] = image_grid_figure(
-                m.images, captions, "most confidently wrong (true → predicted, confidence)"
+                trainer.datamodule.contract.denormalize(images),
+                captions,
+                "most confidently wrong (true → predicted, confidence)",
             )
         for name, fig in figures.items():
             add_figure(trainer, f"test/{name}", fig)

@@ -14,8 +14,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
-from torchmetrics.classification import MulticlassConfusionMatrix
 
+from imgcls.models.confusion import ConfusionMatrix
 from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure
 
 
@@ -51,11 +51,11 @@ class TrainingBatchGrid(Callback):
 
 class ValidationConfusion(Callback):
     def __init__(self) -> None:
-        self.confusion: MulticlassConfusionMatrix | None = None
+        self.confusion: ConfusionMatrix | None = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         num_classes = pl_module.hparams.num_classes
-        self.confusion = MulticlassConfusionMatrix(num_classes).to(pl_module.device)
+        self.confusion = ConfusionMatrix(num_classes).to(pl_module.device)
 
     def on_validation_batch_end(
         self,
