@@ -1,5 +1,6 @@
 """Tiny datasets written to disk in the layouts real ones use, for tests."""
 
+import io
 import os
 import pickle
 import zlib
@@ -65,6 +66,39 @@ def write_image(path: Path, color: Sequence[int], size: tuple[int, int] = (40, 3
     pixels = np.clip(np.array(color) + rng.integers(-10, 10, (size[1], size[0], 3)), 0, 255)
     Image.fromarray(pixels.astype(np.uint8)).save(path, **kw)
     return path
+
+
+_Y, _X = np.mgrid[0:300, 0:400]
+# a smooth 400 x 300 photo-like gradient: resampling it is well defined, so crops compare closely
+SMOOTH = np.stack([_X * 0.6, _Y * 0.8, 255 - _X * 0.3 - _Y * 0.2], axis=2).astype(np.uint8)
+
+
+def write_photo_kinds(folder: Path, size: tuple[int, int] | None = None) -> dict[str, Path]:
+    """The kinds of file a photo folder holds and the device decoder treats apart: a plain
+    JPEG, grayscale, progressive, CMYK, EXIF-rotated, a PNG, and a JPEG cut short."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(SMOOTH)
+    if size is not None:
+        rgb = rgb.resize(size)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored landscape, shown portrait
+    kinds = {
+        "plain.jpg": (rgb, {}),
+        "grey.jpg": (rgb.convert("L"), {}),
+        "progressive.jpg": (rgb, {"progressive": True}),
+        "cmyk.jpg": (rgb.convert("CMYK"), {}),
+        "rotated.jpg": (rgb, {"exif": exif}),
+        "photo.png": (rgb, {}),
+    }
+    made = {}
+    for name, (image, options) in kinds.items():
+        image.save(folder / name, **options)
+        made[name] = folder / name
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG")
+    made["truncated.jpg"] = folder / "truncated.jpg"
+    made["truncated.jpg"].write_bytes(buffer.getvalue()[:2000])
+    return made
 
 
 def write_class_tree(

@@ -1,22 +1,22 @@
 """data.decode=device: workers send JPEG bytes, the device decodes a batch at once and crops it
 as the worker presets would (run here on the CPU, through the same calls)."""
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
+from imgcls.data import device_decode
 from imgcls.data.decode import BadImageError, read_rgb
 from imgcls.data.device_decode import (
     DeviceCrops,
     EncodedBatch,
     EncodedJPEG,
     center_boxes,
+    choose_decode,
     collate_encoded,
     crop_resize,
     decode_batch,
@@ -25,15 +25,7 @@ from imgcls.data.device_decode import (
 )
 from imgcls.data.folder import FolderDataModule
 from imgcls.train import train
-from tests.data_factory import write_class_tree
-
-_y, _x = np.mgrid[0:300, 0:400]
-SMOOTH = np.stack([_x * 0.6, _y * 0.8, 255 - _x * 0.3 - _y * 0.2], axis=2).astype(np.uint8)
-
-
-def save(path: Path, image: Image.Image, **kwargs) -> Path:
-    image.save(path, **kwargs)
-    return path
+from tests.data_factory import SMOOTH, write_class_tree, write_photo_kinds
 
 
 @pytest.mark.parametrize("size", [(375, 500), (500, 375), (100, 400), (64, 64)])
@@ -87,22 +79,7 @@ def test_a_huge_image_is_shrunk_alone_and_cropped_the_same() -> None:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    rgb = Image.fromarray(SMOOTH)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90: stored landscape, shown portrait
-    made = {
-        "plain.jpg": save(tmp_path / "plain.jpg", rgb),
-        "grey.jpg": save(tmp_path / "grey.jpg", rgb.convert("L")),
-        "progressive.jpg": save(tmp_path / "progressive.jpg", rgb, progressive=True),
-        "cmyk.jpg": save(tmp_path / "cmyk.jpg", rgb.convert("CMYK")),
-        "rotated.jpg": save(tmp_path / "rotated.jpg", rgb, exif=exif),
-        "photo.png": save(tmp_path / "photo.png", rgb),
-    }
-    buffer = io.BytesIO()
-    rgb.save(buffer, "JPEG")
-    (tmp_path / "truncated.jpg").write_bytes(buffer.getvalue()[:2000])
-    made["truncated.jpg"] = tmp_path / "truncated.jpg"
-    return made
+    return write_photo_kinds(tmp_path)
 
 
 def test_workers_send_plain_jpegs_as_bytes_and_decode_the_rest(files: dict[str, Path]) -> None:
@@ -173,3 +150,32 @@ def test_device_decoding_refuses_presets_it_cannot_crop(tmp_path: Path) -> None:
     dm = FolderDataModule(root=str(root), decode="device", augment="torchvision_recipe")
     with pytest.raises(UserError, match=r"augment=torchvision_recipe.*data\.decode=cpu"):
         dm.setup()
+
+
+def test_a_batch_too_large_for_one_crop_goes_in_chunks_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    sizes = [(300, 400), (60, 80), (200, 150), (64, 64), (310, 390), (90, 120)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in sizes]
+    boxes = random_resized_boxes(torch.tensor(sizes, dtype=torch.float))
+    whole = crop_resize(images, boxes, 48)
+    monkeypatch.setattr(device_decode, "CROP_CHUNK_BYTES", 3 * 320 * 400 * 4 * 2)
+    chunked = crop_resize(images, boxes, 48)
+    torch.testing.assert_close(chunked, whole)
+
+
+def test_decode_auto_picks_the_device_only_with_a_hardware_jpeg_decoder(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert choose_decode("auto", torch.device("cpu")) == "cpu"
+    assert choose_decode("device", torch.device("cpu")) == "device"
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Some GPU")
+    for hardware, expected in ((True, "device"), (False, "cpu"), (None, "cpu")):
+        monkeypatch.setattr(device_decode, "hardware_jpeg_decoder", lambda d, h=hardware: h)
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            assert choose_decode("auto", gpu) == expected
+        assert "data.decode=auto" in caplog.text  # the log says which was chosen, and why
+        assert ("on cuda:0" in caplog.text) == (expected == "device")

@@ -13,8 +13,18 @@ Then the crop: torchvision's RandomResizedCrop boxes, drawn per image from the s
 the short side, centre-crop" as a box too, are cut out and resized for the whole batch in one
 `roi_align` (an average of bilinear samples per output pixel, adaptive in number: an
 antialiased downscale), then flipped per image.
+
+On CUDA, torchvision's batched decoder runs on a stream of its own and writes into memory
+allocated on the caller's stream without waiting for it (torchvision PR 9606: decoded images
+overwrite blocks that queued kernels still read). So the decode runs with a side stream current:
+its outputs come from that stream's memory pool, which the training stream's freed blocks never
+enter; the training stream then waits for the side stream, and the outputs are recorded as used
+by the training stream, so their blocks are not handed out again before its work is done. The
+decoder itself waits for its own stream (the host is held for the decode, never for training).
 """
 
+import ctypes
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,20 +33,28 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.ops import roi_align
 
 from imgcls.data.decode import BadImageError, decode_any, parse_header
 from imgcls.data.files import PATH_TEXT, shown
-from imgcls.utils.machine import to_device_async
 from imgcls.utils.logging import get_logger
+from imgcls.utils.machine import to_device_async
 
 log = get_logger(__name__)
 DECODE_PLACES = ("cpu", "device", "auto")
 # An image whose long side is over this many times the batch's median is shrunk alone before
 # the batch is assembled, so one huge photo does not make the whole padded batch huge.
 OUTLIER_FACTOR = 2.0
+# The float32 padded images one roi_align call reads, at most (larger batches go in chunks of
+# similar sizes): 256 photos padded to 1000 px would take 3 GB, too much beside a net's
+# activations on a 16-24 GB GPU.
+CROP_CHUNK_BYTES = 256 * 2**20
+# nvjpeg's C API, for asking whether a GPU has the hardware JPEG decoder (nvjpeg.h)
+NVJPEG_BACKEND_HARDWARE = 3
+NVJPEG_STATUS_SUCCESS = 0
+NVJPEG_STATUS_ARCH_MISMATCH = 7
 
 
 class EncodedJPEG(NamedTuple):
@@ -83,7 +101,7 @@ def decode_batch(
     ]
     data = [batch.items[i].data for i in jpegs]
     try:
-        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if data else []
+        decoded = decode_jpegs(data, device) if data else []
     except RuntimeError:  # one bad file fails the call: decode one by one to find it
         decoded = [_decode_one(batch.items[i], device, bad_images_file) for i in jpegs]
     for i, image in zip(jpegs, decoded, strict=True):
@@ -92,14 +110,90 @@ def decode_batch(
     return [images[i] for i in kept], kept
 
 
+def decode_jpegs(data: list[Tensor], device: torch.device) -> list[Tensor]:
+    """torchvision's decode_jpeg of a list of JPEG files' bytes, as RGB on `device`; on CUDA
+    ordered against the training stream (the module's docstring says why)."""
+    if device.type != "cuda":
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    main = torch.cuda.current_stream(device)
+    side = _decode_stream(device)
+    with torch.cuda.stream(side):
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    main.wait_stream(side)
+    for image in images:
+        image.record_stream(main)
+    return images
+
+
+@functools.cache
+def _decode_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
+def choose_decode(decode: str, device: torch.device) -> str:
+    """Where photos are decoded: "cpu" (the loader workers) or "device". `auto` picks the
+    device only on a GPU with nvjpeg's hardware JPEG decoder (A100, H100 and their kin): elsewhere
+    torchvision decodes on the GPU one image at a time from the main process, slower than the
+    workers."""
+    if decode != "auto":
+        return decode
+    if device.type != "cuda":
+        return "cpu"
+    hardware = hardware_jpeg_decoder(device)
+    chosen = "device" if hardware else "cpu"
+    reason = {
+        True: "it has nvjpeg's hardware JPEG decoder",
+        False: "it has no hardware JPEG decoder",
+        None: "nvjpeg could not be asked whether it has a hardware JPEG decoder",
+    }[hardware]
+    where = f"on {device}" if chosen == "device" else "in the loader workers"
+    log.info(f"data.decode=auto: photos are decoded {where} ({torch.cuda.get_device_name(device)}: {reason})")
+    return chosen
+
+
+@functools.cache
+def hardware_jpeg_decoder(device: torch.device) -> bool | None:
+    """Whether nvjpeg's hardware backend serves `device` (None: it cannot be told), asked as
+    torchvision's decoder asks it: nvjpegCreateEx with the hardware backend, which fails with
+    NVJPEG_STATUS_ARCH_MISMATCH on a GPU without the engine."""
+    library = _nvjpeg_library()
+    if library is None:
+        return None
+    handle = ctypes.c_void_p()
+    with torch.cuda.device(device):
+        torch.cuda.init()
+        status = library.nvjpegCreateEx(NVJPEG_BACKEND_HARDWARE, None, None, 0, ctypes.byref(handle))
+    if status == NVJPEG_STATUS_SUCCESS:
+        library.nvjpegDestroy(handle)
+        return True
+    return False if status == NVJPEG_STATUS_ARCH_MISMATCH else None
+
+
+def _nvjpeg_library() -> ctypes.CDLL | None:
+    """The nvjpeg that torchvision's wheel carries, else the CUDA toolkit's."""
+    site = Path(torchvision.__file__).parent.parent
+    candidates = [
+        *sorted((site / "torchvision.libs").glob("libnvjpeg*.so*")),
+        *sorted(site.glob("nvidia/*/lib/libnvjpeg.so*")),
+        *sorted(site.glob("nvidia/nvjpeg/lib/libnvjpeg.so*")),
+        "libnvjpeg.so",
+    ]
+    for candidate in candidates:
+        try:
+            return ctypes.CDLL(str(candidate))
+        except OSError:
+            continue
+    return None
+
+
 def _decode_one(item: EncodedJPEG, device: torch.device, listing: Path | None) -> Tensor | None:
     try:
-        return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
+        return decode_jpegs([item.data], device)[0]
     except RuntimeError:
         pass
     try:  # a variant the device's decoder rejects but PIL reads
         data = item.data.numpy().tobytes()
-        return decode_any(data, parse_header(data)).to(device)
+        return to_device_async(decode_any(data, parse_header(data)), device)
     except (BadImageError, OSError) as err:
         log.warning(f"Skipping bad image {shown(item.path)}: {err}")
         if listing is not None:
@@ -162,17 +256,45 @@ def center_boxes(sizes: Tensor, resize: int, crop: int) -> Tensor:
 
 
 def crop_resize(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
-    """Each image's box, resized to size x size, for the whole batch in one op: float (N, 3,
-    size, size) in [0, 255]. Images are padded into one batch tensor first (zeros outside each
-    image, which its box never reaches)."""
+    """Each image's box, resized to size x size: float (N, 3, size, size) in [0, 255]. Images
+    are padded into one float batch (zeros outside each image, which its box never reaches) and
+    cropped in one op; a batch over CROP_CHUNK_BYTES goes in chunks of similar sizes."""
     images, boxes = _shrink_outliers(images, boxes)
-    heights, widths = [i.shape[-2] for i in images], [i.shape[-1] for i in images]
-    batch = images[0].new_zeros(len(images), 3, max(heights), max(widths))
+    if _padded_bytes(images) <= CROP_CHUNK_BYTES:
+        return _crop_resize_padded(images, boxes, size)
+    order = sorted(range(len(images)), key=lambda i: images[i].shape[-2:].numel())
+    boxes = boxes.index_select(0, to_device_async(order, boxes.device))
+    crops, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and _padded_bytes([images[i] for i in order[start : end + 1]]) <= CROP_CHUNK_BYTES:
+            end += 1
+        chunk = [images[i] for i in order[start:end]]
+        crops.append(_crop_resize_padded(chunk, boxes[start:end], size))
+        start = end
+    restore = [0] * len(order)
+    for position, i in enumerate(order):
+        restore[i] = position
+    return torch.cat(crops).index_select(0, to_device_async(restore, boxes.device))
+
+
+def _padded_bytes(images: list[Tensor]) -> int:
+    height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
+    return len(images) * 3 * height * width * 4
+
+
+def _crop_resize_padded(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
+    height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
+    batch = torch.zeros(len(images), 3, height, width, device=boxes.device)
     for i, image in enumerate(images):
         batch[i, :, : image.shape[-2], : image.shape[-1]] = image
     index = torch.arange(len(images), device=boxes.device, dtype=boxes.dtype).unsqueeze(1)
     rois = torch.cat([index, boxes], dim=1)
-    return roi_align(batch.float(), rois, output_size=size, sampling_ratio=-1, aligned=True)
+    # The compiled kernel, called directly: torchvision's Python wrapper swaps in a reference
+    # implementation under deterministic mode on CUDA (compiled on first use, slow, memory
+    # hungry) for the sake of the backward, which this never needs; the forward kernel computes
+    # each output on its own, deterministic as it is.
+    return torch.ops.torchvision.roi_align(batch, rois, 1.0, size, size, -1, True)
 
 
 def _shrink_outliers(images: list[Tensor], boxes: Tensor) -> tuple[list[Tensor], Tensor]:

@@ -18,7 +18,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.datamodule import ImageDataModule, Splits, auto_workers
-from imgcls.data.device_decode import DECODE_PLACES, collate_encoded, read_for_device
+from imgcls.data.device_decode import (
+    DECODE_PLACES,
+    choose_decode,
+    collate_encoded,
+    read_for_device,
+)
 from imgcls.data.files import (
     PATH_TEXT,
     ImageFileDataset,
@@ -55,6 +60,8 @@ class FolderDataModule(ImageDataModule):
         if decode not in DECODE_PLACES:
             raise UserError(f"data.decode={decode!r} is not one of {', '.join(DECODE_PLACES)}.")
         self.decode = decode
+        # (device, where decode, auto included, came to on it)
+        self._decode_place: tuple[torch.device, str] | None = None
         self.root = Path(root).expanduser()
         self.split = tuple(split)
         self.split_seed = split_seed
@@ -164,10 +171,14 @@ class FolderDataModule(ImageDataModule):
         )
 
     def decodes_on_device(self) -> bool:
-        """data.decode=device, or auto on a GPU, for images read from files each epoch."""
+        """data.decode=device, or auto on a GPU with a hardware JPEG decoder, for images read
+        from files each epoch."""
         if self.in_memory or self.decode == "cpu":
             return False
-        on_device = self.decode == "device" or self.device.type == "cuda"
+        device = self.device
+        if self._decode_place is None or self._decode_place[0] != device:
+            self._decode_place = (device, choose_decode(self.decode, device))
+        on_device = self._decode_place[1] == "device"
         if on_device and self.pipeline.device_crop is NO_DEVICE_CROP:
             able = [name for name, make in PRESETS.items() if make().device_crop is not NO_DEVICE_CROP]
             raise UserError(
