@@ -3,8 +3,8 @@ patch-whitening stem) gets it called with the first training images before the f
 
 Runs only for a fresh run from scratch: a resumed run or pretrained weights already set those
 layers. The sample is the first images in split order, un-augmented and normalized, so every
-device computes the same weights; they are broadcast from rank 0 all the same, as DDP syncs
-parameters only when it wraps the model, before this hook.
+device computes the same weights; they are broadcast from rank 0 all the same (as CPU tensors),
+as DDP syncs parameters only when it wraps the model, before this hook.
 """
 
 import lightning as L
@@ -32,5 +32,8 @@ class DataDependentInit(Callback):
         images = datamodule.first_train_images(self.num_images, pl_module.device)
         net.init_from_data(images)
         if trainer.world_size > 1:
-            net.load_state_dict(trainer.strategy.broadcast(net.state_dict()))
+            # CPU tensors: a pickled CUDA tensor is unpickled onto the device it left, so every
+            # rank would make a context and allocations on rank 0's GPU
+            state = {name: t.cpu() for name, t in net.state_dict().items()}
+            net.load_state_dict(trainer.strategy.broadcast(state))
         log.info(f"{type(net).__name__}: initialized from {len(images)} training images")

@@ -18,8 +18,10 @@ def to_device_async(
 ) -> Tensor:
     """Host values (an epoch's order, image sizes, indices) on `device` without the host
     waiting for it: a CUDA copy from pinned memory, queued behind the device's work (torch keeps
-    the pinned buffer until the copy is done). A plain tensor elsewhere."""
+    the pinned buffer until the copy is done). A plain tensor elsewhere. Made contiguous first:
+    a strided pinned tensor would be copied through a pageable temporary."""
     tensor = values if isinstance(values, Tensor) else torch.tensor(values, dtype=dtype)
+    tensor = tensor.contiguous()
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
