@@ -2,7 +2,8 @@
 fails, loudly, on a Lightning version that renames one (then the owning module needs updating).
 
 - utils/ddp_hydra.py replaces the launcher's Hydra child command and its process observer;
-- callbacks/nonfinite.py reads ModelCheckpoint's step interval.
+- callbacks/nonfinite.py reads ModelCheckpoint's step interval;
+- callbacks/lr_monitor.py repeats LearningRateMonitor._extract_stats with host values.
 """
 
 import inspect
@@ -33,3 +34,21 @@ def test_model_checkpoint_keeps_its_step_interval_where_nonfinite_reads_it() -> 
 def test_the_tensorboard_writer_has_a_file_writer_for_the_hparams_tab(tmp_path: Path) -> None:
     writer = TensorBoardLogger(str(tmp_path)).experiment
     assert callable(writer.file_writer.add_summary)
+
+
+def test_the_lr_monitor_body_imgcls_copies_is_still_lightnings() -> None:
+    """callbacks/lr_monitor.py repeats LearningRateMonitor._extract_stats but for its last
+    statement (a device tensor per value): on a Lightning that changes it, redo the copy, or drop
+    it if Lightning keeps the values on the host."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    source = inspect.getsource(LearningRateMonitor._extract_stats)
+    for line in (
+        "self._find_names_from_schedulers(trainer.lr_scheduler_configs)",
+        'if interval in [config.interval, "any"]:',
+        "current_stat = self._get_optimizer_stats(opt, name)",
+        "self._find_names_from_optimizers(",
+        "torch.tensor(value, device=trainer.strategy.root_device)",
+    ):
+        assert line in source, line
+    assert source.count("\n") < 35  # nothing new added in between
