@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep test test-fast lint format tensorboard clean
+.PHONY: help install train sweep test test-fast lint format tensorboard clean gpu-bundle gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,21 @@ lint: ## ruff lint + format check
 format: ## ruff autofix + format
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# What a GPU machine without internet lacks, in one git-ignored folder (< 64 MiB): the wheels of
+# hydra-core, omegaconf and antlr4 (a source archive, built here) and the benchmark data.
+GPU_BUNDLE ?= .gpu
+SHARED_DATA ?= ../shared/data
+gpu-bundle: ## here: what make gpu-check needs on a GPU machine, into .gpu/ (README: Contributing)
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/wheels
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d $(GPU_BUNDLE)/wheels hydra-core==1.3.2 omegaconf==2.3.0
+	$(PY) -m pip wheel --quiet --no-deps -w $(GPU_BUNDLE)/wheels antlr4-python3-runtime==4.9.3
+	cp $(SHARED_DATA)/cifar10-jpg.tar.xz $(SHARED_DATA)/imagenet-sample-100.tar $(GPU_BUNDLE)/
+	@du -sh $(GPU_BUNDLE)
+
+gpu-check: ## on a GPU machine: the CUDA tests and every GPU target, one table (~7 min)
+	python3 -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target /tmp/imgcls-site $(GPU_BUNDLE)/wheels/*.whl
+	PYTHONPATH=src:.:/tmp/imgcls-site python3 benchmarks/gpu_check.py --data $(GPU_BUNDLE) $(ARGS)
 
 tensorboard: ## serve the logs of every run on http://localhost:6006
 	$(VENV)/bin/tensorboard --logdir logs

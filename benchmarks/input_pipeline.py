@@ -2,7 +2,8 @@
 
     python benchmarks/input_pipeline.py --workers 1 --decode cpu
     python benchmarks/input_pipeline.py --workers 1 --decode device --prepared
-    python benchmarks/input_pipeline.py --workers 15 --decode device --samples 6400 --train
+    python benchmarks/input_pipeline.py --workers 15 --decode cpu --decode device \\
+        --samples 6400 --batch 256 --train --train-compiled       # on a GPU
 
 --images is a folder of real photos (default data/imagenet-sample-100, from
 ../shared/data/imagenet-sample-100.tar); they are linked `--samples` times over into an ImageNet
@@ -11,13 +12,14 @@ tree (train/ and val/ of their classes) in a temporary folder.
 Loader only: images/s of a whole epoch of training batches (batch `--batch`, RandomResizedCrop
 224 + flip), arriving on the device as the model would get them (`cuda` when there is one):
 - torchvision: ImageFolder + PIL RandomResizedCrop + flip + ToTensor, in `--workers` workers;
-- imgcls: data=imagenet's train loader with `data.decode=cpu` (the workers decode and crop) or
+- imgcls: data=imagenet's train loader with `data.decode=cpu` (the workers decode and crop),
   `device` (the workers read the files; the device decodes and crops each batch at once: on a
-  CPU that is this process, one more core at work).
+  CPU that is this process, one more core at work) or `auto`; `--decode` again for each.
 `--prepared` also runs ours on an imgcls-prepare copy (shorter side 320), showing what decoding
 fewer pixels gains. `--train` runs the headline experiment (resnet50_imagenet, bf16,
-channels_last) on the same photos for `--epochs` epochs and prints its images/s and the share of
-time the loop waited for data (from the run's perf/ metrics).
+channels_last) on the same photos for `--epochs` epochs, with `--train-decode` (default auto),
+and prints its images/s and the share of time the loop waited for data (from the run's perf/
+metrics); `--train-compiled` does it again with `model.compile=true`.
 """
 
 import argparse
@@ -33,6 +35,7 @@ from torchvision import transforms as v1
 
 from imgcls import REPO_ROOT
 from imgcls.data.decode import parse_header
+from imgcls.data.device_decode import DECODE_PLACES, choose_decode
 from imgcls.data.files import list_images
 from imgcls.data.imagenet import ImageNetDataModule
 from imgcls.prepare import prepare
@@ -71,13 +74,13 @@ def torchvision_rate(root: Path, args: argparse.Namespace, device: torch.device)
     return epoch_rate(loader, device, lambda batch: batch[0].to(device, non_blocking=True))
 
 
-def imgcls_rate(root: Path, args: argparse.Namespace, device: torch.device) -> float:
+def imgcls_rate(root: Path, args: argparse.Namespace, device: torch.device, decode: str) -> float:
     dm = ImageNetDataModule(
         root=str(root),
         batch_size=args.batch,
         num_workers=args.workers,
         augment="standard",
-        decode=args.decode,
+        decode=decode,
         artifacts_dir=None,
     )
 
@@ -110,16 +113,16 @@ def epoch_rate(loader: DataLoader, device: torch.device, to_model) -> float:
     return rates[-1]
 
 
-def train_rates(root: Path, args: argparse.Namespace) -> tuple[float, float]:
+def train_rates(root: Path, args: argparse.Namespace, compiled: bool) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as out:
         overrides = [
             "experiment=resnet50_imagenet",
             f"data.root={root}",
             f"data.batch_size={args.batch}",
             f"data.num_workers={args.workers}",
-            f"data.decode={args.decode}",
+            f"data.decode={args.train_decode}",
             f"trainer.max_epochs={args.epochs}",
-            f"model.compile={args.compile}",
+            f"model.compile={compiled}",
             "+trainer.limit_val_batches=2",
             "+trainer.num_sanity_val_steps=0",
             "test=false",
@@ -136,14 +139,20 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=REPO_ROOT / "data" / "imagenet-sample-100")
     parser.add_argument("--samples", type=int, default=640, help="training images")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--decode", choices=["cpu", "device"], default="cpu")
+    parser.add_argument(
+        "--decode", choices=DECODE_PLACES, action="append", help="repeatable (default: cpu)"
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prepared", action="store_true", help="also on a prepared copy")
     parser.add_argument("--train", action="store_true", help="also the headline experiment")
     parser.add_argument("--epochs", type=int, default=3, help="with --train")
-    parser.add_argument("--compile", action="store_true", help="with --train: model.compile")
+    parser.add_argument("--train-decode", choices=DECODE_PLACES, default="auto")
+    parser.add_argument(
+        "--train-compiled", action="store_true", help="also train with model.compile=true"
+    )
     args = parser.parse_args()
+    args.decode = args.decode or ["cpu"]
     photos = [p for p in list_images(args.images, args.images) if p.suffix.upper() == ".JPEG"]
     if not photos:
         raise SystemExit(
@@ -156,7 +165,7 @@ def main() -> None:
     print(
         f"{len(photos)} photos (median {statistics.median(w for w, _ in sizes)}x"
         f"{statistics.median(h for _, h in sizes)} px) linked {args.samples} times; batch "
-        f"{args.batch}, {args.workers} worker(s), decode={args.decode}, device {device}, "
+        f"{args.batch}, {args.workers} worker(s), decode={','.join(args.decode)}, device {device}, "
         f"{cpu} CPUs, median of {args.repeats}"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,14 +179,19 @@ def main() -> None:
         )
         print(f"torchvision ImageFolder + PIL, original photos: {baseline:8,.0f} img/s")
         for name, tree in trees.items():
-            ours = statistics.median(imgcls_rate(tree, args, device) for _ in range(args.repeats))
-            print(f"imgcls loader (decode={args.decode}), {name}: {ours:8,.0f} img/s")
-            print(f"  ratio imgcls/torchvision={ours / baseline:.2f}")
-        if args.train:
-            rate, wait = train_rates(root, args)
+            for decode in args.decode:
+                ours = statistics.median(
+                    imgcls_rate(tree, args, device, decode) for _ in range(args.repeats)
+                )
+                print(f"imgcls loader (decode={decode}), {name}: {ours:8,.0f} img/s")
+                print(f"  ratio imgcls/torchvision={ours / baseline:.2f}")
+        picked = choose_decode(args.train_decode, device)
+        for compiled in (False, True)[: 1 + args.train_compiled] if args.train else ():
+            rate, wait = train_rates(root, args, compiled)
             print(
-                f"resnet50_imagenet, {args.epochs} epochs: {rate:,.0f} img/s (last epoch), "
-                f"data wait {wait:.0%}"
+                f"resnet50_imagenet{', compiled' if compiled else ''} "
+                f"(decode={args.train_decode}: {picked}), {args.epochs} epochs: {rate:,.0f} "
+                f"img/s (last epoch), data wait {wait:.1%}"
             )
 
 

@@ -4,7 +4,7 @@
     python benchmarks/loop_overhead.py --device cuda --net fast_cifar --batch 1024 \\
         --precision bf16-mixed --channels-last --steps 48
     python benchmarks/loop_overhead.py --device cuda --net resnet50 --size 224 --batch 256 \\
-        --precision bf16-mixed --channels-last --steps 50 [--compile]
+        --precision bf16-mixed --channels-last --steps 50 [--compile] [--loops device,imgcls]
 
 Three loops train the same net on the same random uint8 images (10 classes), normalized the same
 way, with the same SGD:
@@ -193,6 +193,11 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the net")
+    parser.add_argument(
+        "--loops",
+        default="host,device,imgcls",
+        help="which loops to run, of host, device (the plain loops) and imgcls",
+    )
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")  # as train.yaml's default
     generator = torch.Generator().manual_seed(0)
@@ -209,20 +214,24 @@ def main() -> None:
         f"{', compiled' if args.compile else ''}, on {args.device} ({device_name}), "
         f"{torch.get_num_threads()} threads, median of {args.repeats}"
     )
-    loops = {
-        "plain, host data": lambda: plain_loop(args, data, on_device=False),
-        "plain, device data": lambda: plain_loop(args, data, on_device=True),
-        "imgcls": lambda: imgcls_loop(args, data),
+    every = {  # --loops name: (printed name, the loop)
+        "host": ("plain, host data", lambda: plain_loop(args, data, on_device=False)),
+        "device": ("plain, device data", lambda: plain_loop(args, data, on_device=True)),
+        "imgcls": ("imgcls", lambda: imgcls_loop(args, data)),
     }
+    loops = dict(every[key] for key in every if key in args.loops.split(","))
     rates: dict[str, list[float]] = {name: [] for name in loops}
     names = list(loops)
     for repeat in range(args.repeats):
-        for name in names[repeat % 3 :] + names[: repeat % 3]:  # rotating order
+        turn = repeat % len(names)
+        for name in names[turn:] + names[:turn]:  # rotating order
             rates[name].append(loops[name]())
     for name, runs in rates.items():
         listed = ", ".join(f"{r:,.0f}" for r in runs)
         print(f"{name:>19}: {statistics.median(runs):>9,.0f} images/s  (runs: {listed})")
     for baseline in ("plain, host data", "plain, device data"):
+        if baseline not in rates or "imgcls" not in rates:
+            continue
         ratios = [o / p for o, p in zip(rates["imgcls"], rates[baseline], strict=True)]
         print(
             f"ratio imgcls/{baseline.replace(', ', ' ')}={statistics.median(ratios):.3f}  "
