@@ -19,7 +19,8 @@ a trace there names them all:
 
 Tensors made on the host inside the window (built from Python values, or by a factory given no
 device) and everything computed only from them are host tensors: reading them waits for nothing,
-as with torchvision MixUp's mixing weight. Everything else counts as being on the device.
+as with torchvision MixUp's mixing weight; one used among device tensors (an index list, say) is
+a copy to the device. Everything else counts as being on the device.
 """
 
 import sys
@@ -72,7 +73,6 @@ FACTORIES = (
     "empty_strided",
 )
 HOST_SIDE = {getattr(torch, name) for name in (*FROM_DATA, *FACTORIES)}
-TO_DEVICE = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.copy_}
 # calls whose value checks read back to the host on a CPU only (on CUDA the kernel asserts)
 CPU_ONLY_CHECKS = {torch.nn.functional.one_hot: "one_hot with num_classes"}
 # the one sanctioned path of host values to the device: pinned, then a queued copy
@@ -163,7 +163,7 @@ class DeviceWaitTrace:
 
 
 class _FunctionLevel(TorchFunctionMode):
-    """Python API calls: constructors, `.to(device)`, Python-side reads."""
+    """Python API calls: constructors, moves to the device, Python-side reads."""
 
     def __init__(self, trace: DeviceWaitTrace) -> None:
         super().__init__()
@@ -173,25 +173,16 @@ class _FunctionLevel(TorchFunctionMode):
         kwargs = kwargs or {}
         trace = self.trace
         name = getattr(func, "__name__", str(func))
-        if func in TO_DEVICE and args and isinstance(args[0], torch.Tensor):
-            source = args[1] if func is torch.Tensor.copy_ else args[0]
-            to_device = func is torch.Tensor.copy_ or _targets_a_device(args[1:], kwargs)
-            if (
-                to_device
-                and isinstance(source, torch.Tensor)
-                and trace.is_host(source)
-                and not source.is_pinned()
-                and not _in_frames(SANCTIONED)
-            ):
-                trace.record(
-                    f"Tensor.{name}", "host tensor copied to the device unpinned (blocking)"
-                )
-        elif (
-            name in PYTHON_READS
-            and args
-            and isinstance(args[0], torch.Tensor)
-            and not trace.is_host(args[0])
+        source = _moved_to_device(func, args, kwargs)
+        if (
+            source is not None
+            and trace.is_host(source)
+            and not source.is_pinned()
+            and not _in_frames(SANCTIONED)
         ):
+            trace.record(f"{name}(..., device)", "host tensor copied to the device unpinned")
+        read = args[0] if name in PYTHON_READS and args else None
+        if isinstance(read, torch.Tensor) and not trace.is_host(read):
             trace.record(f"Tensor.{name}", "copies a device tensor to the host")
         made_with_device = func in HOST_SIDE and kwargs.get("device") is not None
         from_data = name in FROM_DATA and args and not isinstance(args[0], torch.Tensor)
@@ -206,10 +197,21 @@ class _FunctionLevel(TorchFunctionMode):
         if func in HOST_SIDE and not made_with_device and not _in_frames((), LOADER_FILES):
             for tensor in _tensors(result):
                 trace.host[tensor] = True
-        elif func in TO_DEVICE and _targets_a_device(args[1:], kwargs):
-            for tensor in _tensors(result):  # now on the device
+        elif source is not None or made_with_device:
+            for tensor in _tensors(result):  # on the device now (a CPU returns the same one)
                 trace.host.pop(tensor, None)
         return result
+
+
+def _moved_to_device(func, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The tensor a call copies onto a device, if it is one that does."""
+    if func in (torch.Tensor.to, torch.Tensor.cuda) and _targets_a_device(args[1:], kwargs):
+        return args[0]
+    if func is torch.Tensor.copy_ and len(args) > 1:
+        return args[1]
+    if func in (torch.as_tensor, torch.asarray) and kwargs.get("device") is not None:
+        return args[0] if args and isinstance(args[0], torch.Tensor) else None
+    return None
 
 
 class _DispatchLevel(TorchDispatchMode):
@@ -224,16 +226,24 @@ class _DispatchLevel(TorchDispatchMode):
         trace = self.trace
         trace.ops += 1
         inputs = _tensors((args, kwargs))
-        on_host = bool(inputs) and all(trace.is_host(t) for t in inputs)
+        host = [t for t in inputs if trace.is_host(t)]
+        on_host = bool(inputs) and len(host) == len(inputs)
         cpu_only = trace.cpu_only_checks and func is torch.ops.aten._local_scalar_dense.default
         if not on_host and not cpu_only:
             why = self._why_it_waits(func, args, kwargs)
             if why:
                 trace.record(f"aten.{func.overloadpacket.__name__}", why)
+            if any(t.ndim > 0 for t in host):  # a CPU scalar is read as a number: no copy
+                trace.record(
+                    f"aten.{func.overloadpacket.__name__}",
+                    "a host tensor among device tensors: copied to the device (blocking)",
+                )
         result = func(*args, **kwargs)
-        outputs = _tensors(result)
-        for tensor in outputs:
-            if on_host:
+        made_from_data = func is torch.ops.aten.lift_fresh.default
+        if made_from_data and _in_frames((), LOADER_FILES):  # the loader pins its batches
+            made_from_data = False
+        for tensor in _tensors(result):
+            if on_host or made_from_data:
                 trace.host[tensor] = True
             else:
                 trace.host.pop(tensor, None)  # in-place ops on a host tensor with device inputs

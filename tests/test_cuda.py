@@ -1,15 +1,20 @@
 """What only a CUDA device shows (marker `cuda`: skipped without a GPU; `make gpu-check` runs them
 on one): training and validation steps of every configuration of tests/test_device_waits.py under
 `torch.cuda.set_sync_debug_mode("error")`, device decoding under deterministic mode, decoding
-while the training stream is busy, and what DDP ranks receive from the data-dependent init."""
+while the training stream has writes queued, what decode=auto picks, and what DDP ranks receive
+from the data-dependent init."""
 
+import importlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from imgcls.callbacks.data_init import DataDependentInit
 from imgcls.data.decode import read_rgb
@@ -24,9 +29,9 @@ from imgcls.data.device_decode import (
 )
 from imgcls.data.transforms import resize_center_crop
 from imgcls.train import train
-from tests.data_factory import write_class_tree
+from tests.data_factory import SMOOTH, write_class_tree
 from tests.device_waits import StepWindows
-from tests.test_device_waits import RUNS, photo_folder, run_config
+from tests.test_device_waits import RUNS, run_config
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda", 0)
@@ -61,9 +66,17 @@ def test_no_synchronizing_call_in_steps_on_cuda(tmp_path: Path, name: str) -> No
     assert check.steps["val"] >= 2
 
 
-def test_device_decoding_is_deterministic(make_cfg, tmp_path: Path) -> None:
-    """decode=device under trainer.deterministic=true: the compiled crop kernel (not
-    torchvision's reference fallback), and the same weights twice."""
+def test_device_decoding_is_deterministic(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decode=device under trainer.deterministic=true: the compiled crop kernel, never
+    torchvision's reference fallback (made to fail here), and the same weights twice."""
+
+    def fallback(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torchvision's reference roi_align was called")
+
+    wrapper = importlib.import_module("torchvision.ops.roi_align")
+    monkeypatch.setattr(wrapper, "_roi_align", fallback)
     root = write_class_tree(tmp_path / "photos", ["cat", "dog", "fox"], per_class=12)
     weights = []
     for run in ("a", "b"):
@@ -90,40 +103,56 @@ def test_device_decoding_is_deterministic(make_cfg, tmp_path: Path) -> None:
         assert torch.equal(value, weights[1][key]), key
 
 
-def test_decoded_batches_match_the_workers_while_the_training_stream_is_busy(tmp_path) -> None:
-    """Queue long work on the training stream that ends by writing blocks it then frees, and
-    decode meanwhile: decoded images must not land in those blocks (torchvision PR 9606)."""
-    found = sorted(photo_folder(tmp_path / "photos").rglob("*.jpg"))
-    photos = [p for p in found if "truncated" not in p.name][:16]
-    items = [read_for_device(p) for p in photos]
-    encoded = [i for i in items if isinstance(i, EncodedJPEG)]
-    assert len(encoded) >= 8
-    batch = EncodedBatch([EncodedJPEG(i.data.pin_memory(), i.path) for i in encoded])
-    reference = [read_rgb(i.path) for i in encoded]  # the worker path
-    for _ in range(5):
-        big = torch.randn(4096, 4096, device=CUDA)
-        for _ in range(20):  # ~tens of ms of queued work
-            big = big @ big / 64
-        decoys = [torch.empty(r.numel(), dtype=torch.uint8, device=CUDA) for r in reference]
+def plain_photos(folder: Path) -> list[Path]:
+    """Baseline RGB JPEGs of a smooth picture at a few sizes: what goes to nvjpeg."""
+    folder.mkdir(parents=True)
+    paths = []
+    for i, size in enumerate([(400, 300), (320, 240), (200, 150), (160, 160)] * 3):
+        paths.append(folder / f"{i:02d}.jpg")
+        Image.fromarray(SMOOTH).resize(size).save(paths[-1], quality=90)
+    return paths
+
+
+def corrupted(decode: Callable[[], list[torch.Tensor]], references: list[torch.Tensor]) -> int:
+    """Images that come out wrong when, as they are decoded, the training stream still has
+    writes queued into blocks just freed, of the decoded images' sizes (torchvision PR 9606:
+    they land there, and are overwritten)."""
+    wrong = 0
+    for _ in range(10):
+        torch.cuda._sleep(100_000_000)  # ~50 ms of work queued on the training stream
+        decoys = [torch.empty(r.numel(), dtype=torch.uint8, device=CUDA) for r in references]
         for decoy in decoys:
-            decoy.copy_(big.view(-1)[: decoy.numel()].to(torch.uint8))  # written after the queue
-        del decoys  # their blocks are free for reuse on this stream at once
-        images, kept = decode_batch(batch, CUDA)
-        assert kept == list(range(len(encoded)))
-        for image, ref in zip(images, reference, strict=True):
-            difference = (image.cpu().float() - ref.float()).abs().mean()
-            assert difference < 1.0  # nvjpeg against libjpeg: within a level on average
+            decoy.fill_(7)  # queued behind the sleep
+        del decoys  # their blocks are free for this stream's next allocations at once
+        for image, reference in zip(decode(), references, strict=True):
+            wrong += bool((image.cpu().float() - reference.float()).abs().mean() > 2)
+    return wrong
+
+
+def test_decoded_images_never_land_in_memory_the_training_stream_still_writes(tmp_path) -> None:
+    paths = plain_photos(tmp_path / "photos")
+    items = [read_for_device(p) for p in paths]
+    assert all(isinstance(i, EncodedJPEG) for i in items)
+    batch = EncodedBatch([EncodedJPEG(i.data.pin_memory(), i.path) for i in items])
+    references = [read_rgb(p) for p in paths]  # the worker path
+
+    assert corrupted(lambda: decode_batch(batch, CUDA)[0], references) == 0
+    images, _ = decode_batch(batch, CUDA)
     crops = DeviceCrops(train_crop=32, eval_resize=36, eval_crop=32).eval(images)
-    workers = torch.stack([resize_center_crop(36, 32)(r).float() for r in reference])
-    assert (crops.cpu() - workers).abs().mean() < 2.0
+    workers = torch.stack([resize_center_crop(36, 32)(r).float() for r in references])
+    assert (crops.cpu() - workers).abs().mean() < 2.0  # of 255
+
+    def unordered() -> list[torch.Tensor]:  # torchvision's call on the training stream
+        return decode_jpeg([i.data for i in batch.items], mode=ImageReadMode.RGB, device=CUDA)
+
+    if corrupted(unordered, references) == 0:
+        pytest.skip("torchvision's own call did not show the race on this GPU either")
 
 
-def test_decode_auto_asks_nvjpeg_about_the_hardware_decoder() -> None:
+def test_decode_auto_follows_what_nvjpeg_says_of_the_hardware_decoder() -> None:
+    """Recorded, not asserted per GPU: a virtual machine may hide the JPEG engine."""
     hardware = hardware_jpeg_decoder(CUDA)
-    assert hardware is not None  # nvjpeg was found and answered
-    name = torch.cuda.get_device_name(CUDA)
-    if any(gpu in name for gpu in ("A100", "H100", "H200")):
-        assert hardware
+    print(f"{torch.cuda.get_device_name(CUDA)}: nvjpeg hardware decoder {hardware}")
     assert choose_decode("auto", CUDA) == ("device" if hardware else "cpu")
 
 

@@ -116,7 +116,8 @@ def test_the_trace_sees_each_kind_of_device_wait() -> None:
     assert waits_of(lambda: x[x > 0]) == ["aten.index"]
     assert waits_of(lambda: x.nonzero()) == ["aten.nonzero"]
     assert waits_of(lambda: torch.bincount(x.argmax(1))) == ["aten.bincount"]
-    assert waits_of(lambda: torch.linalg.inv(torch.eye(3) + x[:3])) == ["aten._linalg_check_errors"]
+    eye = torch.eye(3, device=x.device)
+    assert waits_of(lambda: torch.linalg.inv(eye + x[:3])) == ["aten._linalg_check_errors"]
     repeats = torch.ones(8, dtype=torch.long, device=x.device)
     assert waits_of(lambda: x.repeat_interleave(repeats, dim=0)) == ["aten.repeat_interleave"]
     assert waits_of(lambda: torch.tensor([1.0, 2.0], device=x.device)) == [
@@ -125,7 +126,11 @@ def test_the_trace_sees_each_kind_of_device_wait() -> None:
     assert waits_of(lambda: torch.as_tensor(3, device=x.device)) == [
         "torch.as_tensor(..., device=...)"
     ]
-    assert waits_of(lambda: torch.tensor([1, 2]).to(x.device)) == ["Tensor.to"]
+    assert waits_of(lambda: torch.tensor([1, 2]).to(x.device)) == ["to(..., device)"]
+    moved = waits_of(lambda: torch.as_tensor(torch.tensor([1, 2]), device=x.device))
+    assert moved == ["as_tensor(..., device)"]
+    assert waits_of(lambda: x[[1, 2]]) == ["aten.index"]  # a Python list, copied to the device
+    assert waits_of(lambda: x[0] + x.new_tensor([1.0, 2.0, 3.0])) == ["aten.add"]
 
 
 def test_the_trace_lets_through_what_waits_for_nothing() -> None:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor
+from torch.utils import deterministic
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from imgcls.data.decode import BadImageError, decode_any, parse_header
@@ -117,8 +118,16 @@ def decode_jpegs(data: list[Tensor], device: torch.device) -> list[Tensor]:
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     main = torch.cuda.current_stream(device)
     side = _decode_stream(device)
-    with torch.cuda.stream(side):
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    # Under deterministic mode torch fills every new allocation, with a kernel queued on the
+    # current stream that nvjpeg's writes do not wait for: the decoded images could be painted
+    # over. The decoder writes every byte of its outputs, so they need no fill.
+    fill = deterministic.fill_uninitialized_memory
+    deterministic.fill_uninitialized_memory = False
+    try:
+        with torch.cuda.stream(side):
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    finally:
+        deterministic.fill_uninitialized_memory = fill
     main.wait_stream(side)
     for image in images:
         image.record_stream(main)
@@ -127,7 +136,9 @@ def decode_jpegs(data: list[Tensor], device: torch.device) -> list[Tensor]:
 
 @functools.cache
 def _decode_stream(device: torch.device) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device)
+    """A stream from torch's high-priority pool, which other users (NCCL's among them) do not
+    draw from by default: its memory pool holds decoded images alone."""
+    return torch.cuda.Stream(device, priority=-1)
 
 
 def choose_decode(decode: str, device: torch.device) -> str:
@@ -260,27 +271,35 @@ def crop_resize(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
     are padded into one float batch (zeros outside each image, which its box never reaches) and
     cropped in one op; a batch over CROP_CHUNK_BYTES goes in chunks of similar sizes."""
     images, boxes = _shrink_outliers(images, boxes)
-    if _padded_bytes(images) <= CROP_CHUNK_BYTES:
+    height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
+    if _padded_bytes(len(images), height, width) <= CROP_CHUNK_BYTES:
         return _crop_resize_padded(images, boxes, size)
     order = sorted(range(len(images)), key=lambda i: images[i].shape[-2:].numel())
     boxes = boxes.index_select(0, to_device_async(order, boxes.device))
-    crops, start = [], 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and _padded_bytes([images[i] for i in order[start : end + 1]]) <= CROP_CHUNK_BYTES:
-            end += 1
-        chunk = [images[i] for i in order[start:end]]
-        crops.append(_crop_resize_padded(chunk, boxes[start:end], size))
-        start = end
+    crops = [
+        _crop_resize_padded([images[i] for i in order[start:end]], boxes[start:end], size)
+        for start, end in _chunks([images[i] for i in order])
+    ]
     restore = [0] * len(order)
     for position, i in enumerate(order):
         restore[i] = position
     return torch.cat(crops).index_select(0, to_device_async(restore, boxes.device))
 
 
-def _padded_bytes(images: list[Tensor]) -> int:
-    height, width = max(i.shape[-2] for i in images), max(i.shape[-1] for i in images)
-    return len(images) * 3 * height * width * 4
+def _padded_bytes(count: int, height: int, width: int) -> int:
+    return count * 3 * height * width * 4  # float32
+
+
+def _chunks(images: list[Tensor]) -> list[tuple[int, int]]:
+    """[start, end) ranges of `images` (sorted by size) that fit CROP_CHUNK_BYTES padded."""
+    ranges, start, height, width = [], 0, 0, 0
+    for end, image in enumerate(images):
+        h, w = image.shape[-2:]
+        height, width = max(height, h), max(width, w)
+        if end > start and _padded_bytes(end - start + 1, height, width) > CROP_CHUNK_BYTES:
+            ranges.append((start, end))
+            start, height, width = end, h, w
+    return [*ranges, (start, len(images))]
 
 
 def _crop_resize_padded(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:

@@ -18,14 +18,13 @@ block, `imgcls`, and are consumed here:
   `T_max` / `total_steps` means "the rest of the run", computed once the data is known.
 """
 
-import inspect
 import math
 from typing import Any
 
 import torch
 from hydra.utils import get_class
 from torch import nn
-from torch.optim import Optimizer
+from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
 
 from imgcls.utils.errors import UserError
@@ -36,6 +35,7 @@ log = get_logger(__name__)
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 RUN_LENGTH_KEYS = ("T_max", "total_steps")
 INTERVALS = ("epoch", "step")
+FUSED = (SGD, Adam, AdamW)
 
 
 def param_groups(
@@ -97,7 +97,9 @@ def build_optimizer(
     if fused and optimizer.defaults.get("momentum"):
         # torch's fused SGD takes the first step's momentum buffers uninitialized when that
         # step is skipped (GradScaler found inf/NaN, common at the first scale): start them at
-        # zero, which gives the same first step (dampening 0) and no garbage after a skip
+        # zero, which gives the same first step (dampening 0) and no garbage after a skip. Every
+        # parameter gets one, frozen ones too (fused SGD cannot mix parameters with and without):
+        # the memory a momentum buffer takes anyway once the parameter trains.
         for group in optimizer.param_groups:
             for p in group["params"]:
                 optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
@@ -113,9 +115,11 @@ def fused_for_grad_scaler(optimizer_class: type, kwargs: dict[str, Any], clippin
     if "fused" in kwargs or "foreach" in kwargs:
         return bool(kwargs.get("fused"))
     name = optimizer_class.__name__
-    if "fused" not in inspect.signature(optimizer_class).parameters:
+    # FUSED: fused CPU and CUDA kernels in every torch we support; with dampening, zero
+    # momentum buffers (below) would change SGD's first step
+    if not issubclass(optimizer_class, FUSED) or kwargs.get("dampening"):
         log.warning(
-            f"{name} has no fused kernel: under 16-mixed precision the host reads the "
+            f"{name} is not fused here: under 16-mixed precision the host reads the "
             "GradScaler's inf check every step (bf16-mixed needs no scaler)."
         )
         return False
