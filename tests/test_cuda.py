@@ -140,7 +140,7 @@ def test_decoded_images_never_land_in_memory_the_training_stream_still_writes(tm
     images, _ = decode_batch(batch, CUDA)
     crops = DeviceCrops(train_crop=32, eval_resize=36, eval_crop=32).eval(images)
     workers = torch.stack([resize_center_crop(36, 32)(r).float() for r in references])
-    assert (crops.cpu() - workers).abs().mean() < 2.0  # of 255
+    assert (crops.cpu() - workers).abs().mean() < 1.0  # of 255: within a level on average
 
     def unordered() -> list[torch.Tensor]:  # torchvision's call on the training stream
         return decode_jpeg([i.data for i in batch.items], mode=ImageReadMode.RGB, device=CUDA)

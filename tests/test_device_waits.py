@@ -73,6 +73,8 @@ def run_config(tmp_path: Path, *overrides: str) -> DictConfig:
             f"paths.log_dir={tmp_path / 'logs'}",
             "extras.print_config=false",
             "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=13",  # the windows: steps 1-11, validation 0-3
+            "+trainer.limit_val_batches=4",
             "+data.eval_batch_size=16",
             "test=false",
             *overrides,
