@@ -149,6 +149,7 @@ def choose_decode(decode: str, device: torch.device) -> str:
     if decode != "auto":
         return decode
     if device.type != "cuda":
+        log.info(f"data.decode=auto: photos are decoded in the loader workers (training on {device})")
         return "cpu"
     hardware = hardware_jpeg_decoder(device)
     chosen = "device" if hardware else "cpu"
@@ -158,7 +159,8 @@ def choose_decode(decode: str, device: torch.device) -> str:
         None: "nvjpeg could not be asked whether it has a hardware JPEG decoder",
     }[hardware]
     where = f"on {device}" if chosen == "device" else "in the loader workers"
-    log.info(f"data.decode=auto: photos are decoded {where} ({torch.cuda.get_device_name(device)}: {reason})")
+    name = torch.cuda.get_device_name(device)
+    log.info(f"data.decode=auto: photos are decoded {where} ({name}: {reason})")
     return chosen
 
 
