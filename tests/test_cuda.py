@@ -31,6 +31,7 @@ from imgcls.data.transforms import resize_center_crop
 from imgcls.train import train
 from tests.data_factory import SMOOTH, write_class_tree
 from tests.device_waits import StepWindows
+from tests.test_device_decode import decoded_on_device
 from tests.test_device_waits import RUNS, run_config
 
 pytestmark = pytest.mark.cuda
@@ -81,15 +82,7 @@ def test_device_decoding_is_deterministic(
     weights = []
     for run in ("a", "b"):
         cfg = make_cfg(
-            "data=folder",
-            f"data.root={root}",
-            "data.decode=device",
-            "data.train_crop=32",
-            "data.eval_resize=36",
-            "data.eval_crop=32",
-            "data.batch_size=8",
-            "data.num_workers=1",
-            "model=cifar_quick",
+            *decoded_on_device(root),
             "trainer.max_epochs=2",
             "trainer.deterministic=true",
             "trainer.accelerator=gpu",

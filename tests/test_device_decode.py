@@ -119,23 +119,27 @@ def test_device_crops_give_the_presets_sizes() -> None:
     assert 0 <= float(train_out.min()) <= float(train_out.max()) <= 255
 
 
+def decoded_on_device(root: Path, batch_size: int = 8) -> list[str]:
+    """Overrides for a run on the photo folder `root`, decoded on the device, at toy sizes."""
+    return [
+        "data=folder",
+        f"data.root={root}",
+        "data.decode=device",
+        "data.train_crop=32",
+        "data.eval_resize=36",
+        "data.eval_crop=32",
+        f"data.batch_size={batch_size}",
+        f"++data.eval_batch_size={batch_size}",
+        "data.num_workers=1",
+        "model=cifar_quick",
+    ]
+
+
 @pytest.mark.parametrize("augment", ["standard", "classic_imagenet", "none"])
 def test_training_with_device_decoding_on_real_files(make_cfg, tmp_path: Path, augment) -> None:
     root = write_class_tree(tmp_path / "photos", ["cat", "dog", "fox"], per_class=8)
     (root / "cat" / "empty.jpg").write_bytes(b"")  # a bad file among them
-    cfg = make_cfg(
-        "data=folder",
-        f"data.root={root}",
-        "data.decode=device",
-        f"data.augment={augment}",
-        "data.train_crop=32",
-        "data.eval_resize=36",
-        "data.eval_crop=32",
-        "data.batch_size=8",
-        "data.num_workers=1",
-        "model=cifar_quick",
-        "trainer.max_epochs=2",
-    )
+    cfg = make_cfg(*decoded_on_device(root), f"data.augment={augment}", "trainer.max_epochs=2")
     metrics, objects = train(cfg)
     assert objects["datamodule"].decodes_on_device()
     assert objects["trainer"].global_step == 4

@@ -16,6 +16,7 @@ from imgcls.train import train
 from imgcls.utils.compose import compose_config
 from tests.data_factory import write_cifar, write_class_tree, write_photo_kinds
 from tests.device_waits import DeviceWaitTrace, StepTrace
+from tests.test_device_decode import decoded_on_device
 
 TRACE = "+callbacks.trace._target_=tests.device_waits.StepTrace"
 
@@ -42,17 +43,8 @@ RUNS = {
         "data.cutmix_alpha=1.0",
     ],
     "photos decoded on the device": lambda tmp: [
-        "data=folder",
-        f"data.root={photo_folder(tmp / 'photos')}",
-        "data.decode=device",
+        *decoded_on_device(photo_folder(tmp / "photos"), batch_size=4),
         "data.split=[0.7,0.25,0.05]",
-        "data.train_crop=32",
-        "data.eval_resize=36",
-        "data.eval_crop=32",
-        "data.batch_size=4",
-        "data.eval_batch_size=4",
-        "data.num_workers=1",
-        "model=cifar_quick",
     ],
     "16-mixed with its GradScaler": lambda tmp: [
         # Lightning turns 16-mixed into bf16 on a CPU; its plugin runs fp16 with a GradScaler
