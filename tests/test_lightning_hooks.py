@@ -3,7 +3,9 @@ fails, loudly, on a Lightning version that renames one (then the owning module n
 
 - utils/ddp_hydra.py replaces the launcher's Hydra child command and its process observer;
 - callbacks/nonfinite.py reads ModelCheckpoint's step interval;
-- callbacks/lr_monitor.py repeats LearningRateMonitor._extract_stats with host values.
+- callbacks/lr_monitor.py repeats LearningRateMonitor._extract_stats with host values;
+- callbacks/model_checkpoint.py reads ModelCheckpoint's last saved step;
+- loggers.py replaces the CSV writer's check of an existing log dir.
 """
 
 import inspect
@@ -52,3 +54,14 @@ def test_the_lr_monitor_body_imgcls_copies_is_still_lightnings() -> None:
     ):
         assert line in source, line
     assert source.count("\n") < 35  # nothing new added in between
+
+
+def test_the_checkpoint_and_csv_internals_imgcls_relies_on_are_there(tmp_path: Path) -> None:
+    """callbacks/model_checkpoint.py reads the step Lightning last saved at; loggers.py replaces
+    the CSV writer's check that deletes an existing metrics.csv."""
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    assert ModelCheckpoint()._last_global_step_saved == 0
+    source = inspect.getsource(ExperimentWriter.__mro__[1]._check_log_dir_exists)
+    assert "rm_file(self.metrics_file_path)" in source  # what ours leaves out
+    assert "_check_log_dir_exists()" in inspect.getsource(ExperimentWriter.__mro__[1].__init__)

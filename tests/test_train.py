@@ -99,12 +99,17 @@ def test_checkpoint_is_plain_data(make_cfg, tmp_path: Path) -> None:
 
 
 def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
-    _, first = train(make_cfg(*QUICK, "trainer.max_epochs=2", "test=false"))
+    # a schedule that does not span the run: a resume may lengthen it
+    _, first = train(make_cfg(*QUICK, "scheduler=none", "trainer.max_epochs=2", "test=false"))
     steps_per_epoch = first["trainer"].global_step // 2
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
 
     cfg = make_cfg(
-        *QUICK, "trainer.max_epochs=3", f"ckpt_path={last}", run_dir=tmp_path / "resumed"
+        *QUICK,
+        "scheduler=none",
+        "trainer.max_epochs=3",
+        f"ckpt_path={last}",
+        run_dir=tmp_path / "resumed",
     )
     _, resumed = train(cfg)
     trainer = resumed["trainer"]
@@ -112,7 +117,8 @@ def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
     assert trainer.global_step == 3 * steps_per_epoch
     # a checkpoint of a run resumes into that run dir
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (saved["epoch"], saved["global_step"]) == (3, 3 * steps_per_epoch)  # 3 epochs done
+    # saved at the last validation's end: epoch 2 (of 0-2) done
+    assert (saved["epoch"], saved["global_step"]) == (2, 3 * steps_per_epoch)
     assert not (tmp_path / "resumed" / "checkpoints").exists()
 
 

@@ -1,41 +1,98 @@
-"""Where a resumed run continues: `ckpt_path=last` (the newest run's last.ckpt) or a path, and
-the checks that make a wrong checkpoint one clear line instead of a size-mismatch traceback.
+"""Where a resumed run continues: `ckpt_path=last` (the newest run of the same command) or a
+path, and the checks that make a wrong checkpoint one clear line instead of a size-mismatch
+traceback.
 
 A checkpoint inside `<run>/checkpoints/` resumes into `<run>`: its checkpoints, TensorBoard and
 CSV logs, metrics and status continue there, and the epoch count goes on. (Hydra's own dir for
-the resuming command keeps only its config and log.)
+the resuming command keeps only its config and log.) A run that is still training (it holds its
+dir: utils/run_dirs.py) is never resumed into.
+
+`ckpt_path=last` takes the newest `last.ckpt` of a run started with the same overrides, ignoring
+those free to change on a resume (FREE_ON_RESUME: where it logs and what watches it, and
+trainer.max_epochs), and says which it took; a run of another command is never picked.
 """
 
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-from imgcls.models.loading import read_checkpoint
+from imgcls.models.classifier import RUN_LENGTH
+from imgcls.models.loading import PRETRAINED_KEYS, read_checkpoint
+from imgcls.models.optim import RUN_LENGTH_KEYS
 from imgcls.utils.compose import set_in_struct
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
+from imgcls.utils.run_dirs import describe, holder
 
 log = get_logger(__name__)
 LAST = "last"
+# net settings a checkpoint's weights override: where the initial weights came from, the head's init
+NOT_THE_NETS_SHAPE = {*PRETRAINED_KEYS, "head_init"}
+# overrides a resume may change: the checkpoint, where the run logs, what watches it, and the
+# epoch count (checked against the LR schedule when the run starts)
+FREE_ON_RESUME = (
+    "ckpt_path",
+    "callbacks",
+    "logger",
+    "extras",
+    "paths",
+    "hydra",
+    "trainer.max_epochs",
+)
+
+
+def recipe(overrides: list[str]) -> list[str]:
+    """A command's overrides that decide what it trains, sorted."""
+    kept = []
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if not any(key == free or key.startswith(f"{free}.") for free in FREE_ON_RESUME):
+            kept.append(override)
+    return sorted(kept)
+
+
+def run_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides a run was started with (Hydra's record), or None where none is kept."""
+    try:
+        return list(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])
+    except (FileNotFoundError, yaml.YAMLError):
+        return None
+
+
+def command_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def newest_last_checkpoint(runs_dir: Path, exclude: Path) -> Path:
-    found = [
-        p
-        for p in runs_dir.glob("**/checkpoints/last.ckpt")
-        if exclude.resolve() not in p.resolve().parents
-    ]
-    if not found:
-        raise UserError(
-            f"ckpt_path=last found no last.ckpt under {runs_dir}: pass ckpt_path=<path> instead."
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
+    """The newest last.ckpt under `runs_dir` of a run of this command that is not training."""
+    ours = recipe(command_overrides())
+    busy, others = [], []
+    found = sorted(runs_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: -p.stat().st_mtime)
+    for ckpt in found:
+        run = ckpt.parent.parent
+        if exclude.resolve() in ckpt.resolve().parents:
+            continue
+        if recipe(run_overrides(run) or ["<unknown>"]) != ours:
+            others.append(run)
+        elif (owner := holder(run)) is not None:
+            busy.append(describe(owner, run))
+        else:
+            log.info(f"ckpt_path=last: resuming {ckpt}, the newest run of this command")
+            return ckpt
+    said = " ".join(ours) or "no overrides"
+    reasons = [f"ckpt_path=last found no last.ckpt of this command ({said}) under {runs_dir}"]
+    reasons += busy
+    if others:
+        reasons.append(f"the newest run of another command is {others[0]}")
+    raise UserError("; ".join(reasons) + ": pass ckpt_path=<path to a last.ckpt> instead.")
 
 
 def resolve_resume(cfg: DictConfig) -> dict[str, Any] | None:
     """Turn `ckpt_path` into a file and point `paths.output_dir` at the run it belongs to.
-    Returns the checkpoint's hyperparameters, for `check_checkpoint_fits`."""
+    Returns the checkpoint (its tensors mapped, not read), for `check_checkpoint_fits`."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt or not cfg.get("train"):
         return None
@@ -43,23 +100,46 @@ def resolve_resume(cfg: DictConfig) -> dict[str, Any] | None:
     if ckpt == LAST:
         ckpt = newest_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name, output_dir)
     ckpt = Path(ckpt).resolve()
-    hparams = read_checkpoint(ckpt, mmap=True)["hyper_parameters"]  # tensors stay unread
+    checkpoint = read_checkpoint(ckpt, mmap=True)  # tensors stay unread
     set_in_struct(cfg, "ckpt_path", str(ckpt))
     if ckpt.parent.name == "checkpoints" and ckpt.parent.parent != output_dir.resolve():
         run_dir = ckpt.parent.parent
+        if (owner := holder(run_dir)) is not None:
+            raise UserError(describe(owner, run_dir) + ": wait for it, or resume another run.")
         log.info(f"Resuming {ckpt} into its run dir {run_dir}")
         set_in_struct(cfg, "paths.output_dir", str(run_dir))
-    return hparams
+    return checkpoint
 
 
 def check_checkpoint_fits(
-    saved: dict[str, Any], ckpt: str, net_name: str, class_names: list[str]
+    checkpoint: dict[str, Any], cfg: DictConfig, class_names: list[str]
 ) -> None:
-    """The checkpoint's net and classes against the run's, before any weights are loaded."""
+    """The checkpoint's net, classes and run length against the run's, before any weights are
+    loaded."""
+    saved, ckpt, net_name = checkpoint["hyper_parameters"], cfg.ckpt_path, cfg.model.net.name
     if saved["net"]["name"] != net_name:
         raise UserError(
             f"{ckpt} holds a {saved['net']['name']} but the config builds a {net_name}: resume "
             f"with model.net.name={saved['net']['name']} (and the rest of its config)."
+        )
+    ours = OmegaConf.to_container(cfg.model.net, resolve=True)
+    differ = sorted(
+        key
+        for key in set(saved["net"]) | set(ours)
+        if key not in NOT_THE_NETS_SHAPE and saved["net"].get(key) != ours.get(key)
+    )
+    if differ:  # one line, not a size mismatch per tensor
+
+        def said(net: dict[str, Any]) -> str:
+            return ", ".join(f"{k}={net[k]}" if k in net else f"{k} by default" for k in differ)
+
+        fix = " ".join(
+            f"model.net.{k}={saved['net'][k]}" if k in saved["net"] else f"~model.net.{k}"
+            for k in differ
+        )
+        raise UserError(
+            f"{ckpt} holds a {net_name} built with {said(saved['net'])} but the config builds it "
+            f"with {said(ours)}: resume with {fix}."
         )
     saved_classes = list(saved.get("class_names") or [])
     if saved_classes and saved_classes != class_names:
@@ -67,4 +147,15 @@ def check_checkpoint_fits(
             f"{ckpt} was trained on {len(saved_classes)} classes ({', '.join(saved_classes[:4])}"
             f", ...) but the data has {len(class_names)} ({', '.join(class_names[:4])}, ...): "
             "resume with the data config it was trained on."
+        )
+    planned = checkpoint.get(RUN_LENGTH, {}).get("max_epochs")
+    scheduler = saved.get("scheduler") or {}
+    spans_the_run = any(key in scheduler and scheduler[key] is None for key in RUN_LENGTH_KEYS)
+    if spans_the_run and planned is not None and planned != cfg.trainer.max_epochs:
+        name = str(scheduler.get("_target_", "its")).rsplit(".", 1)[-1]
+        raise UserError(
+            f"{ckpt} is from a run of {planned} epochs, and its {name} schedule spans them: with "
+            f"trainer.max_epochs={cfg.trainer.max_epochs} it would not stretch but restart. Resume "
+            f"with trainer.max_epochs={planned}, or start a new run from its weights: "
+            f"model.net.weights_path={ckpt}"
         )

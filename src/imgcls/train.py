@@ -4,9 +4,10 @@
 directly); `main()` is the command line and returns the value a sweeper optimizes.
 """
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -24,6 +25,7 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
 from imgcls.utils.rich_utils import print_metrics_table
+from imgcls.utils.run_dirs import held
 from imgcls.utils.run_record import Preempted, save_metrics, scalar_metrics
 
 log = get_logger(__name__)
@@ -125,18 +127,30 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     configure_numerics(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    with contextlib.ExitStack() as run_dir_held:
+        with refused_in_own_dir(cfg):
+            resumed_from = resolve_resume(cfg)  # may point paths.output_dir at the run's dir
+            run_dir_held.enter_context(held(cfg.paths.output_dir))  # no one else trains there
+            objects = build_components(cfg)
+            if resumed_from is not None:
+                check_checkpoint_fits(resumed_from, cfg, objects["datamodule"].class_names)
+        return fit_and_test(cfg, objects)
+
+
+@contextlib.contextmanager
+def refused_in_own_dir(cfg: DictConfig) -> Iterator[None]:
+    """A resume refused: the earlier run stays as it was, and this command's dir says why."""
     own_dir = cfg.paths.output_dir
-    resumed_from = resolve_resume(cfg)  # may point paths.output_dir at the resumed run's dir
-    objects = build_components(cfg)
+    try:
+        yield
+    except UserError:
+        set_in_struct(cfg, "paths.output_dir", own_dir)
+        raise
+
+
+def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, float], dict]:
     trainer: L.Trainer = objects["trainer"]
     model, datamodule = objects["model"], objects["datamodule"]
-    if resumed_from is not None:
-        names = datamodule.class_names
-        try:
-            check_checkpoint_fits(resumed_from, cfg.ckpt_path, cfg.model.net.name, names)
-        except UserError:  # refused: the earlier run stays as it was; this command's dir says why
-            set_in_struct(cfg, "paths.output_dir", own_dir)
-            raise
     for logger in trainer.loggers:
         logger.log_hyperparams(run_hyperparameters(cfg, model))
 

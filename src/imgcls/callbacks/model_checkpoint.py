@@ -4,9 +4,11 @@ Checkpoints keep their epoch-numbered names (`epoch_007.ckpt`), and `best.ckpt` 
 symlink to the best one, so `eval.py ckpt_path=<run>/checkpoints/best.ckpt` never needs the
 epoch looked up. Where symlinks are not allowed it is a copy.
 
-`every_n_train_steps=N` also refreshes `last.ckpt` every N optimizer steps, on top of the
-per-epoch checkpoints (Lightning's ModelCheckpoint allows one schedule or the other): a long
-epoch interrupted midway resumes from at most N steps back, at the same data position.
+`last.ckpt` is written at the end of every epoch (Lightning 2.6 refreshes it only at an epoch
+that also saved a top-k checkpoint: after epochs without a new best it would hold an old one),
+and `every_n_train_steps=N` also refreshes it every N optimizer steps, on top of the per-epoch
+checkpoints (Lightning's ModelCheckpoint allows one schedule or the other): a long epoch
+interrupted midway resumes from at most N steps back.
 """
 
 import os
@@ -16,6 +18,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 BEST_NAME = "best.ckpt"
 
@@ -24,6 +27,7 @@ class CheckpointWithBestLink(ModelCheckpoint):
     def __init__(self, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.last_every_n_steps = every_n_train_steps or 0
+        self._last_saved_here = -1  # the step of the last last.ckpt this class wrote
 
     def on_train_batch_end(
         self,
@@ -34,19 +38,32 @@ class CheckpointWithBestLink(ModelCheckpoint):
         batch_idx: int,
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        step = trainer.global_step
-        if self.last_every_n_steps and step % self.last_every_n_steps == 0 and self.dirpath:
-            path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-            trainer.save_checkpoint(path)
-            self.last_model_path = str(path)
+        if self.last_every_n_steps and trainer.global_step % self.last_every_n_steps == 0:
+            self._save_last(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
+        self._save_last(trainer)
         self._link_best(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            self._save_last(trainer)
         self._link_best(trainer)
+
+    def _save_last(self, trainer: L.Trainer) -> None:
+        """last.ckpt at this step, unless this step has been saved already (by Lightning, at a
+        new best, or here: validation's end comes before the training epoch's)."""
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.fast_dev_run
+        if not self.save_last or self.dirpath is None or not fitting:
+            return
+        if trainer.global_step in (self._last_global_step_saved, self._last_saved_here):
+            return
+        path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        self.last_model_path = str(path)  # before saving: it is part of the saved state
+        trainer.save_checkpoint(path)
+        self._last_saved_here = trainer.global_step
 
     def _link_best(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero or not self.best_model_path or self.dirpath is None:

@@ -2,8 +2,9 @@
 
 The check costs no host sync per step: each step only folds "was this loss finite" and its step
 number into a device tensor. The host reads it every `check_every_n_steps` steps, at every step
-that writes a checkpoint, and at the end of each epoch, always before the checkpoint callbacks
-run (Lightning orders those last), so a checkpoint never holds the diverged weights. The step
+that writes a checkpoint, before each validation (whose end writes last.ckpt) and at the end of
+each epoch, always before the checkpoint callbacks run (Lightning orders those last), so a
+checkpoint never holds the diverged weights. The step
 named is the first bad one, however late the read.
 """
 
@@ -40,6 +41,10 @@ class NonFiniteLossStop(Callback):
         self._first_bad = torch.where(bad_now, step, self._first_bad)
         self._lrs[step] = trainer.optimizers[0].param_groups[0]["lr"]
         if step % self.check_every_n_steps == 0 or self._saves(trainer):
+            self.check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:  # its end writes last.ckpt
             self.check(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -19,6 +19,9 @@ from imgcls.models.pretrained import find_head
 from imgcls.models.tta import tta_logits
 from imgcls.models.zoo import build_net
 
+# the checkpoint entry that holds the run's planned length (on_save_checkpoint)
+RUN_LENGTH = "imgcls_run_length"
+
 
 def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> MetricCollection:
     """Top-1 and, where it means something (more than 5 classes), top-5 accuracy."""
@@ -71,7 +74,9 @@ class ImageClassifier(LightningModule):
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
+        # in checkpoints, so a resumed run's best counts the epochs before the resume
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
         if preprocessing and preprocessing.get("crop"):
             # for TensorBoard's graph (logger.tensorboard.log_graph=true) and the model summary
             crop = preprocessing["crop"]
@@ -101,10 +106,17 @@ class ImageClassifier(LightningModule):
         return tta_logits(self, images, flip, self.hparams.tta_shift)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Accept checkpoints written by code that compiled the LightningModule or the net."""
+        """Accept checkpoints written by code that compiled the LightningModule or the net, or
+        that did not keep the best validation accuracy."""
         state = checkpoint["state_dict"]
         for key in [k for k in state if "_orig_mod." in k]:
             state[key.replace("_orig_mod.", "")] = state.pop(key)
+        for key, value in self.val_acc_best.state_dict(prefix="val_acc_best.").items():
+            state.setdefault(key, value)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The run's planned length, against which a resume's is checked (imgcls/resume.py)."""
+        checkpoint[RUN_LENGTH] = {"max_epochs": self.trainer.max_epochs}
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         images, labels = batch
@@ -145,8 +157,9 @@ class ImageClassifier(LightningModule):
         return {"logits": logits.detach()}
 
     def on_train_start(self) -> None:
-        # The sanity-check epoch must not count as the best validation accuracy.
-        self.val_acc_best.reset()
+        # A fresh fit starts from no best (a resumed one has its own back from the checkpoint).
+        if self.trainer.ckpt_path is None:
+            self.val_acc_best.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

@@ -1,0 +1,99 @@
+"""A run's own dir: unique however many runs start at once, and held by one process at a time.
+
+Hydra names a run's dir after the time, to the second: two commands started in the same second
+(a shell loop, a job array) would share one and mix their logs, checkpoints and status. The
+`unique_dir` resolver (configs/hydra/default.yaml) creates `<parent>/<name>` with an atomic
+`mkdir`, or `<name>_2`, `<name>_3`, ... where another run got there first. Hydra resolves it once
+per command (it caches resolved values and copies them into each sweep job's config): the jobs
+of a sweep share its dir, and the DDP ranks Lightning starts are handed the dir on their command
+line (utils/ddp_hydra.py).
+
+While a training runs, `running.lock` in its dir names its process (pid and host), created
+atomically: a resume (`ckpt_path=last` or a path) never writes into a run that is still going.
+A lock whose process is gone (killed, crashed) is stale and taken over.
+"""
+
+import contextlib
+import itertools
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import OmegaConf
+
+from imgcls.utils.errors import UserError
+
+RESOLVER = "unique_dir"
+LOCK_FILE = "running.lock"
+
+
+def unique_dir(parent: str, name: str) -> str:
+    """`parent/name`, or the first free `parent/name_N`, created by this call."""
+    folder = Path(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        candidate = folder / (name if n == 1 else f"{name}_{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise AssertionError("unreachable")
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, unique_dir, use_cache=True)
+
+
+def holder(run_dir: str | Path) -> dict | None:
+    """Who is training in `run_dir` ({"pid", "host"}), or None: no lock, or a stale one (its
+    process gone from this host). A lock from another host is taken to be live."""
+    try:
+        owner = json.loads((Path(run_dir) / LOCK_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if owner.get("host") != socket.gethostname():
+        return owner
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, someone else's
+        pass
+    return owner
+
+
+def describe(owner: dict, run_dir: str | Path) -> str:
+    where = f"pid {owner['pid']} on {owner['host']}"
+    return f"{run_dir} is still being trained ({where}; if it is not, delete {LOCK_FILE} there)"
+
+
+@contextlib.contextmanager
+def held(run_dir: str | Path) -> Iterator[None]:
+    """Hold `run_dir` for this process's training (rank 0 only: the other ranks are its)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    lock = Path(run_dir) / LOCK_FILE
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            with open(lock, "x") as f:  # atomic: one process creates it
+                json.dump(owner, f)
+            break
+        except FileExistsError:
+            live = holder(run_dir)
+            if live is not None:
+                raise UserError(describe(live, run_dir)) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise UserError(f"Could not take {lock}: another run is starting in {run_dir}.")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
