@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 from torchvision.transforms import v2
 
@@ -191,8 +192,11 @@ class ImageDataModule(LightningDataModule, ABC):
         return auto_workers(self.trainer.num_devices if self.trainer is not None else 1)
 
     def _loader(self, dataset: Dataset, train: bool, shard: bool = True) -> DataLoader | IndexedBatches:
-        """`shard`: this process's share of the data under DDP (Lightning shards the DataLoaders
-        it asks for; in-memory batches shard themselves)."""
+        """`shard`: this process's share of the data under DDP. Training shares are padded to
+        equal length, as DistributedSampler's (Lightning's, for the DataLoaders it asks for);
+        evaluation's are not, so every image is counted once in every metric and report (the
+        processes then run batch counts that differ by at most one: nothing in an evaluation
+        step waits on the others)."""
         batch_size = self.batch_size if train else self.eval_batch_size
         rank, world_size = (0, 1)
         if shard and self.trainer is not None:
@@ -204,10 +208,16 @@ class ImageDataModule(LightningDataModule, ABC):
             order = ShardedOrder(len(dataset), train, torch.initial_seed(), rank, world_size)
             return IndexedBatches(images, labels, batch_size, order, drop_last)
         workers = self.resolved_workers()
+        if train:
+            sampler = EpochSeededRandomSampler(dataset, torch.initial_seed())
+        elif world_size > 1:  # each image evaluated once: no padding to equal shards
+            sampler = UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSeededRandomSampler(dataset, torch.initial_seed()) if train else None,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
             persistent_workers=self.persistent_workers and workers > 0,

@@ -10,7 +10,8 @@ per-sample collate.
 The order is the one a DataLoader with our samplers gives: a permutation of (seed, epoch) for
 training (the same on every device type, so a run resumed at an epoch boundary replays it),
 padded to a multiple of the world size and dealt out by rank as DistributedSampler does, and a
-process drops its last partial batch when it has more than one batch.
+process drops its last partial batch when it has more than one batch; for evaluation, the images
+in order, dealt out by rank with no padding (each counted once).
 """
 
 import math
@@ -46,14 +47,14 @@ class ShardedOrder:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if not self.shuffle:  # evaluation: every image once
+            return len(range(self.rank, self.size, self.world_size))
         return math.ceil(self.size / self.world_size)
 
     def indices(self) -> Tensor:
-        order = (
-            epoch_permutation(self.size, self.seed, self.epoch)
-            if self.shuffle
-            else torch.arange(self.size)
-        )
+        if not self.shuffle:
+            return torch.arange(self.rank, self.size, self.world_size)
+        order = epoch_permutation(self.size, self.seed, self.epoch)
         padding = len(self) * self.world_size - self.size
         if padding:  # as DistributedSampler: repeat the first ones so every rank has as many
             order = torch.cat([order, order[:padding]])
