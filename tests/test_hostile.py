@@ -242,10 +242,21 @@ def test_more_cpu_processes_than_cpus_is_refused(make_cfg) -> None:
         train(make_cfg("trainer=ddp_sim", f"trainer.devices={cpus + 1}"))
 
 
-def test_a_value_error_on_the_command_line_is_one_line(tmp_path: Path) -> None:
-    result = run_cli("train.py", ["data.batch_size=0", f"paths.log_dir={tmp_path}"])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["data.batch_size=0"], "data.batch_size=0 is not allowed"),
+        (["paths.log_dir={tmp}/a_file/logs"], "cannot make a run dir in {tmp}/a_file/logs"),
+    ],
+    ids=["a value", "a log dir that cannot be made"],
+)
+def test_a_mistake_on_the_command_line_is_one_line(tmp_path: Path, args, says) -> None:
+    (tmp_path / "a_file").touch()
+    result = run_cli(
+        "train.py", [f"paths.log_dir={tmp_path}", *(a.format(tmp=tmp_path) for a in args)]
+    )
     assert result.returncode == 1
-    assert "data.batch_size=0 is not allowed" in result.stderr + result.stdout
+    assert says.format(tmp=tmp_path) in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
 

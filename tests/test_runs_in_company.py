@@ -249,3 +249,22 @@ def test_four_runs_at_once_two_of_them_resuming_each_keep_their_own_dir(
         epochs = epochs_in_csv(run)
         assert epochs == ([0, 1] if run in first_runs else [0]), run
         assert not (run / LOCK_FILE).exists()
+
+
+# -- one wandb run per sweep job ------------------------------------------------------------------
+def test_each_job_of_a_process_gets_its_own_wandb_run(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweep jobs run one after another in one process; task_main ends each job's run."""
+    from imgcls.task import finish_wandb_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = []
+    for job in ("0", "1"):
+        cfg = make_cfg(*SHORT, "trainer.max_epochs=1", "logger=wandb", run_dir=tmp_path / job)
+        _, objects = train(cfg)
+        ids.append(objects["logger"][0].experiment.id)
+        finish_wandb_run()  # what task_main does after every job
+    assert ids[0] != ids[1]

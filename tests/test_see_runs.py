@@ -157,6 +157,19 @@ def test_optuna_records_failed_trials_and_resumes_from_sqlite(tmp_path: Path) ->
     (row,) = read_rows(resumed / "summary.csv")
     # a search exits with code 1 only when every trial failed: here, its one trial
     assert result.returncode == (1 if row["status"] == "failed" else 0), result.stderr[-3000:]
+    # the seeded sampler goes on from the kept trials instead of repeating the first
+    assert row["optimizer.lr"] not in {r["optimizer.lr"] for r in rows}
+
+
+@pytest.mark.slow
+def test_a_search_whose_every_trial_failed_ends_with_its_summary(tmp_path: Path) -> None:
+    search = ["hparams_search=digits_optuna", "hydra.sweeper.n_trials=2", "data.batch_size=0"]
+    result = run_cli("train.py", [*search, *SWEEP_QUICK, f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "2 of 2 jobs failed" in result.stdout + result.stderr
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    assert [r["status"] for r in read_rows(sweep / "summary.csv")] == ["failed", "failed"]
 
 
 def test_model_graph_on_request(make_cfg, tmp_path: Path) -> None:

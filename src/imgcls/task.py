@@ -4,7 +4,7 @@
 `configs/train.yaml` with the command line; then, for every task alike,
 - Lightning's DDP children are started into the job's own dir (utils/ddp_hydra.py),
 - the start-up extras run (the config tree, the tags rule: configs/extras),
-- `run(cfg)` runs, and no process group or child rank outlives it,
+- `run(cfg)` runs, and no process group, child rank or wandb run outlives it,
 - how it ended goes to the run's status.json (and in a sweep a failure is one failed job),
 - a mistake the user can fix (UserError) prints as one line and exits with code 1,
 - and after a command line that failed, the keys closest to a misspelt one are named.
@@ -45,6 +45,14 @@ def apply_extras(cfg: DictConfig) -> None:
         print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
 
 
+def finish_wandb_run() -> None:
+    """End the job's wandb run: it stays open in the process otherwise, and Lightning's
+    WandbLogger in the next job of a sweep would log into it (every job in job 0's run)."""
+    wandb = sys.modules.get("wandb")  # loaded only where a job used it
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
 def task_main(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     """The command that runs `run` on `configs/<config_name>.yaml` plus the command line; it
     returns what `run` returns (a sweeper optimizes the train task's value)."""
@@ -54,8 +62,11 @@ def task_main(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[]
         def job() -> Any:
             ddp_hydra.install()
             apply_extras(cfg)
-            with ddp_hydra.ddp_job_scope():
-                return run(cfg)
+            try:
+                with ddp_hydra.ddp_job_scope():
+                    return run(cfg)
+            finally:
+                finish_wandb_run()
 
         try:
             return run_recorded(cfg, job)

@@ -31,16 +31,24 @@ LOCK_FILE = "running.lock"
 
 
 def unique_dir(parent: str, name: str) -> str:
-    """`parent/name`, or the first free `parent/name_N`, created by this call."""
-    folder = Path(parent)
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
-        candidate = folder / (name if n == 1 else f"{name}_{n}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return str(candidate)
+    """`parent/name`, or the first free `parent/name_N`, created by this call. A parent that
+    cannot be made ends the command with one line (Hydra would print five tracebacks: this runs
+    while it resolves its own config, before any of ours)."""
+    folder = Path(parent).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            candidate = folder / (name if n == 1 else f"{name}_{n}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return str(candidate)
+    except OSError as err:
+        raise SystemExit(
+            f"UserError: cannot make a run dir in {folder} ({err.strerror}: {err.filename}): "
+            "set paths.log_dir to a folder you can write to."
+        ) from None
     raise AssertionError("unreachable")
 
 
