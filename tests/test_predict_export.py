@@ -130,6 +130,9 @@ def test_every_export_format_round_trips(checkpoint: Path, tmp_path: Path, fmt: 
     assert "val/acc (best, checkpointing)" in card["metrics"]
     assert "test/acc" in card["metrics"]
     assert json.loads((out / "model_card.json").read_text()) == card
+    listed = set(card["files"])  # every file written (ONNX: the graph and its weights' .data)
+    assert listed == {p.name for p in out.iterdir() if p.name.startswith("model.")}
+    assert all((out / name).stat().st_mode & 0o044 == 0o044 for name in listed)  # readable
 
     net = load_classifier(checkpoint).net.eval()
     batch = torch.randn(5, 3, 48, 48)

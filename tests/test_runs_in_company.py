@@ -268,3 +268,13 @@ def test_each_job_of_a_process_gets_its_own_wandb_run(
         ids.append(objects["logger"][0].experiment.id)
         finish_wandb_run()  # what task_main does after every job
     assert ids[0] != ids[1]
+
+
+def test_an_interrupted_run_says_how_to_resume(make_cfg, tmp_path: Path, caplog) -> None:
+    def pressed_ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        run_recorded(make_cfg(), pressed_ctrl_c)
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
+    assert "resume with the same command and ckpt_path=last" in caplog.text

@@ -136,9 +136,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"The {cfg.format} export does not reproduce the net: max abs logit difference "
             f"{diff:.3g} > check_tolerance={cfg.check_tolerance}. The file is at {path}."
         )
+    # every file the export wrote (ONNX puts large weights in a .data file beside the graph),
+    # readable by all like any other file the run writes (safetensors writes 0600)
+    files = sorted(p for p in out_dir.iterdir() if p.name.startswith(path.name))
+    for written in files:
+        written.chmod(0o644)
     card = {
         "format": cfg.format,
         "file": path.name,
+        "files": {p.name: sha256(p) for p in files},
         "sha256": sha256(path),
         "source_checkpoint": str(ckpt_path.resolve()),
         "architecture": {k: v for k, v in dict(hparams.net).items() if k not in PRETRAINED_KEYS},

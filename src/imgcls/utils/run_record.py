@@ -68,6 +68,8 @@ def run_recorded(cfg: DictConfig, task: Callable[[], float | None]) -> float | N
     finally:
         status["duration_s"] = round(time.perf_counter() - start, 3)
         write_status(cfg.paths.output_dir, status)
+        if status["status"] == "interrupted" and cfg.get("train"):  # Ctrl-C, a kill signal
+            log.warning("Interrupted: resume with the same command and ckpt_path=last.")
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
