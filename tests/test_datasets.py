@@ -191,3 +191,14 @@ def test_failed_download_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyP
     dm = CIFAR10DataModule(root=str(tmp_path), download=True)
     with pytest.raises(UserError, match=r"Could not download CIFAR10.*no route to host"):
         dm.setup()
+
+
+def test_a_folder_says_at_start_what_would_surprise(tmp_path: Path, caplog) -> None:
+    root = write_class_tree(tmp_path / "photos", ["cat", "dog"], per_class=10)  # 40 x 30 px
+    write_class_tree(root, ["rare"], per_class=1)
+    datamodule = FolderDataModule(root=str(root), augment="standard")  # 224 px crops
+    with caplog.at_level("WARNING"):
+        datamodule.setup()
+    assert "The val split has no image of 1 class(es) (rare)" in caplog.text
+    assert "about 30 px on their short side but are cropped to 224 px" in caplog.text
+    assert "data.train_crop=30 data.eval_resize=30 data.eval_crop=30" in caplog.text

@@ -9,7 +9,9 @@ Carving is stratified by class and fixed by `split_seed`; the resulting split is
 are left out with a warning.
 """
 
+import contextlib
 import csv
+import statistics
 from functools import cached_property
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.datamodule import ImageDataModule, Splits, auto_workers
+from imgcls.data.decode import BadImageError, parse_header
 from imgcls.data.device_decode import (
     DECODE_PLACES,
     choose_decode,
@@ -136,7 +139,36 @@ class FolderDataModule(ImageDataModule):
         for name, found in samples.items():
             if not found:
                 raise UserError(f"The {name} split of {self.root} has no images. Expected {LAYOUTS}.")
+        self._warn_of_classes_missing_from(samples)
         return samples
+
+    def _warn_of_classes_missing_from(self, samples: dict[str, list[tuple[str, int]]]) -> None:
+        """A class with too few images to carve into every split is in train only: say so."""
+        for name in SPLIT_NAMES[1:]:
+            present = {label for _, label in samples[name]}
+            lacking = [c for i, c in enumerate(self.class_names) if i not in present]
+            if lacking:
+                listed = ", ".join(lacking[:5]) + (", ..." if len(lacking) > 5 else "")
+                log.warning(
+                    f"The {name} split has no image of {len(lacking)} class(es) ({listed}): "
+                    f"too few images; its metrics say nothing of them."
+                )
+
+    def _warn_if_upscaled(self, samples: list[tuple[str, int]]) -> None:
+        """Photos far smaller than the crops (CIFAR-sized files under a 224 px preset) are
+        upscaled at great cost and to no gain: say so, and what to set."""
+        sides = []
+        for path, _ in samples[:: max(1, len(samples) // 16)][:16]:
+            with contextlib.suppress(BadImageError, OSError):
+                sides.append(min(parse_header(Path(path).read_bytes()).size))
+        crop = self.pipeline.train_crop
+        if sides and statistics.median(sides) * 2 <= crop:
+            side = int(statistics.median(sides))
+            log.warning(
+                f"The photos are about {side} px on their short side but are cropped to {crop} px: "
+                f"upscaled 4x or more in area. For small images set data.train_crop={side} "
+                f"data.eval_resize={side} data.eval_crop={side} (and data.in_memory=true)."
+            )
 
     @rank_zero_only
     def save_split(self, samples: dict[str, list[tuple[str, int]]]) -> None:
@@ -202,6 +234,7 @@ class FolderDataModule(ImageDataModule):
         if self.in_memory:
             return Splits(*(self._load_into_memory(samples[s]) for s in SPLIT_NAMES))
         pipeline = self.pipeline
+        self._warn_if_upscaled(samples["train"])
         return Splits(
             self._dataset(samples["train"], pipeline.train_worker, pipeline.train_crop),
             self._dataset(samples["val"], pipeline.eval_worker, pipeline.eval_resize),
