@@ -21,7 +21,6 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from imgcls.utils.errors import UserError
@@ -83,6 +82,9 @@ def describe(owner: dict, run_dir: str | Path) -> str:
 @contextlib.contextmanager
 def held(run_dir: str | Path) -> Iterator[None]:
     """Hold `run_dir` for this process's training (rank 0 only: the other ranks are its)."""
+    # imported here: `import imgcls` (which registers the resolver) stays free of Lightning
+    from lightning.pytorch.utilities import rank_zero_only
+
     if rank_zero_only.rank != 0:
         yield
         return
