@@ -6,6 +6,7 @@ configs, the class names, the eval preprocessing), so a checkpoint loads with
 and export need nothing else.
 """
 
+import warnings
 from typing import Any
 
 import torch
@@ -21,6 +22,11 @@ from imgcls.models.zoo import build_net
 
 # the checkpoint entry that holds the run's planned length (on_save_checkpoint)
 RUN_LENGTH = "imgcls_run_length"
+# Under DDP Lightning asks for sync_dist=True on every value logged per epoch. Ours are synced
+# already (torchmetrics computes over every process; the throughput figures are per process
+# by design), and sync_dist would reduce them again where Lightning reads them, on rank 0 alone
+# at times: a collective one process never joins, a hang.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level")
 
 
 def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> MetricCollection:
