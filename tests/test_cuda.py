@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from imgcls.callbacks.data_init import DataDependentInit
 from imgcls.data.decode import read_rgb
 from imgcls.data.device_decode import (
     DeviceCrops,
@@ -28,6 +27,7 @@ from imgcls.data.device_decode import (
     read_for_device,
 )
 from imgcls.data.transforms import resize_center_crop
+from imgcls.models.classifier import ImageClassifier
 from imgcls.train import train
 from tests.data_factory import SMOOTH, write_class_tree
 from tests.device_waits import StepWindows
@@ -149,11 +149,11 @@ def test_decode_auto_follows_what_nvjpeg_says_of_the_hardware_decoder() -> None:
     assert choose_decode("auto", CUDA) == ("device" if hardware else "cpu")
 
 
-def test_data_init_broadcasts_host_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_init_broadcasts_host_tensors() -> None:
     """A pickled CUDA tensor is unpickled on the device it left: rank 1 would touch GPU 0."""
-    from imgcls.models.nets.fast_cifar import FastCifar
-
-    net = FastCifar(num_classes=10).to(CUDA)
+    net = {"name": "fast_cifar", "data_init_images": 64}
+    model = ImageClassifier(net, num_classes=10, optimizer={"_target_": "torch.optim.SGD"})
+    model = model.to(CUDA)
     sent = []
 
     class Strategy:
@@ -161,7 +161,7 @@ def test_data_init_broadcasts_host_tensors(monkeypatch: pytest.MonkeyPatch) -> N
             sent.append(obj)
             return obj
 
-    class Trainer:
+    class Trainer:  # what the hook reads of a 2-process trainer
         ckpt_path, world_size, strategy = None, 2, Strategy()
 
         class datamodule:  # noqa: N801
@@ -169,12 +169,8 @@ def test_data_init_broadcasts_host_tensors(monkeypatch: pytest.MonkeyPatch) -> N
             def first_train_images(count: int, device: torch.device) -> torch.Tensor:
                 return torch.randn(count, 3, 32, 32, device=device)
 
-    class Module:
-        hparams: dict = {"net": {}}
-        device = CUDA
-
-    Module.net = net
-    DataDependentInit(num_images=64).on_fit_start(Trainer(), Module())
+    model.trainer = Trainer()
+    model.on_fit_start()
     (state,) = sent
     assert all(t.device.type == "cpu" for t in state.values())
-    assert all(p.device == CUDA for p in net.parameters())
+    assert all(p.device == CUDA for p in model.parameters())

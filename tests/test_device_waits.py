@@ -35,7 +35,7 @@ RUNS = {
         f"data.root={write_cifar(tmp / 'cifar', 10, per_class=30, test_per_class=2)}",
         "data.val_size=40",
         "data.batch_size=16",
-        "callbacks.data_init.num_images=64",
+        "+model.net.data_init_images=64",
     ],
     "classic_imagenet, mixup, cutmix, in memory": lambda tmp: [
         "data.augment=classic_imagenet",

@@ -50,7 +50,7 @@ def test_frozen_backbone_learns_only_after_unfreezing(make_cfg, tmp_path: Path) 
         "model=resnet18",
         f"model.net.weights_path={weights}",
         "model.net.head_init=xavier",
-        "callbacks=with_frozen_backbone",
+        "callbacks=[default,frozen_backbone]",
         "callbacks.frozen_backbone.unfreeze_at_epoch=1",
         "optimizer.imgcls.lr_mult.head=10",
         "optimizer.lr=0.01",

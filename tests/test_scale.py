@@ -92,9 +92,16 @@ def test_shift_tta_weighs_the_shifted_views_like_airbench() -> None:
         torch.testing.assert_close(model.eval_logits(images), expected)
 
 
-def test_data_dependent_init_whitens_fast_cifar_from_the_first_train_images(make_cfg) -> None:
+@pytest.mark.parametrize("callbacks", [[], ["~callbacks"]], ids=["default callbacks", "none"])
+def test_data_dependent_init_whitens_fast_cifar_from_the_first_train_images(
+    make_cfg, callbacks: list[str]
+) -> None:
+    """The whitened stem is the net's own: it holds whatever callbacks a run has."""
     cfg = make_cfg(
-        "model.net.name=fast_cifar", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"
+        "model.net.name=fast_cifar",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        *callbacks,
     )
     _, objects = train(cfg)
     stem = objects["model"].net[0]

@@ -173,7 +173,7 @@ def test_host_counted_ema_matches_torchs_ema() -> None:
 def test_ema_checkpoints_hold_the_averaged_weights_that_were_tested(
     make_cfg, tmp_path: Path
 ) -> None:
-    metrics, _ = train(make_cfg(*QUICK, "trainer.max_epochs=2", "callbacks=with_ema"))
+    metrics, _ = train(make_cfg(*QUICK, "trainer.max_epochs=2", "callbacks=[default,ema]"))
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     ckpt = torch.load(best, weights_only=True)
     averaged, current = ckpt["state_dict"], ckpt["current_model_state"]

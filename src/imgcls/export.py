@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from imgcls.data.input_contract import InputContract
-from imgcls.models.loading import PRETRAINED_KEYS, classifier_from_checkpoint, read_checkpoint
-from imgcls.models.zoo import build_net
+from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
+from imgcls.models.zoo import PRETRAINED_KEYS, build_net
 from imgcls.task import task_main
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger

@@ -20,8 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.models.classifier import RUN_LENGTH
-from imgcls.models.loading import PRETRAINED_KEYS, read_checkpoint
+from imgcls.models.loading import read_checkpoint
 from imgcls.models.optim import RUN_LENGTH_KEYS
+from imgcls.models.zoo import PRETRAINED_KEYS
 from imgcls.utils.compose import set_in_struct
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger

@@ -7,7 +7,7 @@ batch's statistics instead). Its parameters stay in the optimizer's groups, with
 so the LR schedule covers them from the start and unfreezing adds no param group. Parameters a
 net keeps fixed by design (fast_cifar's whitening stem) stay fixed.
 
-`callbacks=with_frozen_backbone callbacks.frozen_backbone.unfreeze_at_epoch=3`
+`'callbacks=[default,frozen_backbone]' callbacks.frozen_backbone.unfreeze_at_epoch=3`
 """
 
 import lightning as L

@@ -3,7 +3,7 @@ learns coarse features and epochs are cheap, and ramp up to full resolution by t
 
 The workers crop at `max_res` as usual; the device scales each training batch down to the
 epoch's resolution (`ImageDataModule.set_train_resolution`), so the loaders are never rebuilt.
-`callbacks=with_progressive_resize` (configs/callbacks/progressive_resize.yaml).
+`'callbacks=[default,progressive_resize]'` (configs/callbacks/progressive_resize.yaml).
 """
 
 import lightning as L

@@ -18,8 +18,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.models.pretrained import find_head
 from imgcls.models.tta import tta_logits
-from imgcls.models.zoo import build_net
+from imgcls.models.zoo import PRETRAINED_KEYS, build_net
+from imgcls.utils.logging import get_logger
 
+log = get_logger(__name__)
 # the checkpoint entry that holds the run's planned length (on_save_checkpoint)
 RUN_LENGTH = "imgcls_run_length"
 # Under DDP Lightning asks for sync_dist=True on every value logged per epoch. Ours are synced
@@ -161,6 +163,24 @@ class ImageClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         _, logits = self._shared_step(batch, "test")
         return {"logits": logits.detach()}
+
+    def on_fit_start(self) -> None:
+        """A net with a data-dependent initialization (fast_cifar's whitening stem) gets it from
+        the first training images, in split order and un-augmented, before the first step of a
+        fresh run (a resumed run or pretrained weights already set those layers). Every process
+        computes the same weights; rank 0's are broadcast all the same (as CPU tensors: a
+        pickled CUDA tensor lands on rank 0's GPU on every rank), since DDP syncs parameters only
+        when it wraps the model, before this hook."""
+        net, trainer = self.net, self.trainer
+        pretrained = any(self.hparams.net.get(key) for key in PRETRAINED_KEYS)
+        if not hasattr(net, "init_from_data") or trainer.ckpt_path or pretrained:
+            return
+        images = trainer.datamodule.first_train_images(net.data_init_images, self.device)
+        net.init_from_data(images)
+        if trainer.world_size > 1:
+            state = {name: t.cpu() for name, t in net.state_dict().items()}
+            net.load_state_dict(trainer.strategy.broadcast(state))
+        log.info(f"{type(net).__name__}: initialized from {len(images)} training images")
 
     def on_train_start(self) -> None:
         # A fresh fit starts from no best (a resumed one has its own back from the checkpoint).

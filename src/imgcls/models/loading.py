@@ -8,10 +8,8 @@ from typing import Any
 import torch
 
 from imgcls.models.classifier import ImageClassifier
+from imgcls.models.zoo import PRETRAINED_KEYS
 from imgcls.utils.errors import UserError
-
-# Where a net's initial weights came from: the checkpoint's own weights replace them.
-PRETRAINED_KEYS = {"weights": None, "weights_path": None, "pretrained": False}
 
 
 def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:

@@ -61,6 +61,11 @@ def timm_net(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn
         ) from err
 
 
+# Where a net's initial weights come from (none of them: from scratch). A checkpoint's own weights
+# replace them; a data-dependent init is for nets from scratch only.
+PRETRAINED_KEYS = {"weights": None, "weights_path": None, "pretrained": False}
+
+
 def build_net(
     name: str,
     num_classes: int,

@@ -7,10 +7,10 @@ Two of airbench's initializations, which buy accuracy in the first epochs where 
 spend most of their time:
 - the 3x3 convs start as identities on their first input channels (dirac), so the untrained net
   passes its input through instead of noise;
-- the stem is a fixed patch-whitening filter bank: `init_from_data` sets it from the training
-  images (callbacks/data_init.py calls it before the first step), to the eigenvectors of the 2x2
-  patch covariance scaled by 1/sqrt(eigenvalue), with their negatives (24 = 2 x 3 x 2 x 2).
-  Only its bias learns.
+- the stem is a fixed patch-whitening filter bank: `init_from_data` sets it from the first
+  `data_init_images` training images (the classifier calls it before the first step of a fresh
+  run: models/classifier.py), to the eigenvectors of the 2x2 patch covariance scaled by
+  1/sqrt(eigenvalue), with their negatives (24 = 2 x 3 x 2 x 2). Only its bias learns.
 """
 
 import torch
@@ -69,6 +69,7 @@ class FastCifar(nn.Sequential):
         num_classes: int = 10,
         widths: tuple[int, int, int] = (64, 256, 256),
         in_channels: int = 3,
+        data_init_images: int = 5000,
     ) -> None:
         stem = nn.Conv2d(in_channels, 2 * in_channels * 2 * 2, 2, bias=True)
         stem.weight.requires_grad_(False)
@@ -83,6 +84,7 @@ class FastCifar(nn.Sequential):
             nn.Linear(widths[2], num_classes, bias=False),
             Scale(1 / 9),
         )
+        self.data_init_images = data_init_images  # how many the stem is whitened from
 
     @torch.no_grad()
     def init_from_data(self, images: Tensor, eps: float = 5e-4) -> None:
