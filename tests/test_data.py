@@ -13,6 +13,7 @@ from imgcls.data.digits import DigitsDataModule
 from imgcls.data.fake import FakeDataModule
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
 from imgcls.data.input_contract import InputContract
+from imgcls.utils.errors import UserError
 from tests.helpers import fake_trainer
 
 
@@ -154,3 +155,24 @@ def test_fake_data_shapes_and_labels(size: int, classes: int) -> None:
     # deterministic: the same index gives the same image
     assert torch.equal(dm.splits.val[1][0], dm.splits.val[1][0])
     assert not torch.equal(dm.splits.train[0][0], dm.splits.val[0][0])
+
+
+def test_a_source_is_held_to_where_it_says_its_images_live() -> None:
+    """in_memory is the one truth: a source returning tensors without saying so would train
+    with no augmentation and no error."""
+    from imgcls.data.datamodule import ImageDataModule, Splits
+
+    class Tensors(ImageDataModule):
+        class_names = ["a", "b"]
+
+        def build_splits(self) -> Splits:
+            data = TensorDataset(
+                torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1] * 2)
+            )
+            return Splits(data, data, data)
+
+    with pytest.raises(UserError, match=r"returned TensorDatasets but its in_memory is False"):
+        Tensors().setup()
+    held = type("Held", (Tensors,), {"in_memory": True, "native_size": 8})()
+    held.setup()
+    assert isinstance(held.test_dataloader(), IndexedBatches)

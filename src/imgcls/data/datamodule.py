@@ -78,7 +78,10 @@ class ImageDataModule(LightningDataModule, ABC):
     in-memory data none (its augmentation runs on the device).
     """
 
-    #: True where build_splits returns images already decoded into memory at one size.
+    #: True where build_splits returns images already decoded into memory at one size, as
+    #: TensorDatasets of (uint8 images, labels): the one truth of where a source's images live
+    #: (the preset's in-memory half, loaders that index on the device); `setup` holds a source
+    #: to it.
     in_memory: bool = False
     #: the one size all images have, where they do: the default crop and eval sizes.
     native_size: int | None = None
@@ -182,7 +185,16 @@ class ImageDataModule(LightningDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
-            self.splits = self.build_splits()
+            splits = self.build_splits()
+            held = [isinstance(s, TensorDataset) for s in (splits.train, splits.val, splits.test)]
+            if held != [self.in_memory] * 3:
+                raise UserError(
+                    f"{type(self).__name__}.build_splits returned "
+                    f"{'TensorDatasets' if any(held) else 'datasets read from files'} but its "
+                    f"in_memory is {self.in_memory}: a source holding its images in memory sets "
+                    "in_memory = True and returns TensorDatasets of (uint8 images, labels)."
+                )
+            self.splits = splits
 
     def resolved_workers(self) -> int:
         if self.num_workers != "auto":
@@ -203,7 +215,7 @@ class ImageDataModule(LightningDataModule, ABC):
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
         # A process drops its last partial batch only when it has a full one besides.
         drop_last = train and math.ceil(len(dataset) / world_size) > batch_size
-        if isinstance(dataset, TensorDataset):
+        if self.in_memory:
             images, labels = (self._resident(t) for t in dataset.tensors)
             order = ShardedOrder(len(dataset), train, torch.initial_seed(), rank, world_size)
             return IndexedBatches(images, labels, batch_size, order, drop_last)
