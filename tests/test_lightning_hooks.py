@@ -65,3 +65,12 @@ def test_the_checkpoint_and_csv_internals_imgcls_relies_on_are_there(tmp_path: P
     source = inspect.getsource(ExperimentWriter.__mro__[1]._check_log_dir_exists)
     assert "rm_file(self.metrics_file_path)" in source  # what ours leaves out
     assert "_check_log_dir_exists()" in inspect.getsource(ExperimentWriter.__mro__[1].__init__)
+
+
+def test_the_ema_callback_internals_imgcls_sets_are_there() -> None:
+    """callbacks/ema.py builds EMAWeightAveraging's averaged model itself (HostCountedEMA)."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    ema = EMAWeightAveraging(decay=0.9)
+    assert {"_average_model", "_device", "_use_buffers"} <= set(vars(ema))
+    assert "self._average_model" in inspect.getsource(EMAWeightAveraging.on_train_batch_end)

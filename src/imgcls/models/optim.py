@@ -6,8 +6,8 @@ block, `imgcls`, and are consumed here:
   scales, timm's rule; torchvision's `--norm-weight-decay 0`), where decay only fights the
   normalization it rescales;
 - optimizer `imgcls.lr_mult`: the lr of the classifier `head` and of norm layers (`norm`) as
-  multiples of the lr, each its own param group, so every scheduler scales them alike (seed
-  001's fine-tuning trains the head at 10x; airbench trains BatchNorm biases at 64x);
+  multiples of the lr, each its own param group, so every scheduler scales them alike
+  (experiment=finetune_folder trains the head at 10x; airbench trains BatchNorm biases at 64x);
 - optimizer `imgcls.scale_lr` / `reference_batch`: settled with the config, before training
   (utils/config_resolve.py);
 - under 16-mixed precision the optimizer is torch's fused one where it exists (no host read of

@@ -16,8 +16,8 @@ Lightning also leaves the process group and its rendezvous variables (LOCAL_RANK
 in the parent after fit; the next sweep job would then skip launching its children and wait for
 peers that never come. `ddp_job_scope` tears both down after each job.
 
-These hooks replace two private functions of Lightning's launcher; tests/test_cli.py fails loudly
-on a Lightning version that renames them.
+These hooks replace two private functions of Lightning's launcher; tests/test_lightning_hooks.py
+fails loudly on a Lightning version that renames them.
 """
 
 import contextlib
