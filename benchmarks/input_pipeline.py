@@ -19,7 +19,8 @@ Loader only: images/s of a whole epoch of training batches (batch `--batch`, Ran
 fewer pixels gains. `--train` runs the headline experiment (resnet50_imagenet, bf16,
 channels_last) on the same photos for `--epochs` epochs, with `--train-decode` (default auto),
 and prints its images/s and the share of time the loop waited for data (from the run's perf/
-metrics); `--train-compiled` does it again with `model.compile=true`.
+metrics); `--train-compiled` does it again with `model.compile=true`. Loader repeats are paired
+and rotated (paired.py): a ratio is the median of per-repeat ratios, printed with its spread.
 """
 
 import argparse
@@ -42,6 +43,7 @@ from imgcls.prepare import prepare
 from imgcls.train import train
 from imgcls.utils.compose import compose_config
 from imgcls.utils.machine import available_cpus
+from paired import paired_repeats, ratio_line, spread
 
 
 def linked_imagenet(photos: list[Path], samples: int, root: Path) -> Path:
@@ -166,7 +168,7 @@ def main() -> None:
         f"{len(photos)} photos (median {statistics.median(w for w, _ in sizes)}x"
         f"{statistics.median(h for _, h in sizes)} px) linked {args.samples} times; batch "
         f"{args.batch}, {args.workers} worker(s), decode={','.join(args.decode)}, device {device}, "
-        f"{cpu} CPUs, median of {args.repeats}"
+        f"{cpu} CPUs, {args.repeats} paired repeats"
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = linked_imagenet(photos, args.samples, Path(tmp) / "photos")
@@ -174,17 +176,18 @@ def main() -> None:
         if args.prepared:
             trees["prepared copy"] = Path(tmp) / "prepared"
             prepare(root, trees["prepared copy"])
-        baseline = statistics.median(
-            torchvision_rate(root, args, device) for _ in range(args.repeats)
-        )
-        print(f"torchvision ImageFolder + PIL, original photos: {baseline:8,.0f} img/s")
+        baseline = "torchvision ImageFolder + PIL, original photos"
+        loaders = {baseline: lambda: torchvision_rate(root, args, device)}
         for name, tree in trees.items():
             for decode in args.decode:
-                ours = statistics.median(
-                    imgcls_rate(tree, args, device, decode) for _ in range(args.repeats)
+                loaders[f"imgcls loader (decode={decode}), {name}"] = (
+                    lambda tree=tree, decode=decode: imgcls_rate(tree, args, device, decode)
                 )
-                print(f"imgcls loader (decode={decode}), {name}: {ours:8,.0f} img/s")
-                print(f"  ratio imgcls/torchvision={ours / baseline:.2f}")
+        rates = paired_repeats(loaders, args.repeats)
+        for name, runs in rates.items():
+            print(f"{name}: {spread(runs)} img/s")
+            if name != baseline:
+                print("  " + ratio_line("imgcls/torchvision", runs, rates[baseline], digits=2))
         picked = choose_decode(args.train_decode, device)
         for compiled in (False, True)[: 1 + args.train_compiled] if args.train else ():
             rate, wait = train_rates(root, args, compiled)

@@ -15,9 +15,8 @@ way, with the same SGD:
 The plain loops are written as a careful engineer would: no host read per step (the loss sum
 stays on the device and is read once per epoch). Images/s is measured over each epoch's steps
 (the device synchronized at both ends; end-of-epoch work such as checkpointing is left out of
-all three), for the epochs after the first (warm-up, compilation, allocations). Each repeat runs
-all three in turn, in rotating order; the ratios printed last are medians of the per-repeat
-ratios, which cancel slow drifts in the machine's speed.
+all three), for the epochs after the first (warm-up, compilation, allocations). Repeats are
+paired and rotated (paired.py): each figure is a median with its spread beside it.
 """
 
 import argparse
@@ -36,6 +35,7 @@ from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.models.zoo import build_net
 from imgcls.train import build_components
 from imgcls.utils.compose import compose_config, instantiate
+from paired import paired_repeats, ratio_line, spread
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
@@ -219,24 +219,14 @@ def main() -> None:
         "device": ("plain, device data", lambda: plain_loop(args, data, on_device=True)),
         "imgcls": ("imgcls", lambda: imgcls_loop(args, data)),
     }
-    loops = dict(every[key] for key in every if key in args.loops.split(","))
-    rates: dict[str, list[float]] = {name: [] for name in loops}
-    names = list(loops)
-    for repeat in range(args.repeats):
-        turn = repeat % len(names)
-        for name in names[turn:] + names[:turn]:  # rotating order
-            rates[name].append(loops[name]())
+    loops = {every[key][0]: every[key][1] for key in every if key in args.loops.split(",")}
+    rates = paired_repeats(loops, args.repeats)
     for name, runs in rates.items():
-        listed = ", ".join(f"{r:,.0f}" for r in runs)
-        print(f"{name:>19}: {statistics.median(runs):>9,.0f} images/s  (runs: {listed})")
+        print(f"{name:>19}: {spread(runs)} images/s")
     for baseline in ("plain, host data", "plain, device data"):
-        if baseline not in rates or "imgcls" not in rates:
-            continue
-        ratios = [o / p for o, p in zip(rates["imgcls"], rates[baseline], strict=True)]
-        print(
-            f"ratio imgcls/{baseline.replace(', ', ' ')}={statistics.median(ratios):.3f}  "
-            f"(paired: {', '.join(f'{r:.3f}' for r in ratios)})"
-        )
+        if baseline in rates and "imgcls" in rates:
+            label = f"imgcls/{baseline.replace(', ', ' ')}"
+            print(ratio_line(label, rates["imgcls"], rates[baseline]))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@
 
 The net is exported the way `python export.py format=onnx` does (imgcls.export.export_onnx),
 outputs are checked to agree, then each runtime classifies the same random batch `--repeats`
-times after warm-up; the median time per batch is printed, and last, per batch size,
-`ratio onnxruntime/pytorch=<x>` in images/s (above 1: onnxruntime is faster).
+times after warm-up, the two in turn and in rotating order (paired.py); images/s is printed as a
+median with its spread, and last, per batch size, `ratio onnxruntime/pytorch=<x>`, the median of
+the paired ratios (above 1: onnxruntime is faster).
 """
 
 import argparse
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,17 +20,18 @@ import torch
 
 from imgcls.export import export_onnx
 from imgcls.models.zoo import build_net
+from paired import paired_repeats, ratio_line, spread
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
+def rate(run: Callable[[], object], batch: int) -> Callable[[], float]:
+    """Images/s of one call of `run` on a batch of `batch` images."""
+
+    def timed() -> float:
         start = time.perf_counter()
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return batch / (time.perf_counter() - start)
+
+    return timed
 
 
 def main() -> None:
@@ -56,26 +57,28 @@ def main() -> None:
         session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )
-    print(f"{args.net} at {args.size} px, {args.threads} threads, median of {args.repeats}")
-    ratios = {}
+    print(f"{args.net} at {args.size} px, {args.threads} threads, {args.repeats} paired repeats")
+    lines = []
     for batch in args.batches:
         images = torch.randn(batch, 3, args.size, args.size)
         feed = {"images": images.numpy()}
         with torch.inference_mode():
             diff = (torch.from_numpy(session.run(None, feed)[0]) - net(images)).abs().max()
-
-            def eager(images: torch.Tensor = images) -> object:
-                return net(images)
-
-            torch_s = median_seconds(eager, args.repeats)
-        ort_s = median_seconds(lambda feed=feed: session.run(None, feed), args.repeats)
-        ratios[batch] = torch_s / ort_s
+            runtimes = {
+                "pytorch": rate(lambda images=images: net(images), batch),
+                "onnxruntime": rate(lambda feed=feed: session.run(None, feed), batch),
+            }
+            for _ in range(3):  # warm-up
+                for run in runtimes.values():
+                    run()
+            rates = paired_repeats(runtimes, args.repeats)
         print(
-            f"batch {batch:3d}: pytorch {batch / torch_s:7.1f} img/s, "
-            f"onnxruntime {batch / ort_s:7.1f} img/s (max abs logit diff {diff:.2g})"
+            f"batch {batch:3d}: pytorch {spread(rates['pytorch'], 1)} img/s, onnxruntime "
+            f"{spread(rates['onnxruntime'], 1)} img/s (max abs logit diff {diff:.2g})"
         )
-    for batch, ratio in ratios.items():
-        print(f"batch {batch}: ratio onnxruntime/pytorch={ratio:.2f}")
+        ratio = ratio_line("onnxruntime/pytorch", rates["onnxruntime"], rates["pytorch"], 2)
+        lines.append(f"batch {batch}: {ratio}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
