@@ -1,5 +1,6 @@
 """The docs name what exists: every module in docs/ARCHITECTURE.md's table (and every module is
-in it), every augmentation preset and config group option in the README."""
+in it), every augmentation preset and config group option in the README, and the modules each
+experiment's header says its pieces live in."""
 
 import re
 from pathlib import Path
@@ -54,3 +55,11 @@ def test_the_readme_group_table_names_options_that_exist() -> None:
         for option in re.findall(r"`(\w+)`", row.split("|")[2]):
             exists = (folder / f"{option}.yaml").is_file() or option in {"none", "default"}
             assert exists or (CONFIG_DIR / "model" / f"{option}.yaml").is_file(), (group, option)
+
+
+def test_every_experiment_says_where_its_pieces_live_and_those_modules_exist() -> None:
+    for recipe in sorted((CONFIG_DIR / "experiment").glob("*.yaml")):
+        header = recipe.read_text().split("\ndefaults:")[0]
+        assert "Where each piece lives" in header, recipe.name
+        for module in re.findall(r"\b(?:data|models|callbacks|utils)/[\w/]+\.py", header):
+            assert (SRC / "imgcls" / module).is_file(), (recipe.name, module)

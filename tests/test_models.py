@@ -269,6 +269,32 @@ def test_onecycle_peaks_at_each_groups_lr() -> None:
     assert peaks == pytest.approx([0.1, 0.4])
 
 
+def test_each_groups_schedule_is_logged_as_it_will_run(caplog: pytest.LogCaptureFixture) -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    optimizer = build_optimizer(net, {**SGD, "imgcls": {"lr_mult": {"norm": 4}}})
+    cfg = {
+        "_target_": "torch.optim.lr_scheduler.OneCycleLR",
+        "max_lr": None,
+        "total_steps": None,
+        "div_factor": 5.0,
+        "imgcls": {"interval": "step", "warmup_epochs": 0.5},
+    }
+    with caplog.at_level("INFO", logger="imgcls.models.optim"):
+        scheduler = build_scheduler(optimizer, cfg, total_steps=20, max_epochs=2)["scheduler"]
+    (logged,) = [r.getMessage() for r in caplog.records if "LR schedule" in r.getMessage()]
+    curves = [[], []]
+    for _ in range(20):  # the real run's lr, step by step (the log's stand-in left it as it was)
+        for curve, group in zip(curves, optimizer.param_groups, strict=True):
+            curve.append(group["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert "(OneCycleLR after a 5-step linear warm-up, per step, 20 steps)" in logged
+    for name, curve in zip(("backbone", "norm"), curves, strict=True):
+        peak = curve.index(max(curve))
+        points = f"{curve[0]:.4g} -> {curve[peak]:.4g} (step {peak}) -> {curve[-1]:.4g}"
+        assert f"  {name}: {points}, weight decay 0.0001" in logged.splitlines()
+
+
 def test_no_scheduler_config_means_constant_lr() -> None:
     optimizer = build_optimizer(nn.Linear(2, 2), SGD)
     assert build_scheduler(optimizer, {}, total_steps=10, max_epochs=1) is None

@@ -19,10 +19,13 @@ block, `imgcls`, and are consumed here:
 """
 
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from hydra.utils import get_class
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR
@@ -36,6 +39,8 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Lo
 RUN_LENGTH_KEYS = ("T_max", "total_steps")
 INTERVALS = ("epoch", "step")
 FUSED = (SGD, Adam, AdamW)
+# the stand-in optimizer of log_schedule takes a group's hyperparameters, not its kernel choice
+STAND_IN_DROPS = ("params", "initial_lr", "fused", "foreach", "capturable")
 
 
 def param_groups(
@@ -137,6 +142,8 @@ def build_scheduler(
 ) -> dict[str, Any] | None:
     """A Lightning lr_scheduler_config, or None when `cfg` names no scheduler."""
     if not cfg or not cfg.get("_target_"):
+        if rank_zero_only.rank == 0:
+            log_schedule(optimizer, None, 1, "none: constant")
         return None
     kwargs = dict(cfg)
     scheduler_class = get_class(kwargs.pop("_target_"))
@@ -152,11 +159,60 @@ def build_scheduler(
     for key in RUN_LENGTH_KEYS:
         if key in kwargs and kwargs[key] is None:
             kwargs[key] = length - warmup
-    if "max_lr" in kwargs and kwargs["max_lr"] is None:  # OneCycleLR: peak at the optimizer's lr
-        kwargs["max_lr"] = [group["lr"] for group in optimizer.param_groups]
-    scheduler: LRScheduler = scheduler_class(optimizer, **kwargs)
-    if warmup > 0:
-        start = ours.get("warmup_start_factor", 0.01)
-        ramp = LinearLR(optimizer, start_factor=start, total_iters=warmup)
-        scheduler = SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
-    return {"scheduler": scheduler, "interval": interval, "frequency": 1}
+
+    def make(target: Optimizer) -> LRScheduler:
+        args = dict(kwargs)
+        if "max_lr" in args and args["max_lr"] is None:  # OneCycleLR: peak at each group's lr
+            args["max_lr"] = [group["lr"] for group in target.param_groups]
+        made: LRScheduler = scheduler_class(target, **args)
+        if warmup > 0:
+            start = ours.get("warmup_start_factor", 0.01)
+            ramp = LinearLR(target, start_factor=start, total_iters=warmup)
+            made = SequentialLR(target, [ramp, made], milestones=[warmup])
+        return made
+
+    if rank_zero_only.rank == 0:
+        ramp = f" after a {warmup}-{interval} linear warm-up" if warmup else ""
+        log_schedule(optimizer, make, length, f"{scheduler_class.__name__}{ramp}, per {interval}")
+    return {"scheduler": make(optimizer), "interval": interval, "frequency": 1}
+
+
+def log_schedule(
+    optimizer: Optimizer,
+    make: Callable[[Optimizer], LRScheduler] | None,
+    length: int,
+    what: str,
+) -> None:
+    """Log each param group's lr at the first step, at its peak and at the last step, and its
+    weight decay: the numbers a recipe really trains with (scaled lr, lr_mult, warm-up, div
+    factors), read instead of derived. The schedule runs on a stand-in optimizer holding one
+    scalar per group (a few microseconds a step), so the real one is not touched."""
+    stand_in = type(optimizer)(
+        [
+            {**{k: v for k, v in group.items() if k not in STAND_IN_DROPS}, "params": [p]}
+            for group, p in zip(
+                optimizer.param_groups,
+                (torch.zeros(1, requires_grad=True) for _ in optimizer.param_groups),
+                strict=True,
+            )
+        ]
+    )
+    scheduler = make(stand_in) if make is not None else None  # sets the first step's lr
+    lrs = [[group["lr"] for group in stand_in.param_groups]]
+    if scheduler is not None:
+        with warnings.catch_warnings():  # stepping a schedule without optimizer steps
+            warnings.simplefilter("ignore")
+            for _ in range(length - 1):
+                scheduler.step()
+                lrs.append([group["lr"] for group in stand_in.param_groups])
+    steps = f", {len(lrs)} steps): first -> peak (at step) -> last" if make else ")"
+    lines = [f"LR schedule ({what}{steps}"]
+    for g, group in enumerate(optimizer.param_groups):
+        curve = [row[g] for row in lrs]
+        peak = max(range(len(curve)), key=curve.__getitem__)
+        points = f"{curve[0]:.4g} -> {curve[peak]:.4g} (step {peak}) -> {curve[-1]:.4g}"
+        lines.append(
+            f"  {group.get('name', 'all')}: {points if make else f'lr {curve[0]:.4g}'}, "
+            f"weight decay {group.get('weight_decay', 0):g}"
+        )
+    log.info("\n".join(lines))
