@@ -12,6 +12,7 @@ those free to change on a resume (FREE_ON_RESUME: where it logs and what watches
 trainer.max_epochs), and says which it took; a run of another command is never picked.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from imgcls.models.classifier import RUN_LENGTH
 from imgcls.models.loading import read_checkpoint
 from imgcls.models.optim import RUN_LENGTH_KEYS
 from imgcls.models.zoo import PRETRAINED_KEYS
-from imgcls.utils.compose import set_in_struct
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.run_dirs import describe, holder
@@ -91,9 +91,19 @@ def newest_last_checkpoint(runs_dir: Path, exclude: Path) -> Path:
     raise UserError("; ".join(reasons) + ": pass ckpt_path=<path to a last.ckpt> instead.")
 
 
-def resolve_resume(cfg: DictConfig) -> dict[str, Any] | None:
-    """Turn `ckpt_path` into a file and point `paths.output_dir` at the run it belongs to.
-    Returns the checkpoint (its tensors mapped, not read), for `check_checkpoint_fits`."""
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumed run continues: the checkpoint, its contents (tensors mapped, not read),
+    and the run dir it belongs to (None: this command's own dir)."""
+
+    ckpt: Path
+    checkpoint: dict[str, Any]
+    run_dir: Path | None
+
+
+def resume_target(cfg: DictConfig) -> Resume | None:
+    """What `ckpt_path` names (`last` or a path), and the run dir it continues in; the config
+    is left as it is (settle.py writes both into it)."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt or not cfg.get("train"):
         return None
@@ -102,22 +112,21 @@ def resolve_resume(cfg: DictConfig) -> dict[str, Any] | None:
         ckpt = newest_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name, output_dir)
     ckpt = Path(ckpt).resolve()
     checkpoint = read_checkpoint(ckpt, mmap=True)  # tensors stay unread
-    set_in_struct(cfg, "ckpt_path", str(ckpt))
+    run_dir = None
     if ckpt.parent.name == "checkpoints" and ckpt.parent.parent != output_dir.resolve():
         run_dir = ckpt.parent.parent
         if (owner := holder(run_dir)) is not None:
             raise UserError(describe(owner, run_dir) + ": wait for it, or resume another run.")
         log.info(f"Resuming {ckpt} into its run dir {run_dir}")
-        set_in_struct(cfg, "paths.output_dir", str(run_dir))
-    return checkpoint
+    return Resume(ckpt, checkpoint, run_dir)
 
 
-def check_checkpoint_fits(
-    checkpoint: dict[str, Any], cfg: DictConfig, class_names: list[str]
-) -> None:
+def check_checkpoint_fits(resume: Resume, cfg: DictConfig, class_names: list[str]) -> None:
     """The checkpoint's net, classes and run length against the run's, before any weights are
-    loaded."""
-    saved, ckpt, net_name = checkpoint["hyper_parameters"], cfg.ckpt_path, cfg.model.net.name
+    loaded (and before the run is pointed at the checkpoint's dir: a refusal leaves it as it
+    was)."""
+    checkpoint, ckpt, net_name = resume.checkpoint, resume.ckpt, cfg.model.net.name
+    saved = checkpoint["hyper_parameters"]
     if saved["net"]["name"] != net_name:
         raise UserError(
             f"{ckpt} holds a {saved['net']['name']} but the config builds a {net_name}: resume "

@@ -4,10 +4,9 @@
 directly); `main()` is the command line and returns the value a sweeper optimizes.
 """
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -16,11 +15,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.data.input_contract import InputContract
-from imgcls.resume import check_checkpoint_fits, resolve_resume
+from imgcls.settle import settle
 from imgcls.task import task_main
-from imgcls.utils.compose import instantiate, instantiate_each, set_in_struct
-from imgcls.utils.config_checks import check_values
-from imgcls.utils.config_resolve import resolve_config
+from imgcls.utils.compose import instantiate, instantiate_each
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
@@ -122,30 +119,12 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    check_values(cfg)
-    resolve_config(cfg)
+    settle(cfg)  # the lr, a resume's checkpoint and run dir, ...: the config is final from here
     configure_numerics(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    with contextlib.ExitStack() as run_dir_held:
-        with refused_in_own_dir(cfg):
-            resumed_from = resolve_resume(cfg)  # may point paths.output_dir at the run's dir
-            run_dir_held.enter_context(held(cfg.paths.output_dir))  # no one else trains there
-            objects = build_components(cfg)
-            if resumed_from is not None:
-                check_checkpoint_fits(resumed_from, cfg, objects["datamodule"].class_names)
-        return fit_and_test(cfg, objects)
-
-
-@contextlib.contextmanager
-def refused_in_own_dir(cfg: DictConfig) -> Iterator[None]:
-    """A resume refused: the earlier run stays as it was, and this command's dir says why."""
-    own_dir = cfg.paths.output_dir
-    try:
-        yield
-    except UserError:
-        set_in_struct(cfg, "paths.output_dir", own_dir)
-        raise
+    with held(cfg.paths.output_dir):  # no one else trains there
+        return fit_and_test(cfg, build_components(cfg))
 
 
 def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, float], dict]:

@@ -46,7 +46,7 @@ def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> Metric
 class ImageClassifier(LightningModule):
     """A net with cross-entropy, accuracy metrics and its optimizer: the training, validation
     and test steps. Freezing the backbone is callbacks.FrozenBackbone's; test-time augmentation
-    is models/tta.py's; the lr a run uses is settled with its config (utils/config_resolve.py)."""
+    is models/tta.py's; the lr a run uses is settled with its config (settle.py)."""
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
-"""Values that follow from other values or from the machine, settled once a run's config is
-composed and written back into it, so that the config the run logs says what ran:
+"""Values that follow from other values or from the machine, worked out from a composed config
+without changing it (settle.py writes them into it, with the rest of what a run derives):
 
 - `optimizer.imgcls.scale_lr=linear`: `optimizer.lr` is the lr for `reference_batch` images a
   step (Goyal et al. 2017) and becomes lr x global batch / reference_batch, the global batch being
@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from imgcls.utils.compose import set_in_struct
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -23,15 +22,17 @@ log = get_logger(__name__)
 SCALE_RULES = (None, "none", "linear")
 
 
-def resolve_config(cfg: DictConfig) -> None:
+def derived_values(cfg: DictConfig) -> dict[str, Any]:
+    """{dotted key: the value the run uses}, for each value that differs from the config's."""
+    derived: dict[str, Any] = {}
     trainer = cfg.get("trainer")
     if trainer is None:
-        return
+        return derived
     if trainer.get("deterministic") and trainer.get("benchmark"):
-        set_in_struct(cfg, "trainer.benchmark", False)
+        derived["trainer.benchmark"] = False
         log.info("trainer.deterministic is on: cuDNN's autotuner (trainer.benchmark) is off.")
     if trainer.get("sync_batchnorm") and not on_gpu(trainer):
-        set_in_struct(cfg, "trainer.sync_batchnorm", False)
+        derived["trainer.sync_batchnorm"] = False
         log.warning(
             "trainer.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm): kept per-process "
             "BatchNorm on the CPU."
@@ -43,9 +44,11 @@ def resolve_config(cfg: DictConfig) -> None:
     if rule == "linear":
         batch = cfg.data.batch_size * device_count(trainer) * trainer.get("num_nodes", 1)
         batch *= trainer.get("accumulate_grad_batches", 1)
-        lr = scaled_lr(cfg.optimizer.lr, batch, ours.get("reference_batch", 256))
-        set_in_struct(cfg, "optimizer.lr", lr)
-        set_in_struct(cfg, "optimizer.imgcls.scale_lr", None)  # done: the lr above is the run's
+        derived["optimizer.lr"] = scaled_lr(
+            cfg.optimizer.lr, batch, ours.get("reference_batch", 256)
+        )
+        derived["optimizer.imgcls.scale_lr"] = None  # done: the lr above is the run's
+    return derived
 
 
 def scaled_lr(lr: float, global_batch: int, reference_batch: int) -> float:
