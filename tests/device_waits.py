@@ -270,7 +270,8 @@ class _DispatchLevel(TorchDispatchMode):
 def host_held_tensors(trainer: L.Trainer) -> list[torch.Tensor]:
     """Tensors made on the host before the window that stay there: the parameters of the Beta
     distribution torchvision's MixUp and CutMix draw their mixing weight from (on a GPU too)."""
-    mix = getattr(trainer.datamodule, "batch_mix", None)
+    device_batch = getattr(trainer.datamodule, "device_batch", None)
+    mix = getattr(device_batch, "mix", None)
     found = []
     for transform in getattr(mix, "transforms", [mix]):
         dist = getattr(transform, "_dist", None)

@@ -8,11 +8,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from imgcls import CONFIG_DIR
-from imgcls.data.datamodule import EpochSeededRandomSampler
 from imgcls.data.digits import DigitsDataModule
 from imgcls.data.fake import FakeDataModule
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
 from imgcls.data.input_contract import InputContract
+from imgcls.data.loaders import EpochSeededRandomSampler
 from imgcls.utils.errors import UserError
 from tests.helpers import fake_trainer
 
@@ -87,7 +87,7 @@ def test_the_input_contract_round_trips_pixels_and_checkpoint_data() -> None:
     assert InputContract.from_dict(contract.as_dict()) == contract
     dm = DigitsDataModule(mean=contract.mean, std=contract.std)
     assert (dm.contract.resize, dm.contract.crop) == (32, 32)  # the digits' own size
-    torch.testing.assert_close(dm.normalize(pixels), contract.normalize(pixels))
+    torch.testing.assert_close(dm.on_after_batch_transfer(pixels, 0), contract.normalize(pixels))
 
 
 def test_in_memory_batches_are_indexed_in_the_samplers_order(digits: DigitsDataModule) -> None:

@@ -60,7 +60,7 @@ def test_progressive_resize_schedule_and_device_scaling(make_cfg) -> None:
     dm = DigitsDataModule(batch_size=4)
 
     dm.trainer = fake_trainer()
-    dm.set_train_resolution(24)
+    dm.device_batch.set_train_resolution(24)
     images, _ = dm.on_after_batch_transfer((torch.zeros(4, 3, 32, 32, dtype=torch.uint8), None), 0)
     assert images.shape == (4, 3, 24, 24)
 

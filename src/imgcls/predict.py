@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD, auto_workers
+from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
 from imgcls.data.decode import IMAGE_SUFFIXES, BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT, list_images, shown
 from imgcls.data.input_contract import InputContract
+from imgcls.data.loaders import auto_workers
 from imgcls.data.transforms import resize_center_crop
 from imgcls.models.loading import load_classifier
 from imgcls.task import task_main

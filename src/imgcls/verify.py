@@ -13,10 +13,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imgcls.data.datamodule import auto_workers
 from imgcls.data.decode import BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT, class_folders, shown
 from imgcls.data.folder import FolderDataModule
+from imgcls.data.loaders import auto_workers
 from imgcls.task import task_main
 from imgcls.utils.compose import instantiate
 from imgcls.utils.errors import UserError

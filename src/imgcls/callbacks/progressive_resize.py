@@ -2,7 +2,8 @@
 learns coarse features and epochs are cheap, and ramp up to full resolution by the end.
 
 The workers crop at `max_res` as usual; the device scales each training batch down to the
-epoch's resolution (`ImageDataModule.set_train_resolution`), so the loaders are never rebuilt.
+epoch's resolution (`DeviceBatchTransform.set_train_resolution`, data/device_batch.py), so the
+loaders are never rebuilt.
 `'callbacks=[default,progressive_resize]'` (configs/callbacks/progressive_resize.yaml).
 """
 
@@ -45,5 +46,5 @@ class ProgressiveResize(Callback):
             self.end_epoch,
             self.step,
         )
-        trainer.datamodule.set_train_resolution(res)
+        trainer.datamodule.device_batch.set_train_resolution(res)
         log.info(f"epoch {trainer.current_epoch}: training at {res} px")

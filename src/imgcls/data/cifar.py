@@ -67,7 +67,9 @@ class CIFAR10DataModule(ImageDataModule):
     def build_splits(self) -> Splits:
         images, labels = self._tensors(self._train_set)
         val_fraction = self.val_size / len(labels)
-        train, val = stratified_split(labels.tolist(), [1 - val_fraction, val_fraction], self.split_seed)
+        train, val = stratified_split(
+            labels.tolist(), [1 - val_fraction, val_fraction], self.split_seed
+        )
         test_images, test_labels = self._tensors(self._load(train=False))
         return Splits(
             TensorDataset(images[train], labels[train]),

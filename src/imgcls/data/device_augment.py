@@ -87,7 +87,11 @@ class RandomAffineBatch(nn.Module):
         theta = self.theta(n, height, width, images.device).to(images.dtype)
         grid = F.affine_grid(theta, [n, channels, out_h, out_w], align_corners=False)
         return F.grid_sample(
-            images, grid, mode=self.interpolation, padding_mode=self.padding_mode, align_corners=False
+            images,
+            grid,
+            mode=self.interpolation,
+            padding_mode=self.padding_mode,
+            align_corners=False,
         )
 
 
@@ -98,10 +102,19 @@ class ColorJitterBatch(nn.Module):
     torchvision shifts HSV hue: the same look at a fraction of the cost)."""
 
     def __init__(
-        self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0
+        self,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        hue: float = 0.0,
     ) -> None:
         super().__init__()
-        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.brightness, self.contrast, self.saturation, self.hue = (
+            brightness,
+            contrast,
+            saturation,
+            hue,
+        )
         self._constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, ...]] = {}
 
     def constants(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -144,12 +157,16 @@ class ColorJitterBatch(nn.Module):
                 (hue, torch.zeros_like(offset)),
             ]
             pick = order[:, step].view(n, 1, 1)
-            op = torch.stack([m for m, _ in candidates], dim=1).gather(
-                1, pick.view(n, 1, 1, 1).expand(n, 1, 3, 3)
-            ).squeeze(1)
-            op_offset = torch.stack([o for _, o in candidates], dim=1).gather(
-                1, pick.view(n, 1, 1).expand(n, 1, 3)
-            ).squeeze(1)
+            op = (
+                torch.stack([m for m, _ in candidates], dim=1)
+                .gather(1, pick.view(n, 1, 1, 1).expand(n, 1, 3, 3))
+                .squeeze(1)
+            )
+            op_offset = (
+                torch.stack([o for _, o in candidates], dim=1)
+                .gather(1, pick.view(n, 1, 1).expand(n, 1, 3))
+                .squeeze(1)
+            )
             matrix = op @ matrix
             offset = (op @ offset.unsqueeze(2)).squeeze(2) + op_offset
         out = torch.einsum("nij,njhw->nihw", matrix, images) + offset.view(n, 3, 1, 1)

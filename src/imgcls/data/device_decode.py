@@ -149,7 +149,9 @@ def choose_decode(decode: str, device: torch.device) -> str:
     if decode != "auto":
         return decode
     if device.type != "cuda":
-        log.info(f"data.decode=auto: photos are decoded in the loader workers (training on {device})")
+        log.info(
+            f"data.decode=auto: photos are decoded in the loader workers (training on {device})"
+        )
         return "cpu"
     hardware = hardware_jpeg_decoder(device)
     chosen = "device" if hardware else "cpu"
@@ -175,7 +177,9 @@ def hardware_jpeg_decoder(device: torch.device) -> bool | None:
     handle = ctypes.c_void_p()
     with torch.cuda.device(device):
         torch.cuda.init()
-        status = library.nvjpegCreateEx(NVJPEG_BACKEND_HARDWARE, None, None, 0, ctypes.byref(handle))
+        status = library.nvjpegCreateEx(
+            NVJPEG_BACKEND_HARDWARE, None, None, 0, ctypes.byref(handle)
+        )
     if status == NVJPEG_STATUS_SUCCESS:
         library.nvjpegDestroy(handle)
         return True
@@ -232,7 +236,9 @@ def random_resized_boxes(
     n, device = len(sizes), sizes.device
     height, width = sizes[:, :1], sizes[:, 1:]
     area = height * width * torch.empty(n, tries, device=device).uniform_(*scale)
-    log_ratio = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    log_ratio = torch.empty(n, tries, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1])
+    )
     aspect = log_ratio.exp()
     w = (area * aspect).sqrt().round()
     h = (area / aspect).sqrt().round()

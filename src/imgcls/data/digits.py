@@ -55,6 +55,4 @@ class DigitsDataModule(ImageDataModule):
             stratify=labels[rest],
             random_state=self.split_seed,
         )
-        return Splits(
-            *(TensorDataset(images[idx], labels[idx]) for idx in (train, val, test))
-        )
+        return Splits(*(TensorDataset(images[idx], labels[idx]) for idx in (train, val, test)))

@@ -1,4 +1,5 @@
-"""Synthetic images of any size and class count: smoke-test a big config (ImageNet shapes) with no data."""
+"""Synthetic images of any size and class count: smoke-test a big config (ImageNet shapes)
+with no data."""
 
 from torchvision.datasets import FakeData
 from torchvision.transforms import v2
@@ -30,7 +31,11 @@ class FakeDataModule(ImageDataModule):
     def build_splits(self) -> Splits:
         # Each split draws from its own offset so no image appears in two splits.
         offsets = (0, self.split_sizes[0], self.split_sizes[0] + self.split_sizes[1])
-        transforms = (self.pipeline.train_worker, self.pipeline.eval_worker, self.pipeline.eval_worker)
+        transforms = (
+            self.pipeline.train_worker,
+            self.pipeline.eval_worker,
+            self.pipeline.eval_worker,
+        )
         return Splits(
             *(
                 FakeData(
@@ -40,6 +45,8 @@ class FakeDataModule(ImageDataModule):
                     transform=v2.Compose([v2.PILToTensor(), transform]),
                     random_offset=offset,
                 )
-                for size, offset, transform in zip(self.split_sizes, offsets, transforms, strict=True)
+                for size, offset, transform in zip(
+                    self.split_sizes, offsets, transforms, strict=True
+                )
             )
         )

@@ -81,7 +81,6 @@ def list_images(
     return sorted(found)
 
 
-
 def scan_samples(
     root: Path, classes: Sequence[str], skipped_links: dict[str, str] | None = None
 ) -> list[tuple[str, int]]:
@@ -140,7 +139,9 @@ class ImageFileDataset(Dataset):
         collate_fn: Callable | None = None,
     ) -> None:
         if on_bad_image not in BAD_POLICIES:
-            raise UserError(f"data.on_bad_image must be one of {BAD_POLICIES}, got {on_bad_image!r}")
+            raise UserError(
+                f"data.on_bad_image must be one of {BAD_POLICIES}, got {on_bad_image!r}"
+            )
         self.samples = list(samples)
         self.transform = transform
         self.min_side = min_side

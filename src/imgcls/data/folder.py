@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, TensorDataset
 
-from imgcls.data.datamodule import ImageDataModule, Splits, auto_workers
+from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.data.decode import BadImageError, parse_header
 from imgcls.data.device_decode import (
     DECODE_PLACES,
@@ -35,6 +35,7 @@ from imgcls.data.files import (
     scan_samples,
     stratified_split,
 )
+from imgcls.data.loaders import auto_workers
 from imgcls.data.transforms import NO_DEVICE_CROP, PRESETS, resize_center_crop
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -138,7 +139,9 @@ class FolderDataModule(ImageDataModule):
             self.save_split(samples)
         for name, found in samples.items():
             if not found:
-                raise UserError(f"The {name} split of {self.root} has no images. Expected {LAYOUTS}.")
+                raise UserError(
+                    f"The {name} split of {self.root} has no images. Expected {LAYOUTS}."
+                )
         self._warn_of_classes_missing_from(samples)
         return samples
 
@@ -185,7 +188,9 @@ class FolderDataModule(ImageDataModule):
     def bad_images_file(self) -> Path | None:
         return self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None
 
-    def _dataset(self, samples: list[tuple[str, int]], transform, min_side: int) -> ImageFileDataset:
+    def _dataset(
+        self, samples: list[tuple[str, int]], transform, min_side: int
+    ) -> ImageFileDataset:
         if self.decodes_on_device():  # workers read bytes; the device decodes and crops
             return ImageFileDataset(
                 samples,
@@ -212,7 +217,9 @@ class FolderDataModule(ImageDataModule):
             self._decode_place = (device, choose_decode(self.decode, device))
         on_device = self._decode_place[1] == "device"
         if on_device and self.pipeline.device_crop is NO_DEVICE_CROP:
-            able = [name for name, make in PRESETS.items() if make().device_crop is not NO_DEVICE_CROP]
+            able = [
+                name for name, make in PRESETS.items() if make().device_crop is not NO_DEVICE_CROP
+            ]
             raise UserError(
                 f"data.decode=device crops on the device, which data.augment={self.augment} does "
                 f"not: use one of {', '.join(able)}, or data.decode=cpu."
@@ -252,4 +259,3 @@ def report_bad_images(listing: Path | None) -> None:
     lines = listing.read_text(**PATH_TEXT).splitlines()
     paths = {line.split("\t", 1)[0] for line in lines if line}
     log.warning(f"Skipped {len(paths)} bad image file(s); they are listed in {listing}.")
-

@@ -15,12 +15,15 @@ in order, dealt out by rank with no padding (each counted once).
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from imgcls.utils.logging import get_logger
 from imgcls.utils.machine import to_device_async
+
+log = get_logger(__name__)
 
 # (seed, epoch) -> the generator's seed: epochs far apart in seed space
 EPOCH_STRIDE = 1_000_003
@@ -83,3 +86,33 @@ class IndexedBatches:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             yield self.images.index_select(0, index), self.labels.index_select(0, index)
+
+
+class DeviceResidency:
+    """A source's in-memory tensors on the (one) training device, copied there once, when all
+    of its splits fit in a quarter of the device's free memory; else they stay on the host and
+    batches travel one by one."""
+
+    def __init__(self) -> None:
+        self._copies: dict[int, Tensor] = {}
+        self._fits: bool | None = None
+
+    def place(
+        self, tensors: tuple[Tensor, ...], device: torch.device, needed: Callable[[], int]
+    ) -> tuple[Tensor, ...]:
+        """`tensors` where batches are drawn from; `needed()`: the bytes of every split."""
+        if device.type != "cuda" or not self._fit(device, needed):
+            return tensors
+        for tensor in tensors:
+            if id(tensor) not in self._copies:
+                self._copies[id(tensor)] = tensor.to(device)
+        return tuple(self._copies[id(t)] for t in tensors)
+
+    def _fit(self, device: torch.device, needed: Callable[[], int]) -> bool:
+        if self._fits is None:
+            size = needed()
+            free, _ = torch.cuda.mem_get_info(device)
+            self._fits = size <= free / 4
+            where = f"on {device}" if self._fits else "on the host (too large)"
+            log.info(f"In-memory data ({size / 2**30:.2f} GiB) held {where}")
+        return self._fits

@@ -36,7 +36,12 @@ class InputContract:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, for a checkpoint's hyperparameters."""
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     @classmethod
     def of_weights(cls, net: Mapping[str, Any]) -> "InputContract | None":

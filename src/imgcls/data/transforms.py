@@ -11,12 +11,12 @@ A preset says its default sizes (train crop, eval resize, eval crop) and where i
 
 | preset | train | default sizes |
 |---|---|---|
-| none | eval transform only | 224 / 256 / 224 |
-| standard | RandomResizedCrop + flip | 224 / 256 / 224 |
-| cifar | pad-4 random crop + flip | 32 / 32 / 32 |
-| cifar_light | pad-2 mirror random crop + flip (airbench's, for ~10-epoch schedules) | 32 / 32 / 32 |
-| classic_imagenet | RandomResizedCrop + flip, then rotation 10 + ColorJitter 0.2 | 224 / 256 / 224 |
-| torchvision_recipe | RandomResizedCrop + flip + TrivialAugmentWide + RandomErasing 0.1 | 176 / 232 / 224 |
+| none | eval transform only | 224/256/224 |
+| standard | RandomResizedCrop + flip | 224/256/224 |
+| cifar | pad-4 random crop + flip | 32/32/32 |
+| cifar_light | pad-2 mirror random crop + flip (airbench's, ~10-epoch runs) | 32/32/32 |
+| classic_imagenet | RandomResizedCrop + flip, rotation 10 + ColorJitter 0.2 | 224/256/224 |
+| torchvision_recipe | RandomResizedCrop + flip + TrivialAugmentWide + Erasing 0.1 | 176/232/224 |
 
 Evaluation always resizes the short side to the eval resize and center-crops the eval crop.
 A source whose images all have one size (digits, CIFAR) keeps it unless sizes are given.
@@ -72,7 +72,9 @@ def resized_crop_flip(crop: int) -> v2.Compose:
 
 @preset("none")
 def _none() -> Preset:
-    return Preset((224, 256, 224), worker=lambda crop: None, in_memory=lambda crop: None, device_crop=None)
+    return Preset(
+        (224, 256, 224), worker=lambda crop: None, in_memory=lambda crop: None, device_crop=None
+    )
 
 
 @preset("standard")
@@ -161,7 +163,8 @@ def build_pipeline(
     chosen = PRESETS[augment]()
     defaults = (native_size,) * 3 if native_size else chosen.sizes
     crop, resize, eval_crop = (
-        given or default for given, default in zip((train_crop, eval_resize, eval_crop), defaults)
+        given or default
+        for given, default in zip((train_crop, eval_resize, eval_crop), defaults, strict=True)
     )
     eval_transform = resize_center_crop(resize, eval_crop)
     if in_memory:

@@ -1,0 +1,83 @@
+"""How a split becomes batches, for every data source: one function, `build_loader`.
+
+- Images read from files: a DataLoader with `workers` processes. Training order is a function
+  of (seed, epoch) (EpochSeededRandomSampler; under DDP Lightning swaps in its
+  DistributedSampler, which does the same per process, padded to equal shares); evaluation
+  shares are not padded, so every image is counted once in every metric and report.
+- Images held in memory: batches indexed out of the tensors where they live (data/in_memory.py),
+  in the same orders, with no worker and no per-sample collate.
+A process drops its last partial training batch only when it has a full one besides.
+"""
+
+import math
+
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from imgcls.data.in_memory import IndexedBatches, ShardedOrder, epoch_permutation
+from imgcls.utils.machine import available_cpus
+
+
+def auto_workers(devices: int = 1) -> int:
+    """Loader workers per device process: its share of the CPUs, one left for the process
+    itself. No fixed cap: a CPU core decodes ~200 photos a second, so feeding one modern GPU
+    takes every core there is."""
+    return max(1, available_cpus() // max(1, devices) - 1)
+
+
+class EpochSeededRandomSampler(RandomSampler):
+    """Shuffling that is a function of (seed, epoch) alone, as DistributedSampler's is: a run
+    resumed at an epoch boundary sees the order the uninterrupted run would have. Lightning calls
+    `set_epoch` every epoch, and under DDP swaps in its DistributedSampler (which does the same
+    per process), recognizing a RandomSampler."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        super().__init__(dataset)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        yield from epoch_permutation(len(self.data_source), self.seed, self.epoch).tolist()
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    held: tuple[Tensor, Tensor] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    persistent_workers: bool = True,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+) -> DataLoader | IndexedBatches:
+    """This process's batches of `dataset` (`rank` of `world_size`). `held`: the split's images
+    and labels, for a source held in memory, where they live (the caller moves them to the
+    device once); `workers` and the rest apply to datasets read from files."""
+    drop_last = train and math.ceil(len(dataset) / world_size) > batch_size
+    if held is not None:
+        order = ShardedOrder(len(dataset), train, torch.initial_seed(), rank, world_size)
+        return IndexedBatches(*held, batch_size, order, drop_last)
+    if train:
+        sampler = EpochSeededRandomSampler(dataset, torch.initial_seed())
+    elif world_size > 1:  # each image evaluated once: no padding to equal shares
+        sampler = UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)
+    else:
+        sampler = None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        persistent_workers=persistent_workers and workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        pin_memory=pin_memory,
+        collate_fn=getattr(dataset, "collate_fn", None),
+    )
