@@ -25,11 +25,14 @@ train: ## train the default model on the embedded digits dataset (ARGS="key=valu
 sweep: ## Optuna search on digits, summary.csv in its sweep dir (ARGS="hparams_search=cifar10_optuna")
 	$(PY) train.py hparams_search=digits_optuna $(ARGS)
 
-test: ## run the whole test suite (slow tests included)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# One pytest worker per core (each, and the runs it starts, on its share of the threads:
+# tests/conftest.py); workers steal queued tests from each other, so the suite ends together.
+XDIST ?= -n auto --dist worksteal
+test: ## run the whole test suite (slow tests included), one worker per core
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: ## run the tests not marked slow
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: ## ruff lint + format check
 	$(PY) -m ruff check .

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from imgcls.utils.compose import compose_config
+from imgcls.utils.machine import available_cpus
 
 # Quiet and quick: no config tree, no live progress bar in captured output.
 QUIET = {
@@ -49,8 +50,21 @@ def offline_weight_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             os.environ[key] = value
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `pytest -n N` every worker, and the runs it starts, takes its share of the cores
+    (torch's default, every core per process, would oversubscribe them N times over)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, available_cpus() // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `cuda` run only where there is a GPU."""
+    """Tests marked `slow` go first, so that under `pytest -n N` the long ones start at once
+    and the short ones fill in around them (the suite ends when its last test does); tests
+    marked `cuda` run only where there is a GPU."""
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check runs it on one)")
