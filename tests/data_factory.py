@@ -15,6 +15,8 @@ from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from imgcls.models.pretrained import torchvision_weights
+from imgcls.train import train
+from imgcls.utils.compose import compose_config
 
 PALETTE = (
     (220, 40, 40),
@@ -131,3 +133,46 @@ def cache_torchvision_weights(name: str, weights: str = "DEFAULT") -> Path:
         net = torchvision.models.get_model(name, num_classes=len(entry.meta["categories"]))
         torch.save(net.state_dict(), path)
     return path
+
+
+# the classes of the trained_folder checkpoint
+FOLDER_CLASSES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="session")
+def trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """best.ckpt of a torchvision ResNet-18 trained briefly on a 3-class folder of 48 px photos
+    (predict and export start from it)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    root = write_class_tree(tmp / "photos", FOLDER_CLASSES, 16)
+    overrides = [
+        f"paths.log_dir={tmp / 'logs'}",
+        "extras.print_config=false",
+        "++callbacks.rich_progress_bar=null",
+        "data=folder",
+        f"data.root={root}",
+        "data.num_workers=0",
+        "data.batch_size=16",
+        "data.train_crop=48",
+        "data.eval_resize=52",
+        "data.eval_crop=48",
+        "model=resnet18",
+        "optimizer=adamw",
+        "optimizer.lr=1e-3",
+        "trainer.max_epochs=6",
+    ]
+    train(compose_config("train", overrides, output_dir=tmp / "run"))
+    return tmp / "run" / "checkpoints" / "best.ckpt"
+
+
+# files a photo folder may hold that are not images (photo_tree puts them in a class folder)
+BAD = {"empty.jpg": b"", "html.jpg": b"<html></html>", "cut.png": b"\x89PNG\r\n\x1a\n\0\0"}
+
+
+def photo_tree(root: Path) -> Path:
+    write_class_tree(root, ["red", "green", "blue"], per_class=30)
+    for name, content in BAD.items():
+        (root / "green" / name).write_bytes(content)
+    (root / "blue" / ".DS_Store").write_bytes(b"\0")
+    (root / "empty_class").mkdir()
+    return root

@@ -1,14 +1,20 @@
-"""Running the user-facing commands in a subprocess."""
+"""Running the user-facing commands: in a subprocess, or composed for a call in-process."""
 
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from omegaconf import DictConfig
 
 from imgcls import REPO_ROOT
+from imgcls.utils.compose import compose_config
+
+# an optimizer config as configs/optimizer/sgd.yaml composes it, for nets built by hand
+SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
 
 
 def run_cli(script: str, args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -31,3 +37,28 @@ def fake_trainer(world_size: int = 1, rank: int = 0, training: bool = True) -> S
     return SimpleNamespace(
         world_size=world_size, global_rank=rank, training=training, strategy=strategy
     )
+
+
+def compose_task(config_name: str, tmp_path: Path, *overrides: str) -> DictConfig:
+    """A quiet config of `config_name` (predict, export, ...) whose run dir is in tmp_path."""
+    return compose_config(
+        config_name,
+        [f"paths.log_dir={tmp_path / 'logs'}", "extras.print_config=false", *overrides],
+        output_dir=tmp_path / config_name,
+    )
+
+
+def decoded_on_device(root: Path, batch_size: int = 8) -> list[str]:
+    """Overrides for a run on the photo folder `root`, decoded on the device, at toy sizes."""
+    return [
+        "data=folder",
+        f"data.root={root}",
+        "data.decode=device",
+        "data.train_crop=32",
+        "data.eval_resize=36",
+        "data.eval_crop=32",
+        f"data.batch_size={batch_size}",
+        f"++data.eval_batch_size={batch_size}",
+        "data.num_workers=1",
+        "model=cifar_quick",
+    ]

@@ -31,7 +31,7 @@ from imgcls.models.classifier import ImageClassifier
 from imgcls.train import train
 from tests.data_factory import SMOOTH, write_class_tree
 from tests.device_waits import StepWindows
-from tests.test_device_decode import decoded_on_device
+from tests.helpers import decoded_on_device
 from tests.test_device_waits import RUNS, run_config
 
 pytestmark = pytest.mark.cuda

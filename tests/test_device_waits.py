@@ -16,7 +16,7 @@ from imgcls.train import train
 from imgcls.utils.compose import compose_config
 from tests.data_factory import write_cifar, write_class_tree, write_photo_kinds
 from tests.device_waits import DeviceWaitTrace, StepTrace
-from tests.test_device_decode import decoded_on_device
+from tests.helpers import decoded_on_device
 
 TRACE = "+callbacks.trace._target_=tests.device_waits.StepTrace"
 

@@ -63,3 +63,21 @@ def test_every_experiment_says_where_its_pieces_live_and_those_modules_exist() -
         assert "Where each piece lives" in header, recipe.name
         for module in re.findall(r"\b(?:data|models|callbacks|utils)/[\w/]+\.py", header):
             assert (SRC / "imgcls" / module).is_file(), (recipe.name, module)
+
+
+def test_tests_are_laid_out_like_the_package() -> None:
+    """tests/<path>/test_<name>.py tests src/imgcls/<path>/<name>.py (or the folder <name>/);
+    the whole-run files are the ones docs/ARCHITECTURE.md lists."""
+    tests = REPO_ROOT / "tests"
+    start = ARCHITECTURE.index("| a test |")
+    whole_run = set(
+        re.findall(r"`(test_\w+\.py)`", ARCHITECTURE[start : ARCHITECTURE.index("\n", start)])
+    )
+    for path in sorted(tests.rglob("test_*.py")):
+        relative = path.relative_to(tests)
+        module = relative.parent / relative.name.removeprefix("test_")
+        package = SRC / "imgcls"
+        found = (package / module).is_file() or (package / module.with_suffix("")).is_dir()
+        assert found or str(relative) in whole_run, f"tests/{relative} tests no module"
+    for name in whole_run:
+        assert (tests / name).is_file(), name

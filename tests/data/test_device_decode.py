@@ -26,6 +26,7 @@ from imgcls.data.device_decode import (
 from imgcls.data.folder import FolderDataModule
 from imgcls.train import train
 from tests.data_factory import SMOOTH, write_class_tree, write_photo_kinds
+from tests.helpers import decoded_on_device
 
 
 @pytest.mark.parametrize("size", [(375, 500), (500, 375), (100, 400), (64, 64)])
@@ -117,22 +118,6 @@ def test_device_crops_give_the_presets_sizes() -> None:
     assert train_out.shape == (2, 3, 96, 96)
     assert eval_out.shape == (2, 3, 112, 112)
     assert 0 <= float(train_out.min()) <= float(train_out.max()) <= 255
-
-
-def decoded_on_device(root: Path, batch_size: int = 8) -> list[str]:
-    """Overrides for a run on the photo folder `root`, decoded on the device, at toy sizes."""
-    return [
-        "data=folder",
-        f"data.root={root}",
-        "data.decode=device",
-        "data.train_crop=32",
-        "data.eval_resize=36",
-        "data.eval_crop=32",
-        f"data.batch_size={batch_size}",
-        f"++data.eval_batch_size={batch_size}",
-        "data.num_workers=1",
-        "model=cifar_quick",
-    ]
 
 
 @pytest.mark.parametrize("augment", ["standard", "classic_imagenet", "none"])

@@ -1,5 +1,5 @@
-"""The commands as users type them, where only a real process shows the behaviour: DDP's second
-process, Hydra's multirun, and what a mistake prints."""
+"""task.py: the commands as users type them, where only a real process shows the behaviour:
+DDP's second process, Hydra's multirun, and what a mistake prints."""
 
 import csv
 import json

@@ -1,4 +1,5 @@
-"""CIFAR, ImageNet and folder sources on tiny generated data: layouts, splits, class names."""
+"""data/folder.py: layouts, splits, scanning, in memory or from files, what it warns of at
+start, and training on a folder with bad files in it."""
 
 import csv
 from collections import Counter
@@ -7,57 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgcls.data.cifar import CIFAR10DataModule, CIFAR100DataModule
-from imgcls.data.files import stratified_split
 from imgcls.data.folder import FolderDataModule
-from imgcls.data.imagenet import ImageNetDataModule
+from imgcls.train import train
 from imgcls.utils.errors import UserError
-from tests.data_factory import write_cifar, write_class_tree, write_image, write_imagenet
+from tests.data_factory import BAD, photo_tree, write_class_tree, write_image
 
 
-def labels_of(dataset) -> list[int]:
-    return [int(dataset[i][1]) for i in range(len(dataset))]
-
-
-# -- CIFAR ------------------------------------------------------------------------------------
-@pytest.mark.usefixtures("fake_cifar_integrity")
-def test_cifar10_in_memory_with_a_stratified_seeded_val_split(tmp_path: Path) -> None:
-    write_cifar(tmp_path, 10, per_class=10, test_per_class=3)
-    dm = CIFAR10DataModule(root=str(tmp_path), val_size=20, split_seed=1)
-    dm.setup()
-    assert dm.class_names == [f"class{c}" for c in range(10)]
-    train, val, test = dm.splits.train, dm.splits.val, dm.splits.test
-    assert (len(train), len(val), len(test)) == (80, 20, 30)
-    assert Counter(val.tensors[1].tolist()) == dict.fromkeys(range(10), 2)  # stratified
-    images = train.tensors[0]
-    assert images.dtype == torch.uint8
-    assert images.shape[1:] == (3, 32, 32)
-    again = CIFAR10DataModule(root=str(tmp_path), val_size=20, split_seed=1)
-    again.setup()
-    assert torch.equal(again.splits.val.tensors[0], val.tensors[0])
-    other = CIFAR10DataModule(root=str(tmp_path), val_size=20, split_seed=2)
-    other.setup()
-    assert not torch.equal(other.splits.val.tensors[0], val.tensors[0])
-    assert dm.resolved_workers() == 0  # in memory: no worker processes
-
-
-@pytest.mark.usefixtures("fake_cifar_integrity")
-def test_cifar100_reads_fine_labels(tmp_path: Path) -> None:
-    write_cifar(tmp_path, 100, per_class=5, test_per_class=1)
-    dm = CIFAR100DataModule(root=str(tmp_path), val_size=100)
-    dm.setup()
-    assert dm.num_classes == 100
-    assert len(dm.splits.test) == 100
-    assert sorted(set(dm.splits.val.tensors[1].tolist())) == list(range(100))
-
-
-def test_missing_cifar_says_where_to_put_it(tmp_path: Path) -> None:
-    dm = CIFAR10DataModule(root=str(tmp_path / "nowhere"))
-    with pytest.raises(UserError, match=r"cifar-10-batches-py.*data\.download=true"):
-        dm.setup()
-
-
-# -- folders ----------------------------------------------------------------------------------
 def test_class_folders_only_are_split_70_20_10_by_class(tmp_path: Path) -> None:
     write_class_tree(tmp_path / "photos", ["church", "tower"], per_class=20)
     dm = FolderDataModule(root=str(tmp_path / "photos"), artifacts_dir=str(tmp_path / "run"))
@@ -142,57 +98,6 @@ def test_folder_files_dataset_applies_the_preset(tmp_path: Path) -> None:
     assert dm.splits.test[0][0].shape == (3, 32, 32)
 
 
-# -- ImageNet ---------------------------------------------------------------------------------
-def test_imagenet_names_classes_and_tests_on_val(tmp_path: Path) -> None:
-    write_imagenet(tmp_path)
-    dm = ImageNetDataModule(root=str(tmp_path))
-    assert dm.class_names == ["tench", "goldfish", "great white shark"]
-    assert dm.class_dirs == ["n01440764", "n01443537", "n01484850"]
-    samples = dm.split_samples()
-    assert samples["val"] == samples["test"]
-    assert len(samples["train"]) == 12
-    assert len(samples["val"]) == 6
-
-
-def test_imagenet_without_val_says_so(tmp_path: Path) -> None:
-    write_class_tree(tmp_path / "train", ["n01440764"], per_class=1, suffix=".JPEG")
-    with pytest.raises(UserError, match="not an ImageNet folder"):
-        ImageNetDataModule(root=str(tmp_path)).split_samples()
-
-
-def test_stratified_split_proportions_per_class() -> None:
-    labels = [0] * 10 + [1] * 30
-    train, val, test = stratified_split(labels, [0.7, 0.2, 0.1], seed=0)
-    assert sorted(train + val + test) == list(range(40))
-    assert Counter(labels[i] for i in val) == {0: 2, 1: 6}
-    assert Counter(labels[i] for i in test) == {0: 1, 1: 3}
-
-
-@pytest.mark.parametrize("per_class", [[3, 5], [4, 4], [2, 2, 2], [1, 1, 2, 2]])
-def test_every_split_asked_for_gets_images_however_small_the_classes(per_class) -> None:
-    """Rounding each class's share of 10% down to 0 must not leave the test split empty."""
-    labels = [c for c, n in enumerate(per_class) for _ in range(n)]
-    parts = stratified_split(labels, [0.7, 0.2, 0.1], seed=0)
-    assert all(parts), [len(p) for p in parts]
-    assert sorted(i for part in parts for i in part) == list(range(len(labels)))
-    assert parts == stratified_split(labels, [0.7, 0.2, 0.1], seed=0)  # reproducible
-    assert not stratified_split(labels, [0.8, 0.2, 0.0], seed=0)[2]  # none asked, none given
-    # a class is never taken out of training whole
-    assert {labels[i] for i in parts[0]} == set(labels)
-
-
-def test_failed_download_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from urllib.error import URLError
-
-    def offline(*args, **kwargs):
-        raise URLError("no route to host")
-
-    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
-    dm = CIFAR10DataModule(root=str(tmp_path), download=True)
-    with pytest.raises(UserError, match=r"Could not download CIFAR10.*no route to host"):
-        dm.setup()
-
-
 def test_a_folder_says_at_start_what_would_surprise(tmp_path: Path, caplog) -> None:
     root = write_class_tree(tmp_path / "photos", ["cat", "dog"], per_class=10)  # 40 x 30 px
     write_class_tree(root, ["rare"], per_class=1)
@@ -202,3 +107,23 @@ def test_a_folder_says_at_start_what_would_surprise(tmp_path: Path, caplog) -> N
     assert "The val split has no image of 1 class(es) (rare)" in caplog.text
     assert "about 30 px on their short side but are cropped to 224 px" in caplog.text
     assert "data.train_crop=30 data.eval_resize=30 data.eval_crop=30" in caplog.text
+
+
+def test_training_on_a_folder_skips_and_lists_bad_files(make_cfg, tmp_path: Path) -> None:
+    root = photo_tree(tmp_path / "photos")
+    cfg = make_cfg(
+        "data=folder",
+        f"data.root={root}",
+        "data.augment=cifar",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "model=cifar_quick",
+        "optimizer.lr=0.05",
+        "trainer.max_epochs=6",
+    )
+    metrics, objects = train(cfg)
+    assert objects["datamodule"].class_names == ["blue", "green", "red"]
+    assert metrics["test/acc"] > 0.9  # three flat colours
+    listed = (tmp_path / "run" / "bad_images.txt").read_text().splitlines()
+    assert {Path(line.split("\t")[0]).name for line in listed} <= set(BAD)
+    assert (tmp_path / "run" / "split.csv").is_file()

@@ -1,0 +1,153 @@
+"""models/optim.py: param groups, fused optimizers under 16-mixed, LR schedules and their log."""
+
+import pytest
+import torch
+from torch import nn
+
+from imgcls.models.optim import build_optimizer, build_scheduler
+from imgcls.models.zoo import build_net
+from tests.helpers import SGD
+
+
+def test_norm_and_bias_can_skip_weight_decay() -> None:
+    net = build_net("resnet_cifar", num_classes=10)
+    plain = build_optimizer(net, SGD)
+    assert len(plain.param_groups) == 1
+    assert plain.param_groups[0]["weight_decay"] == 1e-4
+    split = build_optimizer(net, {**SGD, "imgcls": {"no_decay_norm_and_bias": True}})
+    decay, free = split.param_groups
+    assert decay["weight_decay"] == 1e-4
+    assert free["weight_decay"] == 0.0
+    n_norm = sum(2 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    assert len(free["params"]) == n_norm + 1  # BN weight+bias, and the fc bias
+    assert all(p.ndim > 1 for p in decay["params"])
+
+
+def test_norm_layers_can_train_at_a_multiple_of_the_lr() -> None:
+    net = build_net("fast_cifar", num_classes=10)
+    ours = {"no_decay_norm_and_bias": True, "lr_mult": {"norm": 64}}
+    optimizer = build_optimizer(net, {**SGD, "imgcls": ours})
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert sorted(groups) == ["backbone", "backbone_no_decay", "norm_no_decay"]
+    assert groups["norm_no_decay"]["lr"] == pytest.approx(6.4)
+    assert groups["backbone"]["lr"] == groups["backbone_no_decay"]["lr"] == 0.1
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    norm_params = {id(p) for m in norms for p in m.parameters()}
+    assert {id(p) for p in groups["norm_no_decay"]["params"]} == norm_params
+
+
+def lrs(cfg: dict, total_steps: int, max_epochs: int, steps: int) -> list[float]:
+    optimizer = build_optimizer(nn.Linear(2, 2), SGD)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=total_steps, max_epochs=max_epochs)
+    seen = []
+    for _ in range(steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler["scheduler"].step()
+    return seen
+
+
+def test_step_schedule_is_seed_000s() -> None:
+    cfg = {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 5, "gamma": 0.2}
+    seen = lrs(cfg, total_steps=1000, max_epochs=20, steps=11)
+    assert seen[:5] == pytest.approx([0.1] * 5)
+    assert seen[5:10] == pytest.approx([0.02] * 5)
+    assert seen[10] == pytest.approx(0.004)
+
+
+def test_warmup_cosine_ramps_then_decays_per_step() -> None:
+    cfg = {
+        "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "T_max": None,
+        "imgcls": {"interval": "step", "warmup_epochs": 1, "warmup_start_factor": 0.01},
+    }
+    # 10 epochs of 10 steps: 10 warmup steps, then 90 of cosine
+    seen = lrs(cfg, total_steps=100, max_epochs=10, steps=100)
+    assert seen[0] == pytest.approx(0.001)
+    assert seen[:10] == sorted(seen[:10])
+    assert seen[10] == pytest.approx(0.1)
+    assert seen[10:] == sorted(seen[10:], reverse=True)
+    assert seen[55] == pytest.approx(0.05, rel=0.02)  # cosine midpoint
+    assert seen[-1] < 0.001
+
+
+def test_onecycle_spans_the_whole_run() -> None:
+    cfg = {
+        "_target_": "torch.optim.lr_scheduler.OneCycleLR",
+        "max_lr": 0.1,
+        "total_steps": None,
+        "pct_start": 0.25,
+        "imgcls": {"interval": "step"},
+    }
+    seen = lrs(cfg, total_steps=40, max_epochs=4, steps=40)  # stepping past the end would raise
+    assert max(seen) == pytest.approx(0.1)
+    assert seen.index(max(seen)) == 9
+    assert seen[-1] < 1e-3
+
+
+def test_onecycle_peaks_at_each_groups_lr() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    optimizer = build_optimizer(net, {**SGD, "imgcls": {"lr_mult": {"norm": 4}}})
+    cfg = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": None, "total_steps": None}
+    scheduler = build_scheduler(optimizer, cfg, total_steps=20, max_epochs=2)["scheduler"]
+    peaks = [group["max_lr"] for group in scheduler.optimizer.param_groups]
+    assert peaks == pytest.approx([0.1, 0.4])
+
+
+def test_each_groups_schedule_is_logged_as_it_will_run(caplog: pytest.LogCaptureFixture) -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    optimizer = build_optimizer(net, {**SGD, "imgcls": {"lr_mult": {"norm": 4}}})
+    cfg = {
+        "_target_": "torch.optim.lr_scheduler.OneCycleLR",
+        "max_lr": None,
+        "total_steps": None,
+        "div_factor": 5.0,
+        "imgcls": {"interval": "step", "warmup_epochs": 0.5},
+    }
+    with caplog.at_level("INFO", logger="imgcls.models.optim"):
+        scheduler = build_scheduler(optimizer, cfg, total_steps=20, max_epochs=2)["scheduler"]
+    (logged,) = [r.getMessage() for r in caplog.records if "LR schedule" in r.getMessage()]
+    curves = [[], []]
+    for _ in range(20):  # the real run's lr, step by step (the log's stand-in left it as it was)
+        for curve, group in zip(curves, optimizer.param_groups, strict=True):
+            curve.append(group["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert "(OneCycleLR after a 5-step linear warm-up, per step, 20 steps)" in logged
+    for name, curve in zip(("backbone", "norm"), curves, strict=True):
+        peak = curve.index(max(curve))
+        points = f"{curve[0]:.4g} -> {curve[peak]:.4g} (step {peak}) -> {curve[-1]:.4g}"
+        assert f"  {name}: {points}, weight decay 0.0001" in logged.splitlines()
+
+
+def test_no_scheduler_config_means_constant_lr() -> None:
+    optimizer = build_optimizer(nn.Linear(2, 2), SGD)
+    assert build_scheduler(optimizer, {}, total_steps=10, max_epochs=1) is None
+
+
+@pytest.mark.parametrize("cfg", [SGD, {"_target_": "torch.optim.AdamW", "lr": 1e-3}])
+def test_16_mixed_takes_a_fused_optimizer_that_survives_a_skipped_first_step(cfg: dict) -> None:
+    """With a GradScaler the optimizer is torch's fused one (its inf check stays on the
+    device); a first step skipped for inf gradients must leave the momentum clean (torch's
+    fused SGD would keep uninitialized buffers) and then train exactly as the plain one."""
+    weights = []
+    for grad_scaler in (False, True):
+        torch.manual_seed(0)
+        net = nn.Linear(4, 2)
+        optimizer = build_optimizer(net, cfg, grad_scaler=grad_scaler)
+        assert bool(optimizer.defaults.get("fused")) == grad_scaler
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        for step in range(4):
+            optimizer.zero_grad()
+            loss = net(torch.randn(8, 4)).square().mean()
+            scaler.scale(loss * (float("inf") if step == 0 else 1.0)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        weights.append(net.weight.detach().clone())
+    assert torch.isfinite(weights[1]).all()
+    torch.testing.assert_close(weights[1], weights[0])
+
+
+def test_16_mixed_with_gradient_clipping_keeps_the_plain_optimizer() -> None:
+    optimizer = build_optimizer(nn.Linear(2, 2), SGD, grad_scaler=True, clipping=True)
+    assert not optimizer.defaults.get("fused")
