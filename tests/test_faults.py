@@ -132,8 +132,15 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path: Pa
     assert status(tmp_path)["status"] == "completed"
 
 
-def test_nan_loss_stops_naming_step_lr_and_the_good_checkpoint(make_cfg, tmp_path: Path):
-    cfg = make_cfg(*RUN[:-2], "trainer.deterministic=false")
+@pytest.mark.parametrize(
+    "callbacks",
+    [[], ["~callbacks.nonfinite_loss_stop"]],
+    ids=["with the early stop", "the model alone"],  # no callback needed to keep it safe
+)
+def test_nan_loss_stops_naming_step_lr_and_the_good_checkpoint(
+    make_cfg, tmp_path: Path, callbacks: list[str]
+) -> None:
+    cfg = make_cfg(*RUN[:-2], "trainer.deterministic=false", *callbacks)
     objects = build_components(cfg)
     model, trainer = objects["model"], objects["trainer"]
 

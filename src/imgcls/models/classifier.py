@@ -7,10 +7,13 @@ and export need nothing else.
 """
 
 import warnings
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -19,6 +22,7 @@ from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.models.pretrained import find_head
 from imgcls.models.tta import tta_logits
 from imgcls.models.zoo import PRETRAINED_KEYS, build_net
+from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -78,10 +82,12 @@ class ImageClassifier(LightningModule):
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         # nan_strategy="disable": the NaN check reads the loss back to the host every step; a
-        # non-finite loss is caught by callbacks.NonFiniteLossStop without a sync
+        # non-finite loss is noted on the device instead (note_if_nonfinite)
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
+        # the first step whose training loss was NaN or infinite, -1 for none, on the device
+        self.first_nonfinite_step: Tensor | None = None
         # in checkpoints, so a resumed run's best counts the epochs before the resume
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
@@ -123,8 +129,51 @@ class ImageClassifier(LightningModule):
             state.setdefault(key, value)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The run's planned length, against which a resume's is checked (imgcls/resume.py)."""
+        """No checkpoint of diverged weights, whichever callbacks a run has; and the run's
+        planned length, against which a resume's is checked (imgcls/resume.py)."""
+        self.raise_if_diverged()
         checkpoint[RUN_LENGTH] = {"max_epochs": self.trainer.max_epochs}
+
+    def note_if_nonfinite(self, loss: Tensor) -> None:
+        """Fold "is this training loss finite" and its step into a device tensor: nothing is
+        read back here; `raise_if_diverged` reads it where a checkpoint is written, and
+        callbacks.NonFiniteLossStop sooner."""
+        step = self.global_step + 1  # the optimizer step this batch counts towards
+        first = self.first_nonfinite_step
+        if first is None or first.device != loss.device:
+            first = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad_now = ~torch.isfinite(loss.detach()) & (first < 0)
+        self.first_nonfinite_step = torch.where(bad_now, step, first)
+
+    def raise_if_diverged(self, lrs: Mapping[int, float] | None = None) -> None:
+        """Stop with one line once a training loss has been NaN or infinite, naming its step,
+        the lr then (`lrs`: by step, where known; else the lr now) and the last good
+        checkpoint. One host read."""
+        if self.first_nonfinite_step is None:
+            return
+        step = int(self.first_nonfinite_step)
+        if step < 0:
+            return
+        trainer = self.trainer
+        lr = (lrs or {}).get(step, trainer.optimizers[0].param_groups[0]["lr"])
+        kept = [
+            c.last_model_path or c.best_model_path
+            for c in trainer.checkpoint_callbacks
+            if isinstance(c, ModelCheckpoint)
+        ]
+        last_good = next((p for p in kept if p and Path(p).is_file()), None)
+        raise UserError(
+            f"The training loss became NaN or infinite at step {step} (epoch "
+            f"{trainer.current_epoch}, lr {lr:.3g}); stopped before writing another checkpoint. "
+            + (
+                f"The last good checkpoint is {last_good}: resume from it with a lower "
+                "optimizer.lr, gradient clipping (trainer.gradient_clip_val=1.0) or "
+                "trainer.precision=32-true."
+                if last_good
+                else "No checkpoint was written before it: lower optimizer.lr, clip gradients "
+                "(trainer.gradient_clip_val=1.0) or use trainer.precision=32-true."
+            )
+        )
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         images, labels = batch
@@ -153,6 +202,7 @@ class ImageClassifier(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._shared_step(batch, "train")
+        self.note_if_nonfinite(loss)
         return loss  # its step-level curve: callbacks.StepLossCurve
 
     # Evaluation steps hand their logits to callbacks (confusion matrices, wrong images).
