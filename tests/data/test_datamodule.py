@@ -176,3 +176,19 @@ def test_a_source_is_held_to_where_it_says_its_images_live() -> None:
     held = type("Held", (Tensors,), {"in_memory": True, "native_size": 8})()
     held.setup()
     assert isinstance(held.test_dataloader(), IndexedBatches)
+
+
+def test_training_batches_draw_randomness_from_seed_and_step_with_no_callback() -> None:
+    dm = FakeDataModule(train_size=8, batch_size=4)
+    torch.manual_seed(7)  # what the run's seed_everything does before setup
+    dm.setup()
+    dm.trainer = fake_trainer(training=True)
+    dm.trainer.global_step = 3
+    dm.on_before_batch_transfer(None, 0)
+    first = torch.rand(3)
+    torch.rand(5)  # whatever else drew in between (a sanity check, a restore)
+    dm.on_before_batch_transfer(None, 0)
+    assert torch.equal(torch.rand(3), first)
+    dm.trainer.global_step = 4
+    dm.on_before_batch_transfer(None, 0)
+    assert not torch.equal(torch.rand(3), first)

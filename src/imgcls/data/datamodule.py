@@ -89,8 +89,8 @@ class ImageDataModule(LightningDataModule, ABC):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.splits: Splits | None = None
-        # set by callbacks.StepSeeds: training batches are augmented from (seed, step) RNG
-        self.step_seed: int | None = None
+        # the run's seed, taken at setup (after the run seeded every RNG): on_before_batch_transfer
+        self.run_seed: int | None = None
         self._pipeline: Pipeline | None = None
         self._contract: InputContract | None = None
         self._device_batch: DeviceBatchTransform | None = None
@@ -146,6 +146,8 @@ class ImageDataModule(LightningDataModule, ABC):
         return self._contract
 
     def setup(self, stage: str | None = None) -> None:
+        if self.run_seed is None:
+            self.run_seed = torch.initial_seed()
         if self.splits is None:
             splits = self.build_splits()
             held = [isinstance(s, TensorDataset) for s in (splits.train, splits.val, splits.test)]
@@ -214,8 +216,14 @@ class ImageDataModule(LightningDataModule, ABC):
         return getattr(self.splits, name)
 
     def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
-        if self.step_seed is not None and self.trainer is not None and self.trainer.training:
-            reseed(self.step_seed, self.trainer.global_step)
+        """Randomness that is a function of (seed, step), so a resumed run draws what the
+        uninterrupted one would have drawn (device augmentation, MixUp / CutMix, dropout): the
+        global RNGs are re-seeded from (run seed, global step) just before each training batch
+        is augmented, so no hook order, loader iterator or sanity check between a restore and
+        the first batch can shift the stream (~10 us a step). Data order is a function of
+        (seed, epoch) (data/loaders.py)."""
+        if self.run_seed is not None and self.trainer is not None and self.trainer.training:
+            reseed(self.run_seed, self.trainer.global_step)
         return batch
 
     def transfer_batch_to_device(
