@@ -247,7 +247,8 @@ class ImageDataModule(LightningDataModule, ABC):
         batches, seen = [], 0
         for batch in self._loader(self._split("train"), train=False, shard=False):
             images, labels = self.transfer_batch_to_device(batch, device, 0)
-            batches.append(self.device_batch.eval_batch(images, labels)[: count - seen])
+            images, _ = self.device_batch(images, labels, training=False)
+            batches.append(images[: count - seen])
             seen += len(batches[-1])
             if seen >= count:
                 break

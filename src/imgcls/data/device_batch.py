@@ -98,13 +98,6 @@ class DeviceBatchTransform(nn.Module):
             images = self.pipeline.eval_device(images.float())
         return self.contract.normalize(images)
 
-    def eval_batch(self, images: Tensor | EncodedBatch, labels: Tensor) -> Tensor:
-        """Images of a loaded batch as evaluation sees them, decoded first where they are bytes
-        (data-dependent initializations take these)."""
-        if isinstance(images, EncodedBatch):
-            images, _ = self.decode_and_crop(images, labels, training=False)
-        return self.eval_images(images)
-
 
 def is_encoded(batch: object) -> bool:
     """A loaded batch of file bytes (data.decode=device): it stays on the host."""

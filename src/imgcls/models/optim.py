@@ -187,32 +187,36 @@ def log_schedule(
     weight decay: the numbers a recipe really trains with (scaled lr, lr_mult, warm-up, div
     factors), read instead of derived. The schedule runs on a stand-in optimizer holding one
     scalar per group (a few microseconds a step), so the real one is not touched."""
-    stand_in = type(optimizer)(
-        [
-            {**{k: v for k, v in group.items() if k not in STAND_IN_DROPS}, "params": [p]}
-            for group, p in zip(
-                optimizer.param_groups,
-                (torch.zeros(1, requires_grad=True) for _ in optimizer.param_groups),
-                strict=True,
-            )
-        ]
-    )
-    scheduler = make(stand_in) if make is not None else None  # sets the first step's lr
-    lrs = [[group["lr"] for group in stand_in.param_groups]]
-    if scheduler is not None:
+    groups = optimizer.param_groups
+    if make is None:
+        points = [f"lr {group['lr']:.4g}" for group in groups]
+        header = f"LR schedule ({what})"
+    else:
+        stand_in = type(optimizer)(
+            [
+                {k: v for k, v in group.items() if k not in STAND_IN_DROPS}
+                | {"params": [torch.zeros(1, requires_grad=True)]}
+                for group in groups
+            ]
+        )
+        scheduler = make(stand_in)  # sets the first step's lr
+        first = [group["lr"] for group in stand_in.param_groups]
+        peak, peak_step = list(first), [0] * len(first)
         with warnings.catch_warnings():  # stepping a schedule without optimizer steps
             warnings.simplefilter("ignore")
-            for _ in range(length - 1):
+            for step in range(1, length):
                 scheduler.step()
-                lrs.append([group["lr"] for group in stand_in.param_groups])
-    steps = f", {len(lrs)} steps): first -> peak (at step) -> last" if make else ")"
-    lines = [f"LR schedule ({what}{steps}"]
-    for g, group in enumerate(optimizer.param_groups):
-        curve = [row[g] for row in lrs]
-        peak = max(range(len(curve)), key=curve.__getitem__)
-        points = f"{curve[0]:.4g} -> {curve[peak]:.4g} (step {peak}) -> {curve[-1]:.4g}"
-        lines.append(
-            f"  {group.get('name', 'all')}: {points if make else f'lr {curve[0]:.4g}'}, "
-            f"weight decay {group.get('weight_decay', 0):g}"
-        )
+                for g, group in enumerate(stand_in.param_groups):
+                    if group["lr"] > peak[g]:
+                        peak[g], peak_step[g] = group["lr"], step
+        last = [group["lr"] for group in stand_in.param_groups]
+        points = [
+            f"{first[g]:.4g} -> {peak[g]:.4g} (step {peak_step[g]}) -> {last[g]:.4g}"
+            for g in range(len(groups))
+        ]
+        header = f"LR schedule ({what}, {length} steps): first -> peak (at step) -> last"
+    lines = [header]
+    for group, point in zip(groups, points, strict=True):
+        name = group.get("name", "all")
+        lines.append(f"  {name}: {point}, weight decay {group.get('weight_decay', 0):g}")
     log.info("\n".join(lines))
