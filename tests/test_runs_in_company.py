@@ -278,3 +278,42 @@ def test_an_interrupted_run_says_how_to_resume(make_cfg, tmp_path: Path, caplog)
         run_recorded(make_cfg(), pressed_ctrl_c)
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
     assert "resume with the same command and ckpt_path=last" in caplog.text
+
+
+def run_with_last_ckpt(runs: Path, name: str, overrides: list[str]) -> Path:
+    """A finished run as the command line leaves it: its overrides and a last.ckpt."""
+    (runs / name / ".hydra").mkdir(parents=True)
+    (runs / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (runs / name / "checkpoints").mkdir()
+    ckpt = runs / name / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"")
+    return ckpt
+
+
+def test_ckpt_path_last_resumes_a_run_started_with_no_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python train.py`, then `python train.py ckpt_path=last`: the README's own advice."""
+    from imgcls import resume
+
+    runs = tmp_path / "train" / "runs"
+    ckpt = run_with_last_ckpt(runs, "plain", [])
+    run_with_last_ckpt(runs, "other", ["model=lenet"])
+    os.utime(ckpt, (1, 1))  # the other run's is newer
+    monkeypatch.setattr(resume, "command_overrides", lambda: ["ckpt_path=last"])
+    assert resume.newest_last_checkpoint(runs, tmp_path / "own") == ckpt
+
+
+def test_other_ddp_ranks_do_not_see_their_rank_0_holding_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rank settles the command again, a resume included, while rank 0 holds the dir."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from imgcls.utils.run_dirs import holder
+
+    run = tmp_path / "run"
+    with held(run):  # rank 0, training in it
+        assert holder(run) is not None
+        monkeypatch.setattr(rank_zero_only, "rank", 1)
+        assert holder(run) is None  # rank 1 resumes into it all the same

@@ -76,7 +76,8 @@ def newest_last_checkpoint(runs_dir: Path, exclude: Path) -> Path:
         run = ckpt.parent.parent
         if exclude.resolve() in ckpt.resolve().parents:
             continue
-        if recipe(run_overrides(run) or ["<unknown>"]) != ours:
+        overrides = run_overrides(run)  # [] for a run started with none: that is a recipe too
+        if overrides is None or recipe(overrides) != ours:
             others.append(run)
         elif (owner := holder(run)) is not None:
             busy.append(describe(owner, run))

@@ -58,7 +58,13 @@ def register_resolvers() -> None:
 
 def holder(run_dir: str | Path) -> dict | None:
     """Who is training in `run_dir` ({"pid", "host"}), or None: no lock, or a stale one (its
-    process gone from this host). A lock from another host is taken to be live."""
+    process gone from this host). A lock from another host is taken to be live. Ranks other
+    than 0 see no holder: the lock they find is their own rank 0's, which holds the dir for
+    them (each rank settles the same command again, a resume included)."""
+    from lightning.pytorch.utilities import rank_zero_only  # as in held()
+
+    if rank_zero_only.rank != 0:
+        return None
     try:
         owner = json.loads((Path(run_dir) / LOCK_FILE).read_text())
     except (FileNotFoundError, ValueError):
