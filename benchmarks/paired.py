@@ -24,18 +24,22 @@ def paired_repeats(
     return figures
 
 
+def span(values: list[float], digits: int = 0) -> str:
+    """How far repeats wandered: 'min-max over n', or 'one run'."""
+    if len(values) == 1:
+        return "one run"
+    return f"{min(values):,.{digits}f}-{max(values):,.{digits}f} over {len(values)}"
+
+
 def spread(values: list[float], digits: int = 0) -> str:
     """'median (min-max over n)': the figure and how far its repeats wandered."""
-    middle = f"{statistics.median(values):,.{digits}f}"
-    if len(values) == 1:
-        return f"{middle} (one run)"
-    return f"{middle} ({min(values):,.{digits}f}-{max(values):,.{digits}f} over {len(values)})"
+    return f"{statistics.median(values):,.{digits}f} ({span(values, digits)})"
 
 
 def ratio_line(label: str, ours: list[float], baseline: list[float], digits: int = 3) -> str:
     """`ratio <label>=<median>` of the per-repeat ratios of two rate lists from
     `paired_repeats`, then their spread and each of them (gpu_check.py reads the median)."""
     ratios = [o / b for o, b in zip(ours, baseline, strict=True)]
-    median, rest = spread(ratios, digits).split(" ", 1)
     listed = ", ".join(f"{r:.{digits}f}" for r in ratios)
-    return f"ratio {label}={median}  {rest[:-1]}; paired: {listed})"
+    median = statistics.median(ratios)
+    return f"ratio {label}={median:.{digits}f}  ({span(ratios, digits)}; paired: {listed})"

@@ -144,8 +144,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     card = {
         "format": cfg.format,
         "file": path.name,
-        "files": {p.name: sha256(p) for p in files},
-        "sha256": sha256(path),
+        "files": (hashes := {p.name: sha256(p) for p in files}),
+        "sha256": hashes[path.name],
         "source_checkpoint": str(ckpt_path.resolve()),
         "architecture": {k: v for k, v in dict(hparams.net).items() if k not in PRETRAINED_KEYS},
         "num_classes": hparams.num_classes,

@@ -142,8 +142,7 @@ def build_scheduler(
 ) -> dict[str, Any] | None:
     """A Lightning lr_scheduler_config, or None when `cfg` names no scheduler."""
     if not cfg or not cfg.get("_target_"):
-        if rank_zero_only.rank == 0:
-            log_schedule(optimizer, None, 1, "none: constant")
+        log_schedule(optimizer, None, 1, "none: constant")
         return None
     kwargs = dict(cfg)
     scheduler_class = get_class(kwargs.pop("_target_"))
@@ -171,12 +170,12 @@ def build_scheduler(
             made = SequentialLR(target, [ramp, made], milestones=[warmup])
         return made
 
-    if rank_zero_only.rank == 0:
-        ramp = f" after a {warmup}-{interval} linear warm-up" if warmup else ""
-        log_schedule(optimizer, make, length, f"{scheduler_class.__name__}{ramp}, per {interval}")
+    ramp = f" after a {warmup}-{interval} linear warm-up" if warmup else ""
+    log_schedule(optimizer, make, length, f"{scheduler_class.__name__}{ramp}, per {interval}")
     return {"scheduler": make(optimizer), "interval": interval, "frequency": 1}
 
 
+@rank_zero_only  # one log per run, and the stand-in schedule run on one process
 def log_schedule(
     optimizer: Optimizer,
     make: Callable[[Optimizer], LRScheduler] | None,
