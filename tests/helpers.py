@@ -18,16 +18,27 @@ SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay"
 
 
 def run_cli(script: str, args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python <script> args...` from the repo root, as a user would."""
+    """Run `python <script> args...` from the repo root, as a user would; a script named
+    without `.py` (imgcls-train) is the console script that `pip install` made."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+    if script.endswith(".py"):
+        command = [sys.executable, str(REPO_ROOT / script)]
+    else:
+        command = [str(Path(sys.executable).parent / script)]
     return subprocess.run(
-        [sys.executable, str(REPO_ROOT / script), *args],
+        [*command, *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def processes_mentioning(marker: Path) -> list[str]:
+    """The command lines of live processes that name `marker` (a test's tmp dir)."""
+    found = subprocess.run(["pgrep", "-af", str(marker)], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
 
 
 def fake_trainer(world_size: int = 1, rank: int = 0, training: bool = True) -> SimpleNamespace:

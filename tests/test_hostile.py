@@ -4,7 +4,6 @@ failure one line. Each class of input that once broke is tested as a class."""
 import csv
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.run_record import run_recorded
 from imgcls.verify import verify
 from tests.data_factory import write_class_tree, write_image
-from tests.helpers import fake_trainer, run_cli
+from tests.helpers import fake_trainer, processes_mentioning, run_cli
 
 QUICK = ["model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
 CLI_QUICK = [*QUICK, "extras.print_config=false", "callbacks.rich_progress_bar=null"]
@@ -54,28 +53,11 @@ def test_a_rank_with_less_than_a_batch_of_files_still_trains(tmp_path: Path) -> 
 
 
 # -- sweeps -------------------------------------------------------------------------------------
-def test_a_sweep_with_failed_jobs_writes_its_summary_and_exits_non_zero(tmp_path: Path) -> None:
-    args = ["-m", "optimizer.lr=-1,-2", *CLI_QUICK, f"paths.log_dir={tmp_path}"]
-    result = run_cli("train.py", args)
-    assert result.returncode == 1
-    assert "2 of 2 jobs failed" in result.stderr + result.stdout
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
-    with open(sweep / "summary.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["status"] for r in rows] == ["failed", "failed"]
-    assert all("optimizer.lr=" in r["error"] for r in rows)
-
-
-def processes_mentioning(marker: Path) -> list[str]:
-    found = subprocess.run(["pgrep", "-af", str(marker)], capture_output=True, text=True)
-    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
-
-
 @pytest.mark.slow
-def test_optuna_with_ddp_leaves_no_process_and_every_trial_its_status(tmp_path: Path) -> None:
+def test_optuna_with_ddp_leaves_no_process_and_its_trial_its_status(tmp_path: Path) -> None:
     search = [
         "hparams_search=digits_optuna",
-        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_trials=1",  # a second DDP job in one sweep: tests/test_task.py
         "trainer=ddp_sim",
         *CLI_QUICK,
         f"paths.log_dir={tmp_path}",
@@ -84,32 +66,9 @@ def test_optuna_with_ddp_leaves_no_process_and_every_trial_its_status(tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:]
     assert not processes_mentioning(tmp_path)
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()  # the child made no sweep of its own
-    statuses = [json.loads((sweep / j / "status.json").read_text()) for j in ("0", "1")]
-    assert [s["status"] for s in statuses] == ["completed", "completed"]
-    assert (sweep / "1" / "train_rank1.log").is_file()  # each trial ran on two processes
-
-
-@pytest.mark.slow
-def test_a_dead_ddp_rank_fails_its_job_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    grid = [
-        "-m",
-        "seed=1,2",
-        "trainer=ddp_sim",
-        "+callbacks.fault._target_=tests.faults.FailOnRank",
-        "+callbacks.fault.rank=1",
-        "+callbacks.fault.seed=1",  # only the first job's rank 1 dies
-        "+callbacks.fault.run_seed=${seed}",
-        *CLI_QUICK,
-        f"paths.log_dir={tmp_path}",
-    ]
-    result = run_cli("train.py", grid)
-    assert result.returncode == 1  # one job failed
-    assert not processes_mentioning(tmp_path)
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
-    statuses = [json.loads((sweep / j / "status.json").read_text()) for j in ("0", "1")]
-    assert [s["status"] for s in statuses] == ["failed", "completed"]
-    assert "DDP process died" in statuses[0]["error"]
-    assert (sweep / "summary.csv").is_file()
+    assert [p.name for p in sweep.iterdir() if p.is_dir()] == ["0"]  # its one trial
+    assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "completed"
+    assert (sweep / "0" / "train_rank1.log").is_file()  # the trial ran on two processes
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -242,21 +201,13 @@ def test_more_cpu_processes_than_cpus_is_refused(make_cfg) -> None:
         train(make_cfg("trainer=ddp_sim", f"trainer.devices={cpus + 1}"))
 
 
-@pytest.mark.parametrize(
-    ("args", "says"),
-    [
-        (["data.batch_size=0"], "data.batch_size=0 is not allowed"),
-        (["paths.log_dir={tmp}/a_file/logs"], "cannot make a run dir in {tmp}/a_file/logs"),
-    ],
-    ids=["a value", "a log dir that cannot be made"],
-)
-def test_a_mistake_on_the_command_line_is_one_line(tmp_path: Path, args, says) -> None:
+def test_a_log_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """Hydra makes the run dir before any of our code runs: its failure is one line too (a
+    mistake met inside a run is: tests/test_task.py)."""
     (tmp_path / "a_file").touch()
-    result = run_cli(
-        "train.py", [f"paths.log_dir={tmp_path}", *(a.format(tmp=tmp_path) for a in args)]
-    )
+    result = run_cli("train.py", [f"paths.log_dir={tmp_path}/a_file/logs"])
     assert result.returncode == 1
-    assert says.format(tmp=tmp_path) in result.stderr + result.stdout
+    assert f"cannot make a run dir in {tmp_path}/a_file/logs" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
 

@@ -151,25 +151,18 @@ def test_optuna_records_failed_trials_and_resumes_from_sqlite(tmp_path: Path) ->
     states = sorted(t.state.name for t in study.trials)
     assert states == sorted("FAIL" if r["status"] == "failed" else "COMPLETE" for r in rows)
 
-    result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=1"])
+    # resumed for one more trial that fails whatever its lr: a search whose every trial failed
+    # still ends with its summary, and exits with code 1
+    result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=1", "data.batch_size=0"])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "1 of 1 jobs failed" in result.stdout + result.stderr
     assert len(optuna.load_study(study_name="test", storage=storage).trials) == 4
     (_, resumed) = sorted((tmp_path / "train" / "multiruns").iterdir())
     (row,) = read_rows(resumed / "summary.csv")
-    # a search exits with code 1 only when every trial failed: here, its one trial
-    assert result.returncode == (1 if row["status"] == "failed" else 0), result.stderr[-3000:]
+    assert row["status"] == "failed"
     # the seeded sampler goes on from the kept trials instead of repeating the first
     assert row["optimizer.lr"] not in {r["optimizer.lr"] for r in rows}
-
-
-@pytest.mark.slow
-def test_a_search_whose_every_trial_failed_ends_with_its_summary(tmp_path: Path) -> None:
-    search = ["hparams_search=digits_optuna", "hydra.sweeper.n_trials=2", "data.batch_size=0"]
-    result = run_cli("train.py", [*search, *SWEEP_QUICK, f"paths.log_dir={tmp_path}"])
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "2 of 2 jobs failed" in result.stdout + result.stderr
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
-    assert [r["status"] for r in read_rows(sweep / "summary.csv")] == ["failed", "failed"]
 
 
 def test_model_graph_on_request(make_cfg, tmp_path: Path) -> None:

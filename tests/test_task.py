@@ -3,21 +3,15 @@ DDP's second process, Hydra's multirun, and what a mistake prints."""
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import run_cli
+from tests.helpers import processes_mentioning, run_cli
 
-FAST = [
-    "model=cifar_quick",
-    "trainer.max_epochs=2",
-    "extras.print_config=false",
-    "callbacks.rich_progress_bar=null",
-]
+QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null"]
+FAST = ["model=cifar_quick", "trainer.max_epochs=2", *QUIET]
 
 
 def tree(root: Path) -> set[str]:
@@ -61,34 +55,46 @@ def test_ddp_sim_trains_in_one_run_dir_and_counts_every_test_image_once(tmp_path
 
 
 @pytest.mark.slow
-def test_multirun_with_ddp_makes_one_dir_per_job(tmp_path: Path) -> None:
-    args = ["-m", "optimizer.lr=0.01,0.1", "trainer=ddp_sim", f"paths.log_dir={tmp_path}", *FAST]
-    result = run_cli("train.py", args)
-    assert_ok(result)
+def test_a_ddp_sweep_makes_a_dir_per_job_and_a_dead_rank_fails_only_its_job(
+    tmp_path: Path,
+) -> None:
+    grid = [
+        "-m",
+        "seed=1,2",
+        "trainer=ddp_sim",
+        "+callbacks.fault._target_=tests.faults.FailOnRank",
+        "+callbacks.fault.rank=1",
+        "+callbacks.fault.seed=1",  # only the first job's rank 1 dies
+        "+callbacks.fault.run_seed=${seed}",
+        "model=cifar_quick",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        *QUIET,
+        f"paths.log_dir={tmp_path}",
+    ]
+    result = run_cli("train.py", grid)
+    assert result.returncode == 1  # one job failed
+    assert not processes_mentioning(tmp_path)
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.csv"]
     assert {p.name for p in (tmp_path / "train").iterdir()} == {"multiruns"}  # no stray runs/
-    for job, lr in (("0", "0.01"), ("1", "0.1")):
-        overrides = (sweep / job / ".hydra" / "overrides.yaml").read_text()
-        assert f"optimizer.lr={lr}" in overrides
-        assert json.loads((sweep / job / "metrics.json").read_text())["test/acc"] > 0
-        assert (sweep / job / "train_rank1.log").is_file()
-        assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
+    for job, seed in (("0", "1"), ("1", "2")):
+        assert f"seed={seed}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
+    statuses = [json.loads((sweep / j / "status.json").read_text()) for j in ("0", "1")]
+    assert [s["status"] for s in statuses] == ["failed", "completed"]
+    assert "DDP process died" in statuses[0]["error"]
+    done = sweep / "1"
+    assert json.loads((done / "metrics.json").read_text())["test/acc"] > 0
+    assert (done / "train_rank1.log").is_file()
+    assert (done / "checkpoints" / "best.ckpt").is_file()
 
 
 @pytest.mark.slow
-def test_unknown_model_name_is_one_clear_line(tmp_path: Path) -> None:
-    result = run_cli("train.py", ["model.net.name=resnet5O", f"paths.log_dir={tmp_path}", *FAST])
+def test_a_mistake_met_in_a_run_is_one_line_from_the_installed_command(tmp_path: Path) -> None:
+    """`imgcls-train`, the console script `pip install` made, as a user types it."""
+    args = ["model.net.name=resnet5O", f"paths.log_dir={tmp_path}", *FAST]
+    result = run_cli("imgcls-train", args)
     assert result.returncode == 1
     out = result.stdout + result.stderr
     assert "Unknown model.net.name='resnet5O'. Did you mean resnet50" in out
     assert "Traceback" not in out
-
-
-@pytest.mark.slow
-def test_console_script_is_installed() -> None:
-    script = Path(sys.executable).parent / "imgcls-eval"
-    assert script.is_file()
-    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0
-    assert "ckpt_path" in result.stdout
