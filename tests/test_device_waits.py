@@ -41,6 +41,8 @@ RUNS = {
         "data.augment=classic_imagenet",
         "data.mixup_alpha=0.2",
         "data.cutmix_alpha=1.0",
+        "model=cifar_quick",  # the data path is the point here: a light net
+        "data.batch_size=16",
     ],
     "photos decoded on the device": lambda tmp: [
         *decoded_on_device(photo_folder(tmp / "photos"), batch_size=4),

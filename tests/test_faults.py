@@ -22,12 +22,13 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.run_record import run_recorded
 from tests.helpers import run_cli
 
-# 6 full steps per epoch (1,257 training digits, batches of 200, the last partial one
-# dropped), 3 epochs; device augmentation and MixUp on, so randomness matters to the weights
+# 6 steps of 100 digits per epoch, 3 epochs; device augmentation and MixUp on, so randomness
+# matters to the weights
 RUN = [
     "model=cifar_quick",
     "optimizer.lr=0.05",
-    "data.batch_size=200",
+    "data.batch_size=100",
+    "+trainer.limit_train_batches=6",
     "data.augment=cifar",
     "data.mixup_alpha=0.2",
     "trainer.max_epochs=3",
@@ -215,7 +216,8 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(
 def test_resuming_a_checkpoint_of_other_classes_or_net_is_one_line(
     make_cfg, tmp_path: Path
 ) -> None:
-    train(make_cfg("model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"))
+    short = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "test=false"]
+    train(make_cfg("model=cifar_quick", *short))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     with pytest.raises(UserError, match="holds a cifar_quick but the config builds a lenet"):
         train(make_cfg("model=lenet", f"ckpt_path={ckpt}", run_dir=tmp_path / "b"))
@@ -231,9 +233,9 @@ def test_resuming_a_checkpoint_of_other_classes_or_net_is_one_line(
         )
     with pytest.raises(UserError, match=r"ckpt_path=last found no last\.ckpt"):
         train(make_cfg("ckpt_path=last", "paths.log_dir=" + str(tmp_path / "empty")))
-    short = ["model=resnet_cifar", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
-    train(make_cfg(*short, run_dir=tmp_path / "d"))
+    train(make_cfg("model=resnet_cifar", *short, run_dir=tmp_path / "d"))
     deeper = make_cfg(
+        "model=resnet_cifar",
         *short,
         "model.net.depth=32",
         f"ckpt_path={tmp_path}/d/checkpoints/last.ckpt",

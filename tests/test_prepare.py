@@ -1,6 +1,5 @@
 """imgcls-prepare: a smaller, plainer copy of a photo tree, resumable, bad files listed."""
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from PIL import Image
 
 from imgcls.data.decode import parse_header, read_rgb
 from imgcls.data.folder import FolderDataModule
-from imgcls.prepare import SKIPPED_FILE, prepare
+from imgcls.prepare import SKIPPED_FILE, main, prepare
 
 _y, _x = np.mgrid[0:600, 0:800]
 PHOTO = np.stack([_x * 0.3, _y * 0.4, 255 - _x * 0.2], axis=2).astype(np.uint8)
@@ -85,14 +84,12 @@ def test_a_stopped_copy_resumes_where_it_stopped(photos: Path, tmp_path: Path) -
     assert parse_header((dst / "val/dog/big.jpg").read_bytes()).size == (427, 320)
 
 
-def test_the_command_prints_the_root_to_train_on(photos: Path, tmp_path: Path) -> None:
+def test_the_command_prints_the_root_to_train_on(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     dst = tmp_path / "dst"
-    result = subprocess.run(
-        [sys.executable, "-m", "imgcls.prepare", str(photos), str(dst), "--long-side", "200"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert f"data.root={dst}" in result.stdout.replace("\n", "")
+    command = ["imgcls-prepare", str(photos), str(dst), "--long-side", "200"]
+    monkeypatch.setattr(sys, "argv", command)
+    main()
+    assert f"data.root={dst}" in capsys.readouterr().out.replace("\n", "")
     assert max(parse_header((dst / "train/cat/big.jpg").read_bytes()).size) == 200

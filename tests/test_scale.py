@@ -38,11 +38,13 @@ def test_every_experiment_runs_one_batch(make_cfg, tmp_path: Path, experiment: s
         overrides.append(f"data.root={write_cifar(tmp_path / 'data', 10, per_class=5)}")
         overrides.append("data.val_size=10")
     elif experiment.startswith("resnet50_imagenet"):
-        overrides += [f"data.root={write_imagenet(tmp_path / 'imagenet')}", "data.batch_size=4"]
+        overrides += [f"data.root={write_imagenet(tmp_path / 'imagenet')}", "data.batch_size=2"]
     elif experiment == "finetune_folder":
         cache_torchvision_weights("resnet50")
         root = write_class_tree(tmp_path / "photos", ["cat", "dog"], 10)
-        overrides += [f"data.root={root}", "data.batch_size=4"]
+        overrides += [f"data.root={root}", "data.batch_size=2"]
+    elif experiment == "imagenet_fake_smoke":
+        overrides.append("data.batch_size=2")  # a ResNet-50 at 224 px: one batch is enough
     metrics, _ = train(make_cfg(*overrides))
     assert 0 <= metrics["test/acc"] <= 1
 
@@ -155,8 +157,8 @@ def test_compile_wraps_nets_that_are_not_sequential(make_cfg, monkeypatch) -> No
     monkeypatch.setattr(torch, "compile", lambda net: real_compile(net, backend="eager"))
     cfg = make_cfg(
         "model=resnet18",
-        "model.net.cifar_stem=true",
         "model.compile=true",
+        "data.batch_size=16",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
         "+trainer.limit_val_batches=1",
