@@ -35,6 +35,11 @@ def run_cli(script: str, args: Sequence[str], timeout: float = 300) -> subproces
     )
 
 
+def dirs_under(root: Path) -> set[str]:
+    """Every dir under root, as relative paths (files inside them don't matter here)."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir()}
+
+
 def processes_mentioning(marker: Path) -> list[str]:
     """The command lines of live processes that name `marker` (a test's tmp dir)."""
     found = subprocess.run(["pgrep", "-af", str(marker)], capture_output=True, text=True)

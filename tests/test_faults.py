@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 
 from imgcls.models.loading import load_classifier
 from imgcls.models.pretrained import read_state_dict
-from imgcls.train import build_components, train
+from imgcls.train import build_components, main, train
 from imgcls.utils.compose import compose_config
 from imgcls.utils.errors import UserError
 from imgcls.utils.run_record import run_recorded
@@ -283,10 +284,17 @@ def test_predict_refuses_a_decompression_bomb(make_cfg, tmp_path: Path, monkeypa
     assert by_name["small.png"].classes
 
 
-@pytest.mark.slow
-def test_an_unknown_key_on_the_command_line_names_the_close_one(tmp_path: Path) -> None:
-    result = run_cli("train.py", ["trainer.max_epoch=3", f"paths.log_dir={tmp_path}"])
-    assert result.returncode == 1
-    assert "Did you mean trainer.max_epochs?" in result.stderr
-    assert "The keys of trainer: " in result.stderr
+def test_an_unknown_key_on_the_command_line_names_the_close_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The command's own entry point, in this process: Hydra refuses the line before any job."""
+    monkeypatch.setattr(
+        sys, "argv", ["train.py", "trainer.max_epoch=3", f"paths.log_dir={tmp_path}"]
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 1
+    stderr = capsys.readouterr().err
+    assert "Did you mean trainer.max_epochs?" in stderr
+    assert "The keys of trainer: " in stderr
     assert not (tmp_path / "train").exists()  # refused before any run dir was made

@@ -25,7 +25,7 @@ from tests.data_factory import (
     write_class_tree,
     write_imagenet,
 )
-from tests.helpers import fake_trainer, run_cli
+from tests.helpers import dirs_under, fake_trainer, run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -101,8 +101,11 @@ def test_data_dependent_init_whitens_fast_cifar_from_the_first_train_images(
     """The whitened stem is the net's own: it holds whatever callbacks a run has."""
     cfg = make_cfg(
         "model.net.name=fast_cifar",
+        "data.batch_size=16",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "test=false",
         *callbacks,
     )
     _, objects = train(cfg)
@@ -132,7 +135,8 @@ def test_lr_follows_the_global_batch_and_the_config_records_it(make_cfg) -> None
 
 
 def test_throughput_is_logged_per_epoch(make_cfg) -> None:
-    metrics, _ = train(make_cfg("model=cifar_quick", "trainer.max_epochs=1"))
+    cfg = make_cfg("model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=4")
+    metrics, _ = train(cfg)
     assert metrics["perf/images_per_sec"] > 0
     assert 0 <= metrics["perf/data_wait_share"] <= 1
 
@@ -143,6 +147,8 @@ def test_channels_last_and_bf16_train_on_cpu(make_cfg) -> None:
         "trainer.precision=bf16-mixed",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1",
+        "test=false",
     )
     metrics, objects = train(cfg)
     conv = objects["model"].net[0]
@@ -211,13 +217,15 @@ def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
             "model.channels_last=true",
             "trainer.sync_batchnorm=true",
             "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=5",
             f"paths.log_dir={tmp_path}",
             "extras.print_config=false",
             "callbacks.rich_progress_bar=null",
         ],
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (run,) = (tmp_path / "train" / "runs").iterdir()
+    (run,) = (tmp_path / "train" / "runs").iterdir()  # one run dir for both processes
+    assert dirs_under(run) == {".hydra", "checkpoints", "tensorboard", "csv"}
     per_rank = {}
     for log_file in ("train.log", "train_rank1.log"):
         line = re.search(r"rank (\d) metrics: (\{.*\})", (run / log_file).read_text())
