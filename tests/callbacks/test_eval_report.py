@@ -34,7 +34,8 @@ def read_csv(path: Path) -> list[list[str]]:
 
 
 def test_report_matches_a_hand_computation(make_cfg, tmp_path: Path) -> None:
-    train_cfg = make_cfg("model=cifar_quick", "optimizer.lr=0.05", "trainer.max_epochs=1")
+    quick = ["model=cifar_quick", "optimizer.lr=0.05", "+trainer.limit_train_batches=5"]
+    train_cfg = make_cfg(*quick, "trainer.max_epochs=1")
     train(train_cfg)
     run = tmp_path / "run"
     # the test stage of training wrote the report and put its figures in TensorBoard
