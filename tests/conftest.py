@@ -61,10 +61,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `slow` go first, so that under `pytest -n N` the long ones start at once
-    and the short ones fill in around them (the suite ends when its last test does); tests
-    marked `cuda` run only where there is a GPU."""
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
+    """Tests marked `slow` go first, the longest (`slow(seconds=N)`) at the very front, so that
+    under `pytest -n N` the long ones start at once and the short ones fill in around them: the
+    suite ends when its last test does, and a worker can take over (steal) queued tests only, so
+    a long test left near the end of a queue runs alone at the end. Tests marked `cuda` run only
+    where there is a GPU."""
+
+    def order(item: pytest.Item) -> tuple[bool, float]:
+        slow = item.get_closest_marker("slow")
+        return slow is None, -(slow.kwargs.get("seconds", 0) if slow else 0)
+
+    items.sort(key=order)  # stable: file order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check runs it on one)")

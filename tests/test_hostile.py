@@ -54,7 +54,7 @@ def test_a_rank_with_less_than_a_batch_of_files_still_trains(tmp_path: Path) -> 
 
 
 # -- sweeps -------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_optuna_with_ddp_leaves_no_process_and_its_trial_its_status(tmp_path: Path) -> None:
     search = [
         "hparams_search=digits_optuna",

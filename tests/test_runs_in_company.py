@@ -202,7 +202,7 @@ def test_evaluation_under_ddp_counts_every_image_once(source: str) -> None:
 
 
 # -- four runs at once from a shell --------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_four_runs_at_once_two_of_them_resuming_each_keep_their_own_dir(
     make_cfg, tmp_path: Path
 ) -> None:

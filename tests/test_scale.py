@@ -206,7 +206,7 @@ def test_compiled_net_checkpoint_loads_without_compile(make_cfg, tmp_path: Path)
         torch.testing.assert_close(prefixed(images), plain(images))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
     result = run_cli(
         "train.py",

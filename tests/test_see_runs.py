@@ -96,7 +96,7 @@ def test_tensorboard_holds_curves_pictures_and_hparams(make_cfg, tmp_path: Path,
     run_notebook("01_inspect_run.ipynb", monkeypatch, IMGCLS_RUN_DIR=str(run))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_grid_sweep_goes_past_failed_jobs_into_summary(tmp_path: Path, monkeypatch) -> None:
     grid = ["-m", "model.net.name=cifar_quick,no_such_net", "optimizer.lr=0.05,0.1"]
     result = run_cli("train.py", [*grid, *SWEEP_QUICK, f"paths.log_dir={tmp_path}"])
@@ -122,7 +122,7 @@ def test_grid_sweep_goes_past_failed_jobs_into_summary(tmp_path: Path, monkeypat
     run_notebook("02_compare_sweep.ipynb", monkeypatch, IMGCLS_SWEEP_DIR=str(sweep))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_optuna_records_failed_trials_and_resumes_from_sqlite(tmp_path: Path) -> None:
     import optuna
 

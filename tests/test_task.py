@@ -18,7 +18,7 @@ def assert_ok(result) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_a_ddp_sweep_job_learns_counting_each_test_image_once_and_a_dead_rank_fails_its_job(
     tmp_path: Path,
 ) -> None:

@@ -94,7 +94,7 @@ def test_unknown_optimized_metric_is_reported(make_cfg) -> None:
         metric_value({"val/acc_best": 0.9}, "val/accuracy")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)  # one core's time for the whole default run: it starts first
 def test_default_run_reaches_95_percent_and_leaves_a_complete_run_dir(
     make_cfg, tmp_path: Path
 ) -> None:
