@@ -61,11 +61,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `slow` go first, the longest (`slow(seconds=N)`) at the very front, so that
-    under `pytest -n N` the long ones start at once and the short ones fill in around them: the
-    suite ends when its last test does, and a worker can take over (steal) queued tests only, so
-    a long test left near the end of a queue runs alone at the end. Tests marked `cuda` run only
-    where there is a GPU."""
+    """Tests marked `slow` go first, the longest (`slow(seconds=N)`) at the very front. Under
+    `pytest -n N --dist worksteal` the first worker's share of the queue starts with them, the
+    others start on the short tests and then take over (steal) the first worker's queued tests
+    from its end: the suite ends when its last test does, and a long test left near the end of
+    a queue would run alone there. Tests marked `cuda` run only where there is a GPU."""
 
     def order(item: pytest.Item) -> tuple[bool, float]:
         slow = item.get_closest_marker("slow")

@@ -23,13 +23,12 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.run_record import run_recorded
 from tests.helpers import run_cli
 
-# 6 steps of 100 digits per epoch, 3 epochs; device augmentation and MixUp on, so randomness
-# matters to the weights
+# 6 full steps per epoch (1,257 training digits, batches of 200, the last partial one
+# dropped), 3 epochs; device augmentation and MixUp on, so randomness matters to the weights
 RUN = [
     "model=cifar_quick",
     "optimizer.lr=0.05",
-    "data.batch_size=100",
-    "+trainer.limit_train_batches=6",
+    "data.batch_size=200",
     "data.augment=cifar",
     "data.mixup_alpha=0.2",
     "trainer.max_epochs=3",
@@ -291,6 +290,7 @@ def test_an_unknown_key_on_the_command_line_names_the_close_one(
     monkeypatch.setattr(
         sys, "argv", ["train.py", "trainer.max_epoch=3", f"paths.log_dir={tmp_path}"]
     )
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # as a user's shell has it: one line, exit 1
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 1

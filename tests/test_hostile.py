@@ -3,6 +3,7 @@ failure one line. Each class of input that once broke is tested as a class."""
 
 import csv
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_a_rank_with_less_than_a_batch_of_files_still_trains(tmp_path: Path) -> 
 def test_optuna_with_ddp_leaves_no_process_and_its_trial_its_status(tmp_path: Path) -> None:
     search = [
         "hparams_search=digits_optuna",
-        "hydra.sweeper.n_trials=1",  # a second DDP job in one sweep: tests/test_task.py
+        "hydra.sweeper.n_trials=1",  # a DDP job after another in one sweep: tests/test_task.py
         "trainer=ddp_sim",
         *CLI_QUICK,
         f"paths.log_dir={tmp_path}",
@@ -210,6 +211,10 @@ def test_a_log_dir_that_cannot_be_made_is_one_line(
     inside a job: tests/test_task.py)."""
     (tmp_path / "a_file").touch()
     monkeypatch.setattr(sys, "argv", ["train.py", f"paths.log_dir={tmp_path}/a_file/logs"])
+    # Hydra sets up its logging before it makes the run dir: this process's is put back after
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", root.handlers[:])
+    monkeypatch.setattr(root, "level", root.level)
     with pytest.raises(SystemExit) as exit_:
         main()
     message = str(exit_.value.code)

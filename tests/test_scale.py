@@ -225,7 +225,9 @@ def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = (tmp_path / "train" / "runs").iterdir()  # one run dir for both processes
-    assert dirs_under(run) == {".hydra", "checkpoints", "tensorboard", "csv"}
+    rel = run.relative_to(tmp_path).as_posix()
+    run_dirs = {f"{rel}/{d}" for d in (".hydra", "checkpoints", "tensorboard", "csv")}
+    assert dirs_under(tmp_path) == {"train", "train/runs", rel, *run_dirs}  # nothing stray
     per_rank = {}
     for log_file in ("train.log", "train_rank1.log"):
         line = re.search(r"rank (\d) metrics: (\{.*\})", (run / log_file).read_text())

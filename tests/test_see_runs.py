@@ -151,18 +151,20 @@ def test_optuna_records_failed_trials_and_resumes_from_sqlite(tmp_path: Path) ->
     states = sorted(t.state.name for t in study.trials)
     assert states == sorted("FAIL" if r["status"] == "failed" else "COMPLETE" for r in rows)
 
-    # resumed for one more trial that fails whatever its lr: a search whose every trial failed
-    # still ends with its summary, and exits with code 1
-    result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=1", "data.batch_size=0"])
+    # resumed for two more trials that fail whatever their lr (before any work): a search whose
+    # every trial failed still ends with its summary, and exits with code 1
+    result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=2", "data.batch_size=0"])
+    out = result.stdout + result.stderr
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "1 of 1 jobs failed" in result.stdout + result.stderr
-    assert len(optuna.load_study(study_name="test", storage=storage).trials) == 4
+    assert "2 of 2 jobs failed" in out
+    assert "data.batch_size=0 is not allowed" in out
+    assert len(optuna.load_study(study_name="test", storage=storage).trials) == 5
     (_, resumed) = sorted((tmp_path / "train" / "multiruns").iterdir())
-    (row,) = read_rows(resumed / "summary.csv")
-    assert row["status"] == "failed"
+    resumed_rows = read_rows(resumed / "summary.csv")
+    assert [r["status"] for r in resumed_rows] == ["failed", "failed"]
     # the seeded sampler goes on from the kept trials instead of repeating the first
-    assert row["optimizer.lr"] not in {r["optimizer.lr"] for r in rows}
+    assert not {r["optimizer.lr"] for r in resumed_rows} & {r["optimizer.lr"] for r in rows}
 
 
 def test_model_graph_on_request(make_cfg, tmp_path: Path) -> None:

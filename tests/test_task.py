@@ -3,11 +3,13 @@ DDP's second process, Hydra's multirun, and what a mistake prints."""
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from imgcls.eval import main as eval_main
 from tests.helpers import dirs_under, processes_mentioning, run_cli
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null"]
@@ -22,17 +24,18 @@ def assert_ok(result) -> None:
 def test_a_ddp_sweep_job_learns_counting_each_test_image_once_and_a_dead_rank_fails_its_job(
     tmp_path: Path,
 ) -> None:
-    """Two jobs of two processes each. The first job's rank 1 dies: that job fails, the sweep
-    goes on, no process is left. The second trains in its own dir, a log per rank, and counts
-    each of 359 test images once (DistributedSampler would pad them to 360, one counted twice).
-    A single DDP run's dir: tests/test_scale.py."""
+    """Two jobs of two processes each, in one sweep process. The first trains in its own dir, a
+    log per rank, and counts each of 359 test images once (DistributedSampler would pad them to
+    360, one counted twice). The second starts its two processes after it, and its rank 1 dies
+    at its first step: that job fails, the sweep ends, no process is left. A single DDP run's
+    dir: tests/test_scale.py."""
     grid = [
         "-m",
         "seed=1,2",
         "trainer=ddp_sim",
         "+callbacks.fault._target_=tests.faults.FailOnRank",
         "+callbacks.fault.rank=1",
-        "+callbacks.fault.seed=1",  # only the first job's rank 1 dies
+        "+callbacks.fault.seed=2",  # only the second job's rank 1 dies
         "+callbacks.fault.run_seed=${seed}",
         "data.test_fraction=0.1995",  # 359 of the 1,797 digits
         *FAST,
@@ -47,10 +50,10 @@ def test_a_ddp_sweep_job_learns_counting_each_test_image_once_and_a_dead_rank_fa
     for job, seed in (("0", "1"), ("1", "2")):
         assert f"seed={seed}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
     statuses = [json.loads((sweep / j / "status.json").read_text()) for j in ("0", "1")]
-    assert [s["status"] for s in statuses] == ["failed", "completed"]
-    assert "DDP process died" in statuses[0]["error"]
+    assert [s["status"] for s in statuses] == ["completed", "failed"]
+    assert "DDP process died" in statuses[1]["error"]
 
-    done = sweep / "1"
+    done = sweep / "0"
     assert dirs_under(done) == {".hydra", "checkpoints", "tensorboard", "csv"}
     assert (done / "train.log").is_file()
     assert (done / "train_rank1.log").is_file()
@@ -74,3 +77,15 @@ def test_a_mistake_met_in_a_run_is_one_line_from_the_installed_command(tmp_path:
     out = result.stdout + result.stderr
     assert "Unknown model.net.name='resnet5O'. Did you mean resnet50" in out
     assert "Traceback" not in out
+
+
+def test_the_eval_command_answers_help(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """imgcls-eval is installed, and its entry point (in this process) shows its config."""
+    assert (Path(sys.executable).parent / "imgcls-eval").is_file()
+    monkeypatch.setattr(sys, "argv", ["imgcls-eval", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        eval_main()
+    assert exit_.value.code in (0, None)
+    assert "ckpt_path" in capsys.readouterr().out

@@ -104,9 +104,6 @@ def test_default_run_reaches_95_percent_and_leaves_a_complete_run_dir(
     cfg = make_cfg("extras.print_config=true")
     apply_extras(cfg)
     metrics, _ = train(cfg)
-    assert metrics["test/acc"] >= 0.95
-    assert metrics["val/acc_best"] >= metrics["val/acc"]
-
     run = tmp_path / "run"
     assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics)
     assert all(isinstance(v, float) for v in metrics.values())
@@ -143,6 +140,8 @@ def test_default_run_reaches_95_percent_and_leaves_a_complete_run_dir(
         assert eval_metrics[name] == pytest.approx(metrics[name], abs=1e-6), name
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert metrics["val/acc_best"] >= metrics["val/acc"]
+    assert metrics["test/acc"] >= 0.95  # last: a miss here still shows the checks above
 
 
 def test_host_counted_ema_matches_torchs_ema() -> None:
