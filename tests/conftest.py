@@ -1,6 +1,8 @@
 """Shared fixtures: compose a config exactly as the command line would, writing into a tmp dir."""
 
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +35,26 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         )
 
     return make
+
+
+@pytest.fixture
+def command_exit(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int | str | None]:
+    """command_exit(main, *argv) -> the exit code (or one-line message) of a command's entry
+    point run in this process on `argv`, as a user's shell starts it (HYDRA_FULL_ERROR unset:
+    one line, exit 1). Hydra sets up its logging before any job starts; the worker's own is put
+    back after the test."""
+
+    def run(main: Callable[[], object], *argv: str) -> int | str | None:
+        monkeypatch.setattr(sys, "argv", list(argv))
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+        root = logging.getLogger()
+        monkeypatch.setattr(root, "handlers", root.handlers[:])
+        monkeypatch.setattr(root, "level", root.level)
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        return exit_.value.code
+
+    return run
 
 
 @pytest.fixture(scope="session", autouse=True)

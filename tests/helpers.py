@@ -13,6 +13,8 @@ from omegaconf import DictConfig
 from imgcls import REPO_ROOT
 from imgcls.utils.compose import compose_config
 
+# a command line's run without the config tree and the live progress bar in captured output
+CLI_QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null"]
 # an optimizer config as configs/optimizer/sgd.yaml composes it, for nets built by hand
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
 

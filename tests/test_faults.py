@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from imgcls.train import build_components, main, train
 from imgcls.utils.compose import compose_config
 from imgcls.utils.errors import UserError
 from imgcls.utils.run_record import run_recorded
-from tests.helpers import run_cli
+from tests.helpers import CLI_QUIET, run_cli
 
 # 6 full steps per epoch (1,257 training digits, batches of 200, the last partial one
 # dropped), 3 epochs; device augmentation and MixUp on, so randomness matters to the weights
@@ -35,8 +34,7 @@ RUN = [
     "trainer.deterministic=true",
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "test=false",
-    "extras.print_config=false",
-    "callbacks.rich_progress_bar=null",
+    *CLI_QUIET,
 ]
 
 
@@ -284,16 +282,10 @@ def test_predict_refuses_a_decompression_bomb(make_cfg, tmp_path: Path, monkeypa
 
 
 def test_an_unknown_key_on_the_command_line_names_the_close_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, command_exit, capsys: pytest.CaptureFixture
 ) -> None:
     """The command's own entry point, in this process: Hydra refuses the line before any job."""
-    monkeypatch.setattr(
-        sys, "argv", ["train.py", "trainer.max_epoch=3", f"paths.log_dir={tmp_path}"]
-    )
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # as a user's shell has it: one line, exit 1
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 1
+    assert command_exit(main, "train.py", "trainer.max_epoch=3", f"paths.log_dir={tmp_path}") == 1
     stderr = capsys.readouterr().err
     assert "Did you mean trainer.max_epochs?" in stderr
     assert "The keys of trainer: " in stderr

@@ -3,9 +3,7 @@ failure one line. Each class of input that once broke is tested as a class."""
 
 import csv
 import json
-import logging
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +21,10 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.run_record import run_recorded
 from imgcls.verify import verify
 from tests.data_factory import write_class_tree, write_image
-from tests.helpers import fake_trainer, processes_mentioning, run_cli
+from tests.helpers import CLI_QUIET, fake_trainer, processes_mentioning, run_cli
 
 QUICK = ["model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
-CLI_QUICK = [*QUICK, "extras.print_config=false", "callbacks.rich_progress_bar=null"]
+CLI_QUICK = [*QUICK, *CLI_QUIET]
 
 
 # -- runs that should train ---------------------------------------------------------------------
@@ -203,21 +201,12 @@ def test_more_cpu_processes_than_cpus_is_refused(make_cfg) -> None:
         train(make_cfg("trainer=ddp_sim", f"trainer.devices={cpus + 1}"))
 
 
-def test_a_log_dir_that_cannot_be_made_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_log_dir_that_cannot_be_made_is_one_line(tmp_path: Path, command_exit) -> None:
     """Met while Hydra makes the run dir, before any job: the command's own entry point, in this
     process, exits with the one line (Python prints it and exits with code 1; a mistake met
     inside a job: tests/test_task.py)."""
     (tmp_path / "a_file").touch()
-    monkeypatch.setattr(sys, "argv", ["train.py", f"paths.log_dir={tmp_path}/a_file/logs"])
-    # Hydra sets up its logging before it makes the run dir: this process's is put back after
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", root.handlers[:])
-    monkeypatch.setattr(root, "level", root.level)
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    message = str(exit_.value.code)
+    message = str(command_exit(main, "train.py", f"paths.log_dir={tmp_path}/a_file/logs"))
     assert message.startswith(f"UserError: cannot make a run dir in {tmp_path}/a_file/logs")
     assert "\n" not in message
 

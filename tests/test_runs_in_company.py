@@ -20,7 +20,7 @@ from imgcls.train import train
 from imgcls.utils.errors import UserError
 from imgcls.utils.run_dirs import LOCK_FILE, held, unique_dir
 from imgcls.utils.run_record import run_recorded
-from tests.helpers import fake_trainer
+from tests.helpers import CLI_QUIET, fake_trainer
 from tests.test_hostile import snapshot
 
 # short runs whose schedule does not span the run (a resume may lengthen it)
@@ -210,8 +210,7 @@ def test_four_runs_at_once_two_of_them_resuming_each_keep_their_own_dir(
     base = [
         *SHORT,
         f"paths.log_dir={logs}",
-        "extras.print_config=false",
-        "callbacks.rich_progress_bar=null",
+        *CLI_QUIET,
     ]
     commands = {"x": [*base, "optimizer.lr=0.05"], "y": [*base, "optimizer.lr=0.02"]}
 

@@ -25,7 +25,7 @@ from tests.data_factory import (
     write_class_tree,
     write_imagenet,
 )
-from tests.helpers import dirs_under, fake_trainer, run_cli
+from tests.helpers import CLI_QUIET, dirs_under, fake_trainer, run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -219,8 +219,7 @@ def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
             "trainer.max_epochs=2",
             "+trainer.limit_train_batches=5",
             f"paths.log_dir={tmp_path}",
-            "extras.print_config=false",
-            "callbacks.rich_progress_bar=null",
+            *CLI_QUIET,
         ],
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

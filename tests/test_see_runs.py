@@ -14,15 +14,14 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from imgcls import REPO_ROOT
 from imgcls.reports.sweep_summary import write_summary
 from imgcls.train import train
-from tests.helpers import run_cli
+from tests.helpers import CLI_QUIET, run_cli
 
 QUICK = ["model=cifar_quick", "optimizer.lr=0.05", "+trainer.limit_train_batches=4"]
 SWEEP_QUICK = [
     "model=cifar_quick",
     "+trainer.limit_train_batches=4",
     "trainer.max_epochs=1",
-    "extras.print_config=false",
-    "callbacks.rich_progress_bar=null",
+    *CLI_QUIET,
 ]
 
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from imgcls.eval import main as eval_main
-from tests.helpers import dirs_under, processes_mentioning, run_cli
+from tests.helpers import CLI_QUIET, dirs_under, processes_mentioning, run_cli
 
-QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null"]
-FAST = ["model=cifar_quick", "trainer.max_epochs=2", *QUIET]
+FAST = ["model=cifar_quick", "trainer.max_epochs=2", *CLI_QUIET]
 
 
 def assert_ok(result) -> None:
@@ -79,13 +78,8 @@ def test_a_mistake_met_in_a_run_is_one_line_from_the_installed_command(tmp_path:
     assert "Traceback" not in out
 
 
-def test_the_eval_command_answers_help(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def test_the_eval_command_answers_help(command_exit, capsys: pytest.CaptureFixture) -> None:
     """imgcls-eval is installed, and its entry point (in this process) shows its config."""
     assert (Path(sys.executable).parent / "imgcls-eval").is_file()
-    monkeypatch.setattr(sys, "argv", ["imgcls-eval", "--help"])
-    with pytest.raises(SystemExit) as exit_:
-        eval_main()
-    assert exit_.value.code in (0, None)
+    assert command_exit(eval_main, "imgcls-eval", "--help") in (0, None)
     assert "ckpt_path" in capsys.readouterr().out
