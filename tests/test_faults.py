@@ -229,6 +229,8 @@ def test_resuming_a_checkpoint_of_other_classes_or_net_is_one_line(
                 run_dir=tmp_path / "c",
             )
         )
+    with pytest.raises(UserError, match=r"trained with model\.class_weights=None but the config"):
+        train(make_cfg("model=cifar_quick", "model.class_weights=balanced", f"ckpt_path={ckpt}"))
     with pytest.raises(UserError, match=r"ckpt_path=last found no last\.ckpt"):
         train(make_cfg("ckpt_path=last", "paths.log_dir=" + str(tmp_path / "empty")))
     train(make_cfg("model=resnet_cifar", *short, run_dir=tmp_path / "d"))

@@ -3,6 +3,7 @@ Optuna sweeps (failed jobs included), and both notebooks executed on real runs."
 
 import csv
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -119,6 +120,26 @@ def test_grid_sweep_goes_past_failed_jobs_into_summary(tmp_path: Path, monkeypat
     write_summary(sweep)
     assert read_rows(sweep / "summary.csv") == rows
     run_notebook("02_compare_sweep.ipynb", monkeypatch, IMGCLS_SWEEP_DIR=str(sweep))
+
+
+@pytest.mark.slow(seconds=20)
+def test_five_fold_sweep_adds_mean_and_std_rows(tmp_path: Path) -> None:
+    folds = ["-m", "data.folds=5", "data.fold=range(5)", "+trainer.limit_val_batches=2"]
+    result = run_cli("train.py", [*folds, *SWEEP_QUICK, f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    rows = read_rows(sweep / "summary.csv")
+    jobs = [r for r in rows if r["status"] == "completed"]
+    assert sorted(r["data.fold"] for r in jobs) == ["0", "1", "2", "3", "4"]
+    mean, std = rows[5:]
+    assert (mean["job"], mean["status"], mean["data.fold"]) == ("mean of 5", "mean", "*")
+    assert (std["job"], std["status"]) == ("std of 5", "std")
+    for metric in ("val/acc_best", "val/f1_macro", "test/acc", "test/acc_balanced"):
+        values = [float(r[metric]) for r in jobs]
+        assert float(mean[metric]) == pytest.approx(statistics.mean(values)), metric
+        assert float(std[metric]) == pytest.approx(statistics.stdev(values)), metric
+    assert len({r["val/acc"] for r in jobs}) > 1  # each fold validated on its own images
+    assert "5 runs" in result.stdout  # the printed table counts jobs, not the two rows
 
 
 @pytest.mark.slow(seconds=15)

@@ -48,9 +48,14 @@ def test_optimizer_and_schedule_drive_training(make_cfg, overrides: list[str]) -
 
 
 def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
+    """Also with the balanced draw and class weights: the weights resolved from the train split
+    are in the checkpoint and back in the resumed loss."""
+    balanced = ["model.class_weights=balanced", "data.sampler=balanced"]
     # a schedule that does not span the run: a resume may lengthen it
     _, first = train(
-        make_cfg(*QUICK, FOUR_BATCHES, "scheduler=none", "trainer.max_epochs=2", "test=false")
+        make_cfg(
+            *QUICK, FOUR_BATCHES, *balanced, "scheduler=none", "trainer.max_epochs=2", "test=false"
+        )
     )
     steps_per_epoch = first["trainer"].global_step // 2
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -58,6 +63,7 @@ def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(
         *QUICK,
         FOUR_BATCHES,
+        *balanced,
         "scheduler=none",
         "trainer.max_epochs=3",
         f"ckpt_path={last}",
@@ -71,6 +77,11 @@ def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     # saved at the last validation's end: epoch 2 (of 0-2) done
     assert (saved["epoch"], saved["global_step"]) == (2, 3 * steps_per_epoch)
+    weights = saved["hyper_parameters"]["class_weights"]
+    assert len(weights) == 10
+    assert len(set(weights)) > 1
+    assert saved["state_dict"]["criterion.weight"].tolist() == pytest.approx(weights)
+    assert resumed["model"].criterion.weight.tolist() == pytest.approx(weights)
     assert not (tmp_path / "resumed" / "checkpoints").exists()
 
 

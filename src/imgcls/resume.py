@@ -152,6 +152,13 @@ def check_checkpoint_fits(resume: Resume, cfg: DictConfig, class_names: list[str
             f"{ckpt} holds a {net_name} built with {said(saved['net'])} but the config builds it "
             f"with {said(ours)}: resume with {fix}."
         )
+    saved_weights, weights = saved.get("class_weights"), cfg.model.get("class_weights")
+    if (saved_weights is None) != (weights is None):  # a loss weight buffer, or none
+        raise UserError(
+            f"{ckpt} was trained with model.class_weights={saved_weights} but the config has "
+            f"{weights}: resume with "
+            + ("model.class_weights=null." if saved_weights is None else "the same class weights.")
+        )
     saved_classes = list(saved.get("class_names") or [])
     if saved_classes and saved_classes != class_names:
         raise UserError(

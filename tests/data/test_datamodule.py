@@ -12,7 +12,7 @@ from imgcls.data.digits import DigitsDataModule
 from imgcls.data.fake import FakeDataModule
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
 from imgcls.data.input_contract import InputContract
-from imgcls.data.loaders import EpochSeededRandomSampler
+from imgcls.data.loaders import ShardedOrderSampler, build_loader
 from imgcls.utils.errors import UserError
 from tests.helpers import fake_trainer
 
@@ -107,10 +107,59 @@ def test_in_memory_batches_are_indexed_in_the_samplers_order(digits: DigitsDataM
     assert torch.equal(labels_in(1), labels_in(1))  # the same order for the same epoch
     # the order a DataLoader with our sampler gives (a resumed run replays it)
     train = digits.splits.train
-    sampler = EpochSeededRandomSampler(train, loader.sampler.seed)
+    sampler = ShardedOrderSampler(train, ShardedOrder(len(train), True, loader.sampler.seed))
     sampler.set_epoch(1)
     reference = DataLoader(train, batch_size=32, sampler=sampler, drop_last=True)
     assert torch.equal(labels_in(1), torch.cat([labels for _, labels in reference]))
+
+
+def test_balanced_sampler_draws_classes_equally_by_seed_and_epoch_in_shares() -> None:
+    """190 images of class 0, 10 of class 1: each epoch draws as many images, the classes about
+    equally often, a function of (seed, epoch); under DDP each rank takes its share of the one
+    draw, the same from files (a DataLoader) as from memory."""
+    labels = torch.cat([torch.zeros(190), torch.ones(10)]).long()
+    images = torch.arange(200).view(200, 1, 1, 1).expand(200, 3, 1, 1).to(torch.uint8)
+    dataset = TensorDataset(images, labels)
+    weights = 1.0 / torch.bincount(labels)[labels].double()
+    torch.manual_seed(7)
+
+    def drawn(in_memory: bool, rank: int, epoch: int) -> torch.Tensor:
+        held = (images, labels) if in_memory else None
+        loader = build_loader(dataset, 20, True, held, weights, rank=rank, world_size=2)
+        loader.sampler.set_epoch(epoch)  # as Lightning does
+        return torch.cat([batch_labels for _, batch_labels in loader])
+
+    for epoch in (0, 1):
+        shares = [drawn(True, rank, epoch) for rank in (0, 1)]
+        assert all(len(share) == 100 for share in shares)
+        for rank in (0, 1):
+            assert torch.equal(drawn(False, rank, epoch), shares[rank])
+        assert 70 <= int(torch.cat(shares).sum()) <= 130  # class 1: ~100 of 200, not 10
+    assert not torch.equal(drawn(True, 0, 0), drawn(True, 0, 1))
+    assert torch.equal(drawn(True, 0, 1), drawn(True, 0, 1))
+
+
+def test_balanced_sampler_needs_known_labels() -> None:
+    fake = FakeDataModule(sampler="balanced", batch_size=8, num_workers=0)
+    fake.setup()
+    with pytest.raises(UserError, match=r"data\.sampler=balanced needs a data source"):
+        fake.train_dataloader()
+    with pytest.raises(UserError, match=r"data\.sampler='bogus' is not one of random, balanced"):
+        FakeDataModule(sampler="bogus")
+
+
+def test_digits_k_folds_keep_the_test_split_and_validate_on_each_fold_once() -> None:
+    folds = [DigitsDataModule(folds=5, fold=i) for i in range(5)]
+    for dm in folds:
+        dm.setup()
+    tests = [labels_of(dm.splits.test) for dm in folds]
+    assert all(torch.equal(t, tests[0]) for t in tests)
+    vals = [dm.splits.val.tensors[0] for dm in folds]
+    assert sum(len(v) for v in vals) == len(folds[0].splits.train) + len(vals[0])
+    assert all(len(v) in (287, 288) for v in vals)  # 1,438 non-test images / 5
+    counts = torch.stack([torch.bincount(labels_of(dm.splits.val), minlength=10) for dm in folds])
+    spread = counts.max(dim=0).values - counts.min(dim=0).values
+    assert int(spread.max()) <= 1  # each class dealt evenly over the folds
 
 
 @pytest.mark.parametrize(("size", "world"), [(10, 2), (11, 2), (7, 3), (5, 1)])

@@ -53,6 +53,38 @@ def test_missing_test_folder_is_carved_from_train(tmp_path: Path) -> None:
     assert not {p for p, _ in samples["test"]} & {p for p, _ in samples["train"]}
 
 
+@pytest.mark.parametrize("val_folder", [False, True])
+def test_k_folds_make_disjoint_stratified_val_splits_and_keep_the_test_split(
+    tmp_path: Path, val_folder: bool
+) -> None:
+    """Fold i of 5 is the validation split: the 5 val splits cover train (and a given val
+    folder) once, each class spread evenly; the test split is the same in every fold."""
+    if val_folder:
+        write_class_tree(tmp_path / "train", ["a", "b"], per_class=16)
+        write_class_tree(tmp_path / "val", ["a", "b"], per_class=4)
+        root = tmp_path
+    else:
+        root = write_class_tree(tmp_path / "photos", ["a", "b"], per_class=20)
+    folds = [
+        FolderDataModule(root=str(root), folds=5, fold=i, artifacts_dir=str(tmp_path / f"run{i}"))
+        for i in range(5)
+    ]
+    splits = [dm.split_samples() for dm in folds]
+    assert all(s["test"] == splits[0]["test"] for s in splits)
+    assert Counter(y for _, y in splits[0]["test"]) == {0: 2, 1: 2}  # 0.1 of 20 a class
+    pool = {p for p, _ in splits[0]["train"] + splits[0]["val"]}
+    assert len(pool) == 36
+    assert not pool & {p for p, _ in splits[0]["test"]}
+    vals = [{p for p, _ in s["val"]} for s in splits]
+    assert set().union(*vals) == pool
+    assert sum(map(len, vals)) == 36
+    for s, val in zip(splits, vals, strict=True):
+        assert Counter(y for _, y in s["val"]) in ({0: 3, 1: 4}, {0: 4, 1: 3}, {0: 4, 1: 4})
+        assert {p for p, _ in s["train"]} == pool - val
+    with open(tmp_path / "run3" / "split.csv") as f:
+        assert {r["path"] for r in csv.DictReader(f) if r["split"] == "val"} == vals[3]
+
+
 def test_folder_scan_skips_hidden_non_images_and_empty_classes(tmp_path: Path) -> None:
     write_class_tree(tmp_path, ["a", "b"], per_class=3)
     write_image(tmp_path / "a" / "UPPER.JPG", (1, 2, 3))  # upper-case suffix: an image
@@ -99,7 +131,7 @@ def test_folder_files_dataset_applies_the_preset(tmp_path: Path) -> None:
 
 
 def test_a_folder_says_at_start_what_would_surprise(tmp_path: Path, caplog) -> None:
-    root = write_class_tree(tmp_path / "photos", ["cat", "dog"], per_class=10)  # 40 x 30 px
+    root = write_class_tree(tmp_path / "photos", ["cat", "dog"], per_class=15)  # 40 x 30 px
     write_class_tree(root, ["rare"], per_class=1)
     datamodule = FolderDataModule(root=str(root), augment="standard")  # 224 px crops
     with caplog.at_level("WARNING"):
@@ -107,6 +139,14 @@ def test_a_folder_says_at_start_what_would_surprise(tmp_path: Path, caplog) -> N
     assert "The val split has no image of 1 class(es) (rare)" in caplog.text
     assert "about 30 px on their short side but are cropped to 224 px" in caplog.text
     assert "data.train_crop=30 data.eval_resize=30 data.eval_crop=30" in caplog.text
+    assert datamodule.class_counts("train").tolist() == [10, 10, 1]
+    imbalance = "The train split is imbalanced: cat has 10 images, rare 1."
+    assert imbalance in caplog.text  # 10x: said, with the options that even it out
+    assert "data.sampler=balanced or model.class_weights=balanced" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        FolderDataModule(root=str(root), augment="standard", sampler="balanced").setup()
+    assert "imbalanced" not in caplog.text  # already evened out
 
 
 def test_training_on_a_folder_skips_and_lists_bad_files(make_cfg, tmp_path: Path) -> None:

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
+from torchmetrics.classification import MulticlassF1Score
 
-from imgcls.models.classifier import ImageClassifier, accuracy_metrics
+from imgcls.models.classifier import ImageClassifier, accuracy_metrics, balanced_class_weights
+from imgcls.utils.errors import UserError
 from tests.helpers import SGD
 
 
@@ -27,9 +30,76 @@ def test_accuracy_metrics_match_a_hand_computation() -> None:
     assert result["test/acc_top5"].item() == pytest.approx(3 / 4)
 
 
-def test_top5_only_with_more_than_five_classes() -> None:
-    assert set(accuracy_metrics(5, "val/").keys()) == {"val/acc"}
-    assert set(accuracy_metrics(6, "val/").keys()) == {"val/acc", "val/acc_top5"}
+def computed(metrics, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    metrics.update(logits, labels)
+    return {name: float(value) for name, value in metrics.compute().items()}
+
+
+def test_evaluation_scores_and_top5_only_with_more_than_five_classes() -> None:
+    logits, labels = torch.randn(8, 6), torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])
+    assert set(computed(accuracy_metrics(5, "val/"), logits[:, :5], labels % 5)) == {
+        "val/acc",
+        "val/acc_balanced",
+        "val/f1_macro",
+    }
+    assert set(computed(accuracy_metrics(6, "val/"), logits, labels)) == {
+        "val/acc",
+        "val/acc_balanced",
+        "val/f1_macro",
+        "val/acc_top5",
+    }
+    assert set(computed(accuracy_metrics(6, "train/", evaluation=False), logits, labels)) == {
+        "train/acc"
+    }
+
+
+def test_balanced_accuracy_and_macro_f1_match_sklearn_on_an_imbalanced_split() -> None:
+    generator = torch.Generator().manual_seed(0)
+    # 3 classes present, 90 / 9 / 1 images; class 3 never present but sometimes predicted,
+    # class 4 neither present nor predicted
+    labels = torch.cat([torch.zeros(90), torch.ones(9), torch.full((1,), 2)]).long()
+    logits = torch.randn(100, 5, generator=generator)
+    logits[:, 4] = -10.0
+    logits[torch.arange(100), labels] += 1.0
+    preds = logits.argmax(dim=1)
+    assert (preds == 3).any()
+    assert not (labels == 3).any()
+    scores = computed(accuracy_metrics(5, "val/"), logits, labels)
+    assert scores["val/acc_balanced"] == pytest.approx(balanced_accuracy_score(labels, preds))
+    assert scores["val/f1_macro"] == pytest.approx(
+        float(MulticlassF1Score(5, average="macro")(logits, labels))
+    )
+    assert scores["val/f1_macro"] == pytest.approx(
+        f1_score(labels, preds, labels=[0, 1, 2, 3], average="macro", zero_division=0)
+    )
+    # the majority class always: accurate at 90%, balanced at a third
+    always_first = torch.zeros(100, 5)
+    always_first[:, 0] = 1.0
+    majority = computed(accuracy_metrics(5, "val/"), always_first, labels)
+    assert majority["val/acc"] == pytest.approx(0.9)
+    assert majority["val/acc_balanced"] == pytest.approx(1 / 3)
+
+
+def test_balanced_class_weights_are_inverse_frequency_averaging_one_per_image() -> None:
+    counts = torch.tensor([90, 10, 0])
+    weights = balanced_class_weights(counts)
+    assert weights[0] * 90 == pytest.approx(weights[1] * 10)  # each class weighs the same
+    assert (weights[0] * 90 + weights[1] * 10) / 100 == pytest.approx(1.0)
+    assert weights[2] == 1.0
+
+
+def test_class_weights_weigh_the_loss_and_travel_in_the_state() -> None:
+    model = ImageClassifier(
+        net={"name": "lenet"}, num_classes=3, optimizer=SGD, class_weights=[1.0, 2.0, 0.5]
+    )
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    expected = nn.functional.cross_entropy(
+        logits, labels, weight=torch.tensor([1.0, 2.0, 0.5]), reduction="none"
+    )
+    torch.testing.assert_close(model.criterion(logits, labels), expected)
+    assert model.state_dict()["criterion.weight"].tolist() == [1.0, 2.0, 0.5]
+    with pytest.raises(UserError, match="has 2 values for 3 classes"):
+        ImageClassifier(net={"name": "lenet"}, num_classes=3, optimizer=SGD, class_weights=[1, 2])
 
 
 def test_classifier_loss_uses_label_smoothing() -> None:

@@ -30,6 +30,22 @@ from imgcls.utils.seeding import reseed
 
 log = get_logger(__name__)
 
+SAMPLERS = ("random", "balanced")
+# the ratio of the train split's largest class to its smallest from which a run says so
+IMBALANCE_RATIO = 10
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
+    """A split's labels without reading an image: held in memory, or listed with the files; None
+    for a dataset that makes its labels as it goes (data=fake)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1]
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return None
+    return torch.tensor([label for _, label in samples], dtype=torch.long)
+
+
 # torchvision's ImageNet statistics: the default for photos and for pretrained backbones.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,6 +64,8 @@ class ImageDataModule(LightningDataModule, ABC):
     `batch_size` is per device: with DDP on N devices the global batch is N * batch_size.
     `num_workers: auto` gives file-based data a worker budget from the CPU count per device and
     in-memory data none (its augmentation runs on the device).
+    `sampler`: random (each training image once an epoch) or balanced (each class equally
+    often, drawn with replacement).
     """
 
     #: True where build_splits returns images already decoded into memory at one size, as
@@ -74,8 +92,12 @@ class ImageDataModule(LightningDataModule, ABC):
         eval_crop: int | None = None,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        sampler: str = "random",
     ) -> None:
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise UserError(f"data.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}.")
+        self.sampler = sampler
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -159,6 +181,28 @@ class ImageDataModule(LightningDataModule, ABC):
                     "in_memory = True and returns TensorDatasets of (uint8 images, labels)."
                 )
             self.splits = splits
+            self._report_imbalance()
+
+    def class_counts(self, split: str = "train") -> torch.Tensor | None:
+        """Images per class in a split, None where the source does not know its labels."""
+        labels = dataset_labels(self._split(split))
+        return None if labels is None else torch.bincount(labels, minlength=self.num_classes)
+
+    def _report_imbalance(self) -> None:
+        counts = self.class_counts("train")
+        if counts is None or self.sampler == "balanced" or not (counts > 0).any():
+            return
+        largest = int(counts.argmax())
+        smallest = int(torch.where(counts > 0, counts, counts.max() + 1).argmin())
+        if counts[largest] < IMBALANCE_RATIO * counts[smallest]:
+            return
+        names = self.class_names
+        log.warning(
+            f"The train split is imbalanced: {names[largest]} has {int(counts[largest])} images, "
+            f"{names[smallest]} {int(counts[smallest])}. data.sampler=balanced or "
+            "model.class_weights=balanced even it out; val/acc_balanced and val/f1_macro measure "
+            "it (callbacks.model_checkpoint.monitor=val/acc_balanced)."
+        )
 
     def resolved_workers(self) -> int:
         if self.num_workers != "auto":
@@ -183,6 +227,7 @@ class ImageDataModule(LightningDataModule, ABC):
             self.batch_size if train else self.eval_batch_size,
             train,
             held,
+            self._balanced_weights(dataset) if train and self.sampler == "balanced" else None,
             rank,
             world_size,
             workers,
@@ -190,6 +235,17 @@ class ImageDataModule(LightningDataModule, ABC):
             self.prefetch_factor,
             pin_memory=self.pin_memory and self.device.type == "cuda",
         )
+
+    def _balanced_weights(self, dataset: Dataset) -> torch.Tensor:
+        """Each image's weight in a class-balanced draw: 1 / its class's count."""
+        labels = dataset_labels(dataset)
+        if labels is None:
+            raise UserError(
+                f"data.sampler=balanced needs a data source that knows its labels; "
+                f"{type(self).__name__} makes them as it goes: use data.sampler=random."
+            )
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        return 1.0 / counts[labels].double()
 
     def _held_bytes(self) -> int:
         splits = self.splits.train, self.splits.val, self.splits.test

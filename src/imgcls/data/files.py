@@ -124,6 +124,29 @@ def stratified_split(
     return [sorted(p) for p in parts]
 
 
+def fold_split(
+    labels: Sequence[int], folds: int, fold: int, seed: int
+) -> tuple[list[int], list[int]]:
+    """(train, val) indices of k-fold cross-validation: the images are dealt into `folds` parts,
+    each class in seeded order and spread evenly over them (stratified); part `fold` is the
+    validation split, the rest the training split. The same (labels, folds, seed) give the same
+    parts for every fold, so the folds of a sweep never overlap."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    part_of: dict[int, int] = {}
+    dealt = 0  # classes continue where the last left off, so the parts differ by one at most
+    for label in sorted(by_class):
+        members = by_class[label]
+        for i in torch.randperm(len(members), generator=generator).tolist():
+            part_of[members[i]] = dealt % folds
+            dealt += 1
+    train = [i for i in range(len(labels)) if part_of[i] != fold]
+    val = [i for i in range(len(labels)) if part_of[i] == fold]
+    return train, val
+
+
 class ImageFileDataset(Dataset):
     """(path, label) samples read by `reader` (uint8 RGB tensors by default), then
     `transform`ed; `collate_fn` is what batches them (None: the DataLoader's default)."""

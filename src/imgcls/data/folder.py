@@ -4,9 +4,10 @@
   carved from train;
 - DIR/<class>/*.jpg only: split into train/val/test by `split` (default 0.7/0.2/0.1).
 
-Carving is stratified by class and fixed by `split_seed`; the resulting split is saved as
-`split.csv` in the run dir. Class names are the folder names, sorted; folders with no image
-are left out with a warning.
+Carving is stratified by class and fixed by `split_seed`; with `folds=K fold=i` the validation
+split is fold i of k-fold cross-validation over train (and val, if given), the test split
+unchanged. The resulting split is saved as `split.csv` in the run dir. Class names are the
+folder names, sorted; folders with no image are left out with a warning.
 """
 
 import contextlib
@@ -31,6 +32,7 @@ from imgcls.data.files import (
     PATH_TEXT,
     ImageFileDataset,
     class_folders,
+    fold_split,
     list_images,
     scan_samples,
     stratified_split,
@@ -54,6 +56,8 @@ class FolderDataModule(ImageDataModule):
         root: str,
         split: tuple[float, float, float] = (0.7, 0.2, 0.1),
         split_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
         in_memory: bool = False,
         on_bad_image: str = "skip",
         artifacts_dir: str | None = None,
@@ -69,6 +73,7 @@ class FolderDataModule(ImageDataModule):
         self.root = Path(root).expanduser()
         self.split = tuple(split)
         self.split_seed = split_seed
+        self.folds, self.fold = folds, fold
         self.in_memory = in_memory
         self.on_bad_image = on_bad_image
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
@@ -129,13 +134,22 @@ class FolderDataModule(ImageDataModule):
                 if folder not in listed:
                     listed[folder] = scan_samples(folder, self.class_dirs, self.skipped_links)
                 samples[name] = listed[folder]
-        missing = [s for s in SPLIT_NAMES if dirs[s] is None]
+        # with folds, validation is a fold of train (and of a val folder, pooled with it)
+        missing = [s for s in SPLIT_NAMES if dirs[s] is None and not (self.folds and s == "val")]
         if missing:
             fractions = [self.split[SPLIT_NAMES.index(s)] for s in ("train", *missing)]
+            if self.folds:
+                fractions[0] += self.split[1]
             train = samples["train"]
             parts = stratified_split([label for _, label in train], fractions, self.split_seed)
             for name, part in zip(("train", *missing), parts, strict=True):
                 samples[name] = [train[i] for i in part]
+        if self.folds:
+            pool = samples["train"] + samples.get("val", [])
+            labels = [label for _, label in pool]
+            parts = fold_split(labels, self.folds, self.fold, self.split_seed)
+            samples["train"], samples["val"] = ([pool[i] for i in part] for part in parts)
+        if missing or self.folds:
             self.save_split(samples)
         for name, found in samples.items():
             if not found:

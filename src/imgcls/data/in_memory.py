@@ -7,8 +7,9 @@ sits on the training device once (CIFAR-10's 60,000 images take 184 MB) and a ba
 epoch's order, and the host never waits for the device. On a CPU the same indexing replaces the
 per-sample collate.
 
-The order is the one a DataLoader with our samplers gives: a permutation of (seed, epoch) for
-training (the same on every device type, so a run resumed at an epoch boundary replays it),
+The order is the one a DataLoader with our sampler gives: a permutation of (seed, epoch) for
+training, or a class-balanced draw (the same on every device type, so a run resumed at an epoch
+boundary replays it),
 padded to a multiple of the world size and dealt out by rank as DistributedSampler does, and a
 process drops its last partial batch when it has more than one batch; for evaluation, the images
 in order, dealt out by rank with no padding (each counted once).
@@ -29,10 +30,14 @@ log = get_logger(__name__)
 EPOCH_STRIDE = 1_000_003
 
 
-def epoch_permutation(size: int, seed: int, epoch: int) -> Tensor:
-    """The shuffled order of an epoch, a function of (seed, epoch) alone (on the CPU)."""
+def epoch_order(size: int, seed: int, epoch: int, weights: Tensor | None = None) -> Tensor:
+    """The training order of an epoch, a function of (seed, epoch) alone (on the CPU): a
+    permutation, or with `weights` (one per image) `size` draws with replacement in proportion
+    to them (data.sampler=balanced: each class as often)."""
     generator = torch.Generator().manual_seed(seed + EPOCH_STRIDE * epoch)
-    return torch.randperm(size, generator=generator)
+    if weights is None:
+        return torch.randperm(size, generator=generator)
+    return torch.multinomial(weights, size, replacement=True, generator=generator)
 
 
 class ShardedOrder:
@@ -40,10 +45,18 @@ class ShardedOrder:
     start (it finds this object as the loader's `sampler`)."""
 
     def __init__(
-        self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        weights: Tensor | None = None,
     ) -> None:
+        """`weights`: draw training images in proportion to them (see `epoch_order`)."""
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.weights = weights
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -57,7 +70,7 @@ class ShardedOrder:
     def indices(self) -> Tensor:
         if not self.shuffle:
             return torch.arange(self.rank, self.size, self.world_size)
-        order = epoch_permutation(self.size, self.seed, self.epoch)
+        order = epoch_order(self.size, self.seed, self.epoch, self.weights)
         padding = len(self) * self.world_size - self.size
         if padding:  # as DistributedSampler: repeat the first ones so every rank has as many
             order = torch.cat([order, order[:padding]])

@@ -1,9 +1,9 @@
 """How a split becomes batches, for every data source: one function, `build_loader`.
 
 - Images read from files: a DataLoader with `workers` processes. Training order is a function
-  of (seed, epoch) (EpochSeededRandomSampler; under DDP Lightning swaps in its
-  DistributedSampler, which does the same per process, padded to equal shares); evaluation
-  shares are not padded, so every image is counted once in every metric and report.
+  of (seed, epoch), this process's share of it under DDP, padded to equal shares
+  (ShardedOrderSampler); evaluation shares are not padded, so every image is counted once in
+  every metric and report.
 - Images held in memory: batches indexed out of the tensors where they live (data/in_memory.py),
   in the same orders, with no worker and no per-sample collate.
 A process drops its last partial training batch only when it has a full one besides.
@@ -14,9 +14,9 @@ import math
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from imgcls.data.in_memory import IndexedBatches, ShardedOrder, epoch_permutation
+from imgcls.data.in_memory import IndexedBatches, ShardedOrder
 from imgcls.utils.machine import available_cpus
 
 
@@ -27,22 +27,25 @@ def auto_workers(devices: int = 1) -> int:
     return max(1, available_cpus() // max(1, devices) - 1)
 
 
-class EpochSeededRandomSampler(RandomSampler):
-    """Shuffling that is a function of (seed, epoch) alone, as DistributedSampler's is: a run
-    resumed at an epoch boundary sees the order the uninterrupted run would have. Lightning calls
-    `set_epoch` every epoch, and under DDP swaps in its DistributedSampler (which does the same
-    per process), recognizing a RandomSampler."""
+class ShardedOrderSampler(DistributedSampler):
+    """A DataLoader's training sampler: this process's share of the epoch's order
+    (data/in_memory.ShardedOrder, the same indices the in-memory batches visit), a function of
+    (seed, epoch) alone, so a run resumed at an epoch boundary sees the order the uninterrupted
+    run would have. A DistributedSampler, so Lightning leaves it in place under DDP (it shards
+    already) and calls `set_epoch` every epoch."""
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        super().__init__(dataset)
-        self.seed = seed
-        self.epoch = 0
+    def __init__(self, dataset: Dataset, order: ShardedOrder) -> None:
+        super().__init__(dataset, num_replicas=order.world_size, rank=order.rank, shuffle=True)
+        self.order = order
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
     def __iter__(self):
-        yield from epoch_permutation(len(self.data_source), self.seed, self.epoch).tolist()
+        yield from self.order.indices().tolist()
 
 
 def build_loader(
@@ -50,6 +53,7 @@ def build_loader(
     batch_size: int,
     train: bool,
     held: tuple[Tensor, Tensor] | None = None,
+    weights: Tensor | None = None,
     rank: int = 0,
     world_size: int = 1,
     workers: int = 0,
@@ -59,13 +63,14 @@ def build_loader(
 ) -> DataLoader | IndexedBatches:
     """This process's batches of `dataset` (`rank` of `world_size`). `held`: the split's images
     and labels, for a source held in memory, where they live (the caller moves them to the
-    device once); `workers` and the rest apply to datasets read from files."""
+    device once); `weights`: training images drawn in proportion to them (one per image);
+    `workers` and the rest apply to datasets read from files."""
     drop_last = train and math.ceil(len(dataset) / world_size) > batch_size
+    order = ShardedOrder(len(dataset), train, torch.initial_seed(), rank, world_size, weights)
     if held is not None:
-        order = ShardedOrder(len(dataset), train, torch.initial_seed(), rank, world_size)
         return IndexedBatches(*held, batch_size, order, drop_last)
     if train:
-        sampler = EpochSeededRandomSampler(dataset, torch.initial_seed())
+        sampler = ShardedOrderSampler(dataset, order)
     elif world_size > 1:  # each image evaluated once: no padding to equal shares
         sampler = UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)
     else:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from imgcls.models.confusion import ClassAveragedScores
 from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.models.pretrained import find_head
 from imgcls.models.tta import tta_logits
@@ -35,16 +36,34 @@ RUN_LENGTH = "imgcls_run_length"
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level")
 
 
-def accuracy_metrics(num_classes: int, prefix: str, top5: bool = True) -> MetricCollection:
-    """Top-1 and, where it means something (more than 5 classes), top-5 accuracy."""
+# the validation scores whose best so far is logged as val/<name>_best: any of them can pick the
+# checkpoint (callbacks.model_checkpoint.monitor) and be a sweep's optimized_metric
+BEST_TRACKED = ("acc", "acc_balanced", "f1_macro")
+
+
+def accuracy_metrics(num_classes: int, prefix: str, evaluation: bool = True) -> MetricCollection:
+    """Top-1 accuracy; for evaluation also balanced accuracy and macro F1 and, where it means
+    something (more than 5 classes), top-5 accuracy."""
     # validate_args=False: the input checks read values back to the host (a device sync per
     # step); our own logits and labels need no checking
     metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
-    if top5 and num_classes > 5:
-        metrics["acc_top5"] = MulticlassAccuracy(
-            num_classes, top_k=5, average="micro", validate_args=False
-        )
+    if evaluation:
+        metrics["class_averaged"] = ClassAveragedScores(num_classes)  # acc_balanced, f1_macro
+        if num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(
+                num_classes, top_k=5, average="micro", validate_args=False
+            )
     return MetricCollection(metrics, prefix=prefix)
+
+
+def balanced_class_weights(counts: Tensor) -> list[float]:
+    """Inverse class frequency, scaled so a training image weighs 1 on average (sklearn's
+    "balanced"): the loss keeps its scale and the lr its meaning. A class with no training
+    image weighs 1."""
+    counts = counts.double()
+    present = counts > 0
+    weights = counts.sum() / (present.sum() * counts.clamp(min=1))
+    return torch.where(present, weights, 1.0).tolist()
 
 
 class ImageClassifier(LightningModule):
@@ -59,6 +78,7 @@ class ImageClassifier(LightningModule):
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
+        class_weights: list[float] | str | None = None,
         class_names: list[str] | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -75,10 +95,14 @@ class ImageClassifier(LightningModule):
         # The compiled net is kept off the module tree so state_dict keys stay `net.*` (no
         # `_orig_mod.`): checkpoints load with or without compile, and into plain torchvision.
         object.__setattr__(self, "_compiled_net", torch.compile(self.net) if compile else None)
-        # per-image losses: the epoch's mean loss is over images, with no batch size to pass
+        # per-image losses: the epoch's mean loss is over images, with no batch size to pass.
+        # Class weights ("balanced": resolved from the train split in `setup`) are a buffer of
+        # the loss, so they travel in the checkpoint.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="none")
-        # top-1 only on training batches: top-5 there costs a step ~1% and tells little
-        self.train_metrics = accuracy_metrics(num_classes, "train/", top5=False)
+        if class_weights is not None and not isinstance(class_weights, str):
+            self._set_class_weights(list(class_weights))
+        # top-1 only on training batches: more there costs a step and tells little
+        self.train_metrics = accuracy_metrics(num_classes, "train/", evaluation=False)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         # nan_strategy="disable": the NaN check reads the loss back to the host every step; a
@@ -89,8 +113,10 @@ class ImageClassifier(LightningModule):
         # the first step whose training loss was NaN or infinite, -1 for none, on the device
         self.first_nonfinite_step: Tensor | None = None
         # in checkpoints, so a resumed run's best counts the epochs before the resume
-        self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)
+        for name in BEST_TRACKED:
+            best = MaxMetric()
+            best.persistent(True)
+            setattr(self, f"val_{name}_best", best)
         if preprocessing and preprocessing.get("crop"):
             # for TensorBoard's graph (logger.tensorboard.log_graph=true) and the model summary
             crop = preprocessing["crop"]
@@ -121,12 +147,14 @@ class ImageClassifier(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept checkpoints written by code that compiled the LightningModule or the net, or
-        that did not keep the best validation accuracy."""
+        that did not keep the best validation scores."""
         state = checkpoint["state_dict"]
         for key in [k for k in state if "_orig_mod." in k]:
             state[key.replace("_orig_mod.", "")] = state.pop(key)
-        for key, value in self.val_acc_best.state_dict(prefix="val_acc_best.").items():
-            state.setdefault(key, value)
+        for name in BEST_TRACKED:
+            prefix = f"val_{name}_best."
+            for key, value in getattr(self, prefix[:-1]).state_dict(prefix=prefix).items():
+                state.setdefault(key, value)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """No checkpoint of diverged weights, whichever callbacks a run has; and the run's
@@ -232,10 +260,42 @@ class ImageClassifier(LightningModule):
             net.load_state_dict(trainer.strategy.broadcast(state))
         log.info(f"{type(net).__name__}: initialized from {len(images)} training images")
 
+    def setup(self, stage: str) -> None:
+        """`class_weights=balanced` from the train split's class counts (before the model moves
+        to its device and a resume restores its state)."""
+        weights = self.hparams.class_weights
+        if stage != "fit" or not isinstance(weights, str) or self.criterion.weight is not None:
+            return
+        if weights != "balanced":
+            raise UserError(
+                f"model.class_weights={weights!r} is not allowed: balanced, a list of "
+                f"{self.hparams.num_classes} numbers or null."
+            )
+        datamodule = self.trainer.datamodule
+        counts = datamodule.class_counts("train") if datamodule is not None else None
+        if counts is None:
+            raise UserError(
+                "model.class_weights=balanced needs a data source that knows its train labels "
+                "(digits, cifar10, cifar100, folder, imagenet): give the weights as a list."
+            )
+        self._set_class_weights(balanced_class_weights(counts))
+        named = zip(self.class_names, self.hparams.class_weights, strict=True)
+        log.info(f"Class weights (balanced): {', '.join(f'{n} {w:.3g}' for n, w in named)}")
+
+    def _set_class_weights(self, weights: list[float]) -> None:
+        if len(weights) != self.hparams.num_classes:
+            raise UserError(
+                f"model.class_weights has {len(weights)} values for {self.hparams.num_classes} "
+                "classes: give one per class, in class order, or model.class_weights=balanced."
+            )
+        self.hparams.class_weights = weights  # the checkpoint's hyperparameters: the numbers
+        self.criterion.weight = torch.tensor(weights, dtype=torch.float32, device=self.device)
+
     def on_train_start(self) -> None:
         # A fresh fit starts from no best (a resumed one has its own back from the checkpoint).
         if self.trainer.ckpt_path is None:
-            self.val_acc_best.reset()
+            for name in BEST_TRACKED:
+                getattr(self, f"val_{name}_best").reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -243,8 +303,10 @@ class ImageClassifier(LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = self._log_epoch("val")
         if not self.trainer.sanity_checking:
-            self.val_acc_best.update(values["val/acc"])
-            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+            for name in BEST_TRACKED:
+                best = getattr(self, f"val_{name}_best")
+                best.update(values[f"val/{name}"])
+                self.log(f"val/{name}_best", best.compute(), prog_bar=name == "acc")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -1,4 +1,5 @@
-"""A confusion matrix that never makes the host wait, and the per-class scores read from it.
+"""A confusion matrix that never makes the host wait, the per-class scores read from it, and
+the class-averaged scores (balanced accuracy, macro F1) a run logs from it.
 
 torchmetrics' MulticlassConfusionMatrix, and its per-class precision / recall / F1, count with
 `bincount`: on CUDA it reads its input's min and max back to the host at every update, and under
@@ -35,6 +36,33 @@ class ConfusionMatrix(Metric):
 
     def compute(self) -> Tensor:
         return self.confusion
+
+
+class ClassAveragedScores(ConfusionMatrix):
+    """Balanced accuracy (the mean of the classes' recalls) and macro F1, the scores that an
+    imbalanced split does not flatter: a net that always answers the majority class of a 20:1
+    split has 95% accuracy and 50% balanced accuracy. torchmetrics' own average="macro" scores
+    count with `bincount` (see above); these read the same counts."""
+
+    def compute(self) -> dict[str, Tensor]:
+        return class_averaged_scores(self.confusion)
+
+
+def class_averaged_scores(confusion: Tensor) -> dict[str, Tensor]:
+    """`acc_balanced`: recall averaged over the classes present (sklearn's balanced accuracy);
+    `f1_macro`: F1 averaged over the classes either present or predicted (torchmetrics'
+    average="macro")."""
+    scores = per_class_scores(confusion)
+    present = scores["support"] > 0
+    seen = present | (confusion.sum(dim=0) > 0)
+
+    def mean_over(values: Tensor, mask: Tensor) -> Tensor:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+
+    return {
+        "acc_balanced": mean_over(scores["recall"], present).float(),
+        "f1_macro": mean_over(scores["f1"], seen).float(),
+    }
 
 
 def per_class_scores(confusion: Tensor) -> dict[str, Tensor]:

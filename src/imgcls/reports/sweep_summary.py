@@ -4,13 +4,16 @@ Written after every multirun into the sweep dir (a Hydra callback, configs/hydra
 and rebuilt on demand for any dir holding runs: `imgcls-summary logs/train/multiruns/<time>`,
 `imgcls-summary logs/train/runs`. One row per job: its overrides, its status (completed, failed
 with the error, interrupted), its duration and its final metrics, best first by the optimized
-metric; failed jobs last.
+metric; failed jobs last. Where jobs differ only in their fold (`data.fold`, k-fold
+cross-validation) or seed, two rows follow them: the mean and the standard deviation (n - 1) of
+every metric over those completed jobs.
 """
 
 import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,10 @@ from imgcls.utils.run_record import STATUS_FILE
 SUMMARY_FILE = "summary.csv"
 # learning rates per param group are curves, not results
 SKIPPED_METRIC_PREFIXES = ("lr-",)
+# overrides that repeat an experiment rather than change it: their jobs are averaged
+REPEAT_KEYS = ("data.fold", "seed")
+# the status column of the rows that summarize repeated jobs (not jobs themselves)
+REPEAT_STATISTICS = ("mean", "std")
 
 
 def job_dirs(root: Path) -> list[Path]:
@@ -105,8 +112,38 @@ def summarize(
         }
         for r in sorted(records, key=rank)
     ]
+    rows += repeat_rows(records, override_keys, metric_keys)
     columns = ["job", "status", "duration_s", *override_keys, *metric_keys, "error"]
     return rows, columns, metric
+
+
+def repeat_rows(
+    records: list[dict[str, Any]], override_keys: list[str], metric_keys: list[str]
+) -> list[dict[str, Any]]:
+    """A mean row and a std row for each set of two or more completed jobs that differ only in
+    their fold or seed; their repeat columns read `*`."""
+    repeats = [k for k in override_keys if k in REPEAT_KEYS]
+    others = [k for k in override_keys if k not in REPEAT_KEYS]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        if repeats and record["status"] == "completed":
+            key = tuple(record["overrides"].get(k, "") for k in others)
+            groups.setdefault(key, []).append(record)
+    rows = []
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        for name, statistic in zip(
+            REPEAT_STATISTICS, (statistics.mean, statistics.stdev), strict=True
+        ):
+            row = {"job": f"{name} of {len(members)}", "status": name, "duration_s": ""}
+            row |= dict(zip(others, key, strict=True)) | dict.fromkeys(repeats, "*")
+            for metric in metric_keys:
+                values = [m["metrics"].get(metric) for m in members]
+                numbers = [v for v in values if isinstance(v, int | float)]
+                row[metric] = statistic(numbers) if len(numbers) == len(values) else ""
+            rows.append(row | {"error": ""})
+    return rows
 
 
 def write_summary(
@@ -138,7 +175,8 @@ def print_summary(rows: list[dict], columns: list[str], metric: str | None, path
     ]
     metrics = [m for m in dict.fromkeys([metric, *TABLE_METRICS]) if m and m in columns]
     shown = ["job", "status", "duration_s", *varying, *metrics, "error"]
-    table = Table(title=f"{len(rows)} runs, best first by {metric or '(no metric)'}: {path}")
+    jobs = sum(row["status"] not in REPEAT_STATISTICS for row in rows)
+    table = Table(title=f"{jobs} runs, best first by {metric or '(no metric)'}: {path}")
     for column in shown:
         width = {"job": 3, "status": 9}.get(column)
         table.add_column(column, overflow="ellipsis", no_wrap=column != "error", min_width=width)
@@ -148,7 +186,8 @@ def print_summary(rows: list[dict], columns: list[str], metric: str | None, path
             value = row.get(column, "")
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
             cells.append(text[:MAX_ERROR_CHARS] + ("..." if len(text) > MAX_ERROR_CHARS else ""))
-        table.add_row(*cells, style="red" if row["status"] == "failed" else None)
+        style = {"failed": "red", "mean": "bold", "std": "bold"}.get(row["status"])
+        table.add_row(*cells, style=style)
     Console().print(table)
 
 
@@ -174,7 +213,7 @@ class SweepSummaryCallback(Callback):
         path, rows = write_summary(
             config.hydra.sweep.dir, config.get("optimized_metric"), direction
         )
-        statuses = [row["status"] for row in rows]
+        statuses = [row["status"] for row in rows if row["status"] not in REPEAT_STATISTICS]
         failed = sum(status != "completed" for status in statuses)
         if not failed:
             return

@@ -39,6 +39,12 @@ def _epochs(v: Any) -> bool:
     return _whole(-1)(v) and v != 0
 
 
+def _class_weights(v: Any) -> bool:
+    if v is None or v == "balanced":
+        return True
+    return OmegaConf.is_list(v) and len(v) > 0 and all(_number(0, low_open=True)(w) for w in v)
+
+
 _ABSENT = object()
 
 
@@ -48,11 +54,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.eval_batch_size": (_optional(_whole(1)), "a whole number >= 1, or null"),
     "data.num_workers": (_auto_or(_whole(0)), "auto or a whole number >= 0"),
     "data.mixup_alpha": (_number(0), "a number >= 0 (0: off)"),
+    "data.folds": (_optional(_whole(2)), "a whole number >= 2 (k-fold cross-validation), or null"),
+    "data.fold": (_whole(0), "a whole number >= 0, below data.folds"),
     "data.cutmix_alpha": (_number(0), "a number >= 0 (0: off)"),
     "optimizer.lr": (_number(0, low_open=True), "a number > 0"),
     "optimizer.weight_decay": (_number(0), "a number >= 0"),
     "optimizer.momentum": (_number(0, 1), "a number in [0, 1)"),
     "model.label_smoothing": (_number(0, 1), "a number in [0, 1)"),
+    "model.class_weights": (
+        _class_weights,
+        "null, balanced, or a list of numbers > 0, one per class",
+    ),
     "trainer.max_epochs": (_epochs, "a whole number >= 1, or -1 for no limit"),
     "trainer.min_epochs": (_optional(_whole(0)), "a whole number >= 0, or null"),
     "trainer.accumulate_grad_batches": (_whole(1), "a whole number >= 1"),
@@ -65,7 +77,19 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
         if value is not _ABSENT and not test(value):  # absent or ???: not this run's to check
             raise UserError(f"{key}={value!r} is not allowed: {allowed}.")
+    _check_fold(cfg)
     _check_cpu_processes(cfg)
+
+
+def _check_fold(cfg: DictConfig) -> None:
+    data = cfg.get("data") or {}
+    folds, fold = data.get("folds"), data.get("fold", 0)
+    if folds is None and fold:
+        raise UserError(f"data.fold={fold} needs data.folds (how many folds): data.folds=5.")
+    if folds is not None and fold >= folds:
+        raise UserError(
+            f"data.fold={fold} is not allowed with data.folds={folds}: folds are 0 to {folds - 1}."
+        )
 
 
 def _check_cpu_processes(cfg: DictConfig) -> None:
