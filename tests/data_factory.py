@@ -141,8 +141,8 @@ FOLDER_CLASSES = ["cat", "dog", "fox"]
 
 @pytest.fixture(scope="session")
 def trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """best.ckpt of a torchvision ResNet-18 trained briefly on a 3-class folder of 48 px photos
-    (predict and export start from it)."""
+    """best.ckpt of a torchvision ResNet-18 trained briefly on a 3-class folder of 48 px photos,
+    with a fitted temperature (predict and export start from it)."""
     tmp = tmp_path_factory.mktemp("trained")
     root = write_class_tree(tmp / "photos", FOLDER_CLASSES, 16)
     overrides = [
@@ -160,6 +160,7 @@ def trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "optimizer=adamw",
         "optimizer.lr=1e-3",
         "trainer.max_epochs=6",
+        "model.temperature=fit",
     ]
     train(compose_config("train", overrides, output_dir=tmp / "run"))
     return tmp / "run" / "checkpoints" / "best.ckpt"

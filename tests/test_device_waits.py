@@ -37,15 +37,19 @@ RUNS = {
         "data.batch_size=16",
         "+model.net.data_init_images=64",
     ],
-    "classic_imagenet, mixup, cutmix, in memory": lambda tmp: [
+    "classic_imagenet, mixup, cutmix, in memory, balanced, temperature": lambda tmp: [
         "data.augment=classic_imagenet",
         "data.mixup_alpha=0.2",
         "data.cutmix_alpha=1.0",
+        "data.sampler=balanced",
+        "model.class_weights=balanced",
+        "model.temperature=fit",
         "model=cifar_quick",  # the data path is the point here: a light net
         "data.batch_size=16",
     ],
     "photos decoded on the device": lambda tmp: [
         *decoded_on_device(photo_folder(tmp / "photos"), batch_size=4),
+        "data.sampler=balanced",  # the file loader's weighted draw
         "data.split=[0.7,0.25,0.05]",
         "optimizer.lr=0.01",  # cifar_quick has no norm layers: lr 0.1 on 4 images can diverge
     ],

@@ -157,7 +157,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "scale to [0, 1], subtract mean, divide by std",
             **contract.as_dict(),
         },
-        "output": "logits, one per class (softmax for probabilities)",
+        "output": "logits, one per class (softmax(logits / temperature) for probabilities)",
+        "temperature": float(model.temperature),
         "metrics": checkpoint_metrics(checkpoint, ckpt_path),
         "check": {"max_abs_logit_diff": diff, "tolerance": cfg.check_tolerance},
     }

@@ -129,7 +129,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     for images, errors in loader:
         images = contract.normalize(images.to(device, non_blocking=True))
         logits = model.eval_logits(images, tta_flip=cfg.tta_flip or None)
-        probs, indices = logits.float().softmax(dim=1).topk(top_k, dim=1)
+        probs, indices = model.calibrated(logits.float()).softmax(dim=1).topk(top_k, dim=1)
         for i, error in enumerate(errors):
             path = str(paths[done + i])
             if error:

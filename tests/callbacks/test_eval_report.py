@@ -1,4 +1,5 @@
-"""The evaluation report: per-class table and confusion matrix against a hand computation."""
+"""The evaluation report: per-class table, confusion matrix and calibration against a hand
+computation."""
 
 import csv
 from pathlib import Path
@@ -6,26 +7,28 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.classification import MulticlassCalibrationError
 
 from imgcls.eval import evaluate
+from imgcls.models.calibration import fit_temperature
 from imgcls.models.loading import load_classifier
 from imgcls.train import train
 
 
-def hand_confusion(cfg) -> tuple[torch.Tensor, list[str]]:
-    """Predict the test split image by image, outside Lightning, and count (true, predicted)."""
+def hand_logits(cfg, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The logits of a split, image by image, outside Lightning: (logits, labels, class names)."""
     from imgcls.utils.compose import instantiate
 
     model = load_classifier(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    confusion = torch.zeros(datamodule.num_classes, datamodule.num_classes, dtype=torch.long)
+    logits, labels = [], []
     with torch.inference_mode():
-        for images, labels in datamodule.test_dataloader():
-            images, labels = datamodule.on_after_batch_transfer((images, labels), 0)
-            for true, pred in zip(labels, model.eval_logits(images).argmax(1), strict=True):
-                confusion[true, pred] += 1
-    return confusion, datamodule.class_names
+        for batch in getattr(datamodule, f"{split}_dataloader")():
+            images, batch_labels = datamodule.on_after_batch_transfer(batch, 0)
+            logits += list(model.eval_logits(images))
+            labels += list(batch_labels)
+    return torch.stack(logits), torch.stack(labels), datamodule.class_names
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -34,16 +37,27 @@ def read_csv(path: Path) -> list[list[str]]:
 
 
 def test_report_matches_a_hand_computation(make_cfg, tmp_path: Path) -> None:
-    train_cfg = make_cfg("model=cifar_quick", "optimizer.lr=0.05", "trainer.max_epochs=1")
+    """The confusion, per-class and calibration files against the logits computed image by
+    image; the temperature fitted on the validation split (model.temperature=fit)."""
+    train_cfg = make_cfg(
+        "model=cifar_quick", "optimizer.lr=0.05", "trainer.max_epochs=1", "model.temperature=fit"
+    )
     train(train_cfg)
     run = tmp_path / "run"
     # the test stage of training wrote the report and put its figures in TensorBoard
-    assert {"per_class.csv", "confusion.csv", "confusion.png", "misclassified.png"} <= {
-        p.name for p in run.iterdir()
-    }
+    assert {
+        "per_class.csv",
+        "confusion.csv",
+        "confusion.png",
+        "misclassified.png",
+        "calibration.csv",
+        "reliability.png",
+    } <= {p.name for p in run.iterdir()}
     events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.*")).parent))
     events.Reload()
-    assert {"test/confusion", "test/misclassified"} <= set(events.Tags()["images"])
+    assert {"test/confusion", "test/misclassified", "test/reliability"} <= set(
+        events.Tags()["images"]
+    )
 
     cfg = make_cfg(
         f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
@@ -51,7 +65,10 @@ def test_report_matches_a_hand_computation(make_cfg, tmp_path: Path) -> None:
         run_dir=tmp_path / "eval",
     )
     metrics, _ = evaluate(cfg)
-    confusion, names = hand_confusion(cfg)
+    logits, labels, names = hand_logits(cfg, "test")
+    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
+    for true, pred in zip(labels, logits.argmax(1), strict=True):
+        confusion[true, pred] += 1
     assert (confusion.sum(0) > 0).sum() >= 3  # several classes predicted: the rows mean something
 
     rows = read_csv(tmp_path / "eval" / "confusion.csv")
@@ -70,6 +87,29 @@ def test_report_matches_a_hand_computation(make_cfg, tmp_path: Path) -> None:
             [recall, precision, recall, f1], abs=1e-5
         )
     assert metrics["test/acc"] == pytest.approx((confusion.trace() / confusion.sum()).item())
+
+    # the temperature: the checkpoint's is the one that best fits the validation split's logits
+    temperature = float(load_classifier(cfg.ckpt_path).temperature)
+    val_logits, val_labels, _ = hand_logits(cfg, "val")
+    assert temperature == pytest.approx(float(fit_temperature(val_logits, val_labels)), rel=1e-3)
+    assert temperature != pytest.approx(1.0, abs=0.05)
+
+    def nll(t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(val_logits / t, val_labels))
+
+    assert nll(temperature) < nll(1.0)
+    assert nll(temperature) <= min(nll(temperature * 1.05), nll(temperature / 1.05))
+    # the expected calibration error of the test split, before and after: torchmetrics' own
+    calibration = read_csv(tmp_path / "eval" / "calibration.csv")
+    assert calibration[0][0] == "probabilities"
+    for kind, scaled in (("raw", logits), ("calibrated", logits / temperature)):
+        ece = float(MulticlassCalibrationError(len(names), n_bins=15)(scaled, labels))
+        rows = [row for row in calibration[1:] if row[0] == kind]
+        assert len(rows) == 15
+        assert sum(int(row[3]) for row in rows) == len(labels)
+        assert float(rows[0][-1]) == pytest.approx(ece, abs=1e-5)
+        name = "test/ece" if kind == "raw" else "test/ece_calibrated"
+        assert metrics[name] == pytest.approx(ece, abs=1e-5)
 
 
 def test_the_most_confident_mistakes_are_kept_across_batches() -> None:

@@ -3,7 +3,10 @@
 - `per_class.csv`: support, accuracy (the per-class table of PyTorch's CIFAR-10 tutorial; it
   equals the class's recall), precision, recall and F1 of every class;
 - `confusion.csv` and `confusion.png`: the confusion matrix (rows true, columns predicted);
-- `misclassified.png`: the most confidently wrong test images, with true and predicted names.
+- `misclassified.png`: the most confidently wrong test images, with true and predicted names;
+- `calibration.csv` and `reliability.png`: the expected calibration error (also logged as
+  `test/ece`) and the reliability diagram, of the net's softmax and, where the model has a
+  temperature (model.temperature), of its calibrated probabilities (`test/ece_calibrated`).
 
 The counts are a torchmetrics metric (models/confusion.py), synced over devices; the wrong images
 are those seen by rank 0. Nothing is read back to the host until the test epoch ends.
@@ -20,8 +23,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from imgcls.callbacks.tensorboard_images import add_figure
+from imgcls.models.calibration import ReliabilityBins
 from imgcls.models.confusion import ConfusionMatrix, per_class_scores
-from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure, save_figure
+from imgcls.reports.plots import (
+    close_figure,
+    confusion_figure,
+    image_grid_figure,
+    reliability_figure,
+    save_figure,
+)
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -68,10 +78,14 @@ class EvaluationReport(Callback):
         self.misclassified = misclassified
         self.confusion: ConfusionMatrix | None = None
         self.mistakes = ConfidentMistakes(misclassified)
+        # of the softmax ("raw") and of the calibrated probabilities (where calibrated)
+        self.reliability: dict[str, ReliabilityBins] = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.confusion = ConfusionMatrix(pl_module.hparams.num_classes).to(pl_module.device)
         self.mistakes = ConfidentMistakes(self.misclassified)
+        kinds = ["raw", "calibrated"] if float(pl_module.temperature) != 1.0 else ["raw"]
+        self.reliability = {kind: ReliabilityBins().to(pl_module.device) for kind in kinds}
 
     def on_test_batch_end(
         self,
@@ -85,13 +99,52 @@ class EvaluationReport(Callback):
         images, labels = batch
         logits = outputs["logits"]
         self.confusion.update(logits, labels)
+        for kind, bins in self.reliability.items():
+            bins.update(pl_module.calibrated(logits) if kind == "calibrated" else logits, labels)
         if trainer.is_global_zero:
             self.mistakes.update(images, logits, labels)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         confusion = self.confusion.compute().cpu()  # synced over devices: every rank takes part
         self.confusion.reset()
+        calibration = {}
+        for kind, bins in self.reliability.items():
+            calibration[kind] = {k: v.cpu() for k, v in bins.compute().items()}
+            bins.reset()
+            name = "test/ece" if kind == "raw" else "test/ece_calibrated"
+            pl_module.log(name, calibration[kind]["ece"].float())  # the same on every rank
         self.write(trainer, pl_module.class_names, confusion)
+        self.write_calibration(trainer, calibration, float(pl_module.temperature))
+
+    @rank_zero_only
+    def write_calibration(
+        self, trainer: L.Trainer, calibration: dict[str, dict[str, Tensor]], temperature: float
+    ) -> None:
+        with open(self.output_dir / "calibration.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(
+                ["probabilities", "bin_low", "bin_high", "count", "confidence", "accuracy", "ece"]
+            )
+            for kind, values in calibration.items():
+                bins = len(values["count"])
+                for i in range(bins):
+                    cells = [values[k][i].item() for k in ("count", "confidence", "accuracy")]
+                    writer.writerow(
+                        [
+                            kind,
+                            f"{i / bins:.4f}",
+                            f"{(i + 1) / bins:.4f}",
+                            int(cells[0]),
+                            *(f"{c:.6f}" for c in cells[1:]),
+                            f"{values['ece'].item():.6f}",
+                        ]
+                    )
+        fig = reliability_figure(calibration, temperature)
+        add_figure(trainer, "test/reliability", fig)
+        save_figure(fig, str(self.output_dir / "reliability.png"))
+        close_figure(fig)
+        eces = ", ".join(f"{kind} {v['ece'].item():.4f}" for kind, v in calibration.items())
+        log.info(f"Expected calibration error: {eces} (temperature {temperature:.3g})")
 
     @rank_zero_only
     def write(self, trainer: L.Trainer, names: list[str], confusion: Tensor) -> None:
@@ -123,4 +176,7 @@ class EvaluationReport(Callback):
             add_figure(trainer, f"test/{name}", fig)
             save_figure(fig, str(self.output_dir / f"{name}.png"))
             close_figure(fig)
-        log.info(f"Evaluation report: {self.output_dir}/per_class.csv, confusion.csv/.png")
+        log.info(
+            f"Evaluation report: {self.output_dir}/per_class.csv, confusion.csv/.png, "
+            "calibration.csv, reliability.png"
+        )

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from imgcls.models.calibration import TemperatureFit
 from imgcls.models.confusion import ClassAveragedScores
 from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.models.pretrained import find_head
@@ -79,6 +80,7 @@ class ImageClassifier(LightningModule):
         scheduler: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         class_weights: list[float] | str | None = None,
+        temperature: float | str | None = None,
         class_names: list[str] | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -101,6 +103,12 @@ class ImageClassifier(LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="none")
         if class_weights is not None and not isinstance(class_weights, str):
             self._set_class_weights(list(class_weights))
+        # softmax(logits / temperature): the probabilities predict, export and the report give.
+        # "fit": refitted on the validation split's logits at every validation, so each
+        # checkpoint holds the temperature of its own weights (models/calibration.py).
+        fixed = temperature if isinstance(temperature, int | float) else 1.0
+        self.register_buffer("temperature", torch.tensor(float(fixed)))
+        self.temperature_fit = TemperatureFit() if temperature == "fit" else None
         # top-1 only on training batches: more there costs a step and tells little
         self.train_metrics = accuracy_metrics(num_classes, "train/", evaluation=False)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
@@ -145,9 +153,13 @@ class ImageClassifier(LightningModule):
         flip = self.hparams.tta_flip if tta_flip is None else tta_flip
         return tta_logits(self, images, flip, self.hparams.tta_shift)
 
+    def calibrated(self, logits: Tensor) -> Tensor:
+        """Logits whose softmax gives the model's probabilities (divided by its temperature)."""
+        return logits / self.temperature
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept checkpoints written by code that compiled the LightningModule or the net, or
-        that did not keep the best validation scores."""
+        that did not keep the best validation scores or a temperature."""
         state = checkpoint["state_dict"]
         for key in [k for k in state if "_orig_mod." in k]:
             state[key.replace("_orig_mod.", "")] = state.pop(key)
@@ -155,6 +167,7 @@ class ImageClassifier(LightningModule):
             prefix = f"val_{name}_best."
             for key, value in getattr(self, prefix[:-1]).state_dict(prefix=prefix).items():
                 state.setdefault(key, value)
+        state.setdefault("temperature", torch.ones(()))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """No checkpoint of diverged weights, whichever callbacks a run has; and the run's
@@ -236,6 +249,8 @@ class ImageClassifier(LightningModule):
     # Evaluation steps hand their logits to callbacks (confusion matrices, wrong images).
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         _, logits = self._shared_step(batch, "val")
+        if self.temperature_fit is not None:
+            self.temperature_fit.update(logits.detach(), batch[1])
         return {"logits": logits.detach()}
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -302,6 +317,11 @@ class ImageClassifier(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_epoch("val")
+        if self.temperature_fit is not None:
+            if not self.trainer.sanity_checking:
+                self.temperature.copy_(self.temperature_fit.compute())
+                self.log("val/temperature", self.temperature)
+            self.temperature_fit.reset()
         if not self.trainer.sanity_checking:
             for name in BEST_TRACKED:
                 best = getattr(self, f"val_{name}_best")

@@ -37,6 +37,50 @@ def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str]) -> Fig
     return fig
 
 
+def reliability_figure(
+    calibration: dict[str, dict[str, torch.Tensor]], temperature: float
+) -> Figure:
+    """The reliability diagram: per confidence bin, how often the top class was right (bars)
+    against how confident the net was (the diagonal is perfect calibration); one panel for the
+    softmax, one for the calibrated probabilities where there are any."""
+    fig, axes = plt.subplots(
+        1, len(calibration), figsize=(4.5 * len(calibration), 4.5), squeeze=False
+    )
+    for ax, (kind, values) in zip(axes[0], calibration.items(), strict=True):
+        bins = len(values["count"])
+        centres = (torch.arange(bins) + 0.5) / bins
+        filled = values["count"] > 0
+        accuracy, confidence = values["accuracy"][filled], values["confidence"][filled]
+        ax.bar(
+            centres[filled],
+            accuracy,
+            width=1 / bins,
+            edgecolor="black",
+            color="tab:blue",
+            label="accuracy",
+        )
+        ax.bar(
+            centres[filled],
+            (confidence - accuracy).abs(),
+            bottom=torch.minimum(accuracy, confidence),
+            width=1 / bins,
+            color="tab:red",
+            alpha=0.35,
+            hatch="//",
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top class)")
+        ax.set_ylabel("accuracy")
+        title = "softmax" if kind == "raw" else f"temperature {temperature:.3g}"
+        ax.set_title(f"{title}: ECE {float(values['ece']):.3f}")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def image_grid_figure(
     images: torch.Tensor, captions: Sequence[str], title: str, columns: int = 8
 ) -> Figure:

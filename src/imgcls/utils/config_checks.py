@@ -45,6 +45,10 @@ def _class_weights(v: Any) -> bool:
     return OmegaConf.is_list(v) and len(v) > 0 and all(_number(0, low_open=True)(w) for w in v)
 
 
+def _temperature(v: Any) -> bool:
+    return v is None or v == "fit" or _number(0, low_open=True)(v)
+
+
 _ABSENT = object()
 
 
@@ -65,6 +69,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         _class_weights,
         "null, balanced, or a list of numbers > 0, one per class",
     ),
+    "model.temperature": (_temperature, "null, fit, or a number > 0"),
     "trainer.max_epochs": (_epochs, "a whole number >= 1, or -1 for no limit"),
     "trainer.min_epochs": (_optional(_whole(0)), "a whole number >= 0, or null"),
     "trainer.accumulate_grad_batches": (_whole(1), "a whole number >= 1"),
