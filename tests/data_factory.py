@@ -177,3 +177,55 @@ def photo_tree(root: Path) -> Path:
     (root / "blue" / ".DS_Store").write_bytes(b"\0")
     (root / "empty_class").mkdir()
     return root
+
+
+def write_mosaics(
+    photos: Path,
+    out: Path,
+    classes: Sequence[str],
+    counts: dict[str, int],
+    tile: int = 32,
+    seed: int = 0,
+) -> Path:
+    """2x2 mosaics of photos from `photos/<split>/<class>/` (CIFAR-10's JPEG copy), each of one
+    or two classes and labelled with the classes its tiles show, and `labels.csv` listing them
+    with their split (counts: mosaics per split; val and test tiles come from the photos' test
+    folder); `tile`: its side in px (the photos are resized to it)."""
+    rng = np.random.default_rng(seed)
+    pools = {
+        source: {c: sorted((photos / source / c).iterdir()) for c in classes}
+        for source in ("train", "test")
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["path,labels,split"]
+    for split, count in counts.items():
+        pool = pools["train" if split == "train" else "test"]
+        for i in range(count):
+            shown = rng.choice(len(classes), size=rng.integers(1, 3), replace=False)
+            tiles = np.concatenate([shown, rng.choice(shown, size=4 - len(shown))])
+            rng.shuffle(tiles)
+            canvas = Image.new("RGB", (2 * tile, 2 * tile))
+            for t, c in enumerate(tiles):
+                files = pool[classes[c]]
+                photo = Image.open(files[rng.integers(len(files))]).convert("RGB")
+                canvas.paste(photo.resize((tile, tile)), (tile * (t % 2), tile * (t // 2)))
+            name = f"{split}/{i:04d}.png"
+            (out / split).mkdir(exist_ok=True)
+            canvas.save(out / name)
+            labels = ";".join(sorted({classes[c] for c in tiles}))
+            rows.append(f"{name},{labels},{split}")
+    (out / "labels.csv").write_text("\n".join(rows) + "\n")
+    return out / "labels.csv"
+
+
+def write_label_csv(root: Path, per_class: int = 20) -> Path:
+    """Three colours of image, listed in labels.csv with one or two labels each (every other
+    image is also a "person"), no split column."""
+    write_class_tree(root, ["cat", "dog", "person"], per_class)
+    rows = ["path,labels"]
+    for name in ("cat", "dog", "person"):
+        for i in range(per_class):
+            extra = ";person" if i % 2 and name != "person" else ""
+            rows.append(f"{name}/{i:03d}.jpg,{name}{extra}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"

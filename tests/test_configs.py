@@ -14,6 +14,7 @@ from tests.data_factory import (
     write_cifar,
     write_class_tree,
     write_imagenet,
+    write_label_csv,
 )
 
 GROUPS = [
@@ -33,12 +34,17 @@ GROUPS = [
 ]
 # Presets that need hardware this machine lacks are built on the CPU instead.
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
-# Data sources that read files, by target: a tiny stand-in is written for them.
+# Data sources that read files, by target: a tiny stand-in is written for them, and the key
+# that points at it.
 DATA_ON_DISK = {
-    "imgcls.data.cifar.CIFAR10DataModule": lambda root: write_cifar(root, 10),
-    "imgcls.data.cifar.CIFAR100DataModule": lambda root: write_cifar(root, 100),
-    "imgcls.data.folder.FolderDataModule": lambda root: write_class_tree(root, ["a", "b"], 10),
-    "imgcls.data.imagenet.ImageNetDataModule": write_imagenet,
+    "imgcls.data.cifar.CIFAR10DataModule": ("root", lambda root: write_cifar(root, 10)),
+    "imgcls.data.cifar.CIFAR100DataModule": ("root", lambda root: write_cifar(root, 100)),
+    "imgcls.data.folder.FolderDataModule": (
+        "root",
+        lambda root: write_class_tree(root, ["a", "b"], 10),
+    ),
+    "imgcls.data.imagenet.ImageNetDataModule": ("root", write_imagenet),
+    "imgcls.data.csv_source.CsvDataModule": ("csv", write_label_csv),
 }
 
 
@@ -67,7 +73,8 @@ def test_option_composes_and_builds(
         overrides.append("logger.wandb.offline=true")
     cfg = make_cfg(*overrides)
     if cfg.data._target_ in DATA_ON_DISK:  # a source that reads files: a tiny stand-in
-        cfg.data.root = str(DATA_ON_DISK[cfg.data._target_](tmp_path / "data"))
+        key, write = DATA_ON_DISK[cfg.data._target_]
+        cfg.data[key] = str(write(tmp_path / "data"))
     objects = build_components(cfg)
     assert isinstance(objects["model"], ImageClassifier)
     assert isinstance(objects["trainer"], Trainer)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from imgcls.train import train
 from imgcls.utils.compose import compose_config
-from tests.data_factory import write_cifar, write_class_tree, write_photo_kinds
+from tests.data_factory import write_cifar, write_class_tree, write_label_csv, write_photo_kinds
 from tests.device_waits import DeviceWaitTrace, StepTrace
 from tests.helpers import decoded_on_device
 
@@ -52,6 +52,21 @@ RUNS = {
         "data.sampler=balanced",  # the file loader's weighted draw
         "data.split=[0.7,0.25,0.05]",
         "optimizer.lr=0.01",  # cifar_quick has no norm layers: lr 0.1 on 4 images can diverge
+    ],
+    "several labels per image, mixup, cutmix, pos weights, thresholds fitted": lambda tmp: [
+        "data=csv",
+        f"data.csv={write_label_csv(tmp / 'labelled')}",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "data.num_workers=0",
+        "data.augment=none",
+        *(f"data.{size}=32" for size in ("train_crop", "eval_resize", "eval_crop")),
+        "data.mixup_alpha=0.2",
+        "data.cutmix_alpha=1.0",
+        "model=cifar_quick",
+        "model.task=multilabel",
+        "model.class_weights=balanced",
+        "model.threshold=fit",
     ],
     "16-mixed with its GradScaler": lambda tmp: [
         # Lightning turns 16-mixed into bf16 on a CPU; its plugin runs fp16 with a GradScaler

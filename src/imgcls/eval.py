@@ -27,7 +27,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     check_values(cfg)
     configure_numerics(cfg)
     model = load_classifier(cfg.ckpt_path)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, multilabel=model.multilabel)
     if model.class_names != datamodule.class_names:
         raise UserError(
             f"The checkpoint was trained on {model.hparams.num_classes} classes "

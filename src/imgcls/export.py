@@ -157,8 +157,19 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "scale to [0, 1], subtract mean, divide by std",
             **contract.as_dict(),
         },
-        "output": "logits, one per class (softmax(logits / temperature) for probabilities)",
-        "temperature": float(model.temperature),
+        "task": hparams.get("task", "multiclass"),
+        **(
+            {
+                "output": "logits, one per class (sigmoid for each label's probability; a label "
+                "is present where it reaches its class's threshold)",
+                "thresholds": dict(zip(model.class_names, model.thresholds.tolist(), strict=True)),
+            }
+            if model.multilabel
+            else {
+                "output": "logits, one per class (softmax(logits / temperature) for probabilities)",
+                "temperature": float(model.temperature),
+            }
+        ),
         "metrics": checkpoint_metrics(checkpoint, ckpt_path),
         "check": {"max_abs_logit_diff": diff, "tolerance": cfg.check_tolerance},
     }

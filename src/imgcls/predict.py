@@ -2,7 +2,9 @@
 `imgcls-predict`.
 
 Everything the model needs travels in the checkpoint (architecture, weights, class names, eval
-resize / crop, mean / std), so this works on any machine with the checkpoint alone. Images of any
+resize / crop, mean / std, its temperature or its labels' thresholds), so this works on any
+machine with the checkpoint alone. One label per image: the top_k classes, most probable first;
+several (model.task=multilabel): every label whose probability reaches its threshold. Images of any
 mode (RGBA, grayscale, palette, CMYK, 16-bit) are converted to RGB; a file that is not a readable
 image gets a row with its error instead of stopping the batch.
 """
@@ -129,16 +131,25 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     for images, errors in loader:
         images = contract.normalize(images.to(device, non_blocking=True))
         logits = model.eval_logits(images, tta_flip=cfg.tta_flip or None)
-        probs, indices = model.calibrated(logits.float()).softmax(dim=1).topk(top_k, dim=1)
+        probs, indices = model.probabilities(logits).sort(dim=1, descending=True)
+        # one label per image: the top k; several: every label at or above its threshold
+        listed = (
+            probs >= model.thresholds[indices]
+            if model.multilabel
+            else torch.arange(probs.shape[1], device=device) < top_k
+        ).cpu()
+        probs, indices = probs.cpu(), indices.cpu()
         for i, error in enumerate(errors):
             path = str(paths[done + i])
             if error:
                 predictions.append(Prediction(path, error=error))
             else:
-                classes = [names[j] for j in indices[i].tolist()]
-                predictions.append(Prediction(path, classes, probs[i].tolist()))
+                kept = listed[i] if model.multilabel else listed
+                classes = [names[j] for j in indices[i][kept].tolist()]
+                predictions.append(Prediction(path, classes, probs[i][kept].tolist()))
         done += len(errors)
-    write_predictions(predictions, top_k, Path(cfg.paths.output_dir), cfg.output_format)
+    columns = max([top_k, *(len(p.classes) for p in predictions)])
+    write_predictions(predictions, columns, Path(cfg.paths.output_dir), cfg.output_format)
     print_predictions(predictions, cfg.print_rows)
     return predictions
 
@@ -155,7 +166,7 @@ def write_predictions(
         for p in predictions:
             cells = [c for pair in zip(p.classes, p.probabilities, strict=True) for c in pair]
             cells = [f"{c:.6f}" if isinstance(c, float) else c for c in cells]
-            writer.writerow([p.path, *(cells or [""] * 2 * top_k), p.error])
+            writer.writerow([p.path, *cells, *[""] * (2 * top_k - len(cells)), p.error])
     staged.replace(output_dir / "predictions.csv")
     files = ["predictions.csv"]
     if output_format == "json":

@@ -31,7 +31,8 @@ log = get_logger(__name__)
 def build_components(cfg: DictConfig) -> dict[str, Any]:
     """Datamodule, model, callbacks, loggers and trainer, in the order each needs the last."""
     log.info(f"Data: {cfg.data._target_}")
-    datamodule = instantiate(cfg.data, **preprocessing_of_weights(cfg))
+    multilabel = cfg.model.get("task") == "multilabel"  # multi-hot targets from the source
+    datamodule = instantiate(cfg.data, multilabel=multilabel, **preprocessing_of_weights(cfg))
     log.info(f"Model: {cfg.model._target_} ({cfg.model.net.name})")
     model = instantiate(
         cfg.model,

@@ -1,4 +1,5 @@
-"""The test set's report, written next to metrics.json and logged to TensorBoard:
+"""The test set's report, written next to metrics.json and logged to TensorBoard. One label per
+image:
 
 - `per_class.csv`: support, accuracy (the per-class table of PyTorch's CIFAR-10 tutorial; it
   equals the class's recall), precision, recall and F1 of every class;
@@ -7,6 +8,9 @@
 - `calibration.csv` and `reliability.png`: the expected calibration error (also logged as
   `test/ece`) and the reliability diagram, of the net's softmax and, where the model has a
   temperature (model.temperature), of its calibrated probabilities (`test/ece_calibrated`).
+
+Several labels per image (model.task=multilabel): `per_class.csv` with each class's support,
+average precision, and precision, recall and F1 at its threshold.
 
 The counts are a torchmetrics metric (models/confusion.py), synced over devices; the wrong images
 are those seen by rank 0. Nothing is read back to the host until the test epoch ends.
@@ -25,6 +29,7 @@ from torch import Tensor
 from imgcls.callbacks.tensorboard_images import add_figure
 from imgcls.models.calibration import ReliabilityBins
 from imgcls.models.confusion import ConfusionMatrix, per_class_scores
+from imgcls.models.multilabel import PerClassScores
 from imgcls.reports.plots import (
     close_figure,
     confusion_figure,
@@ -80,8 +85,12 @@ class EvaluationReport(Callback):
         self.mistakes = ConfidentMistakes(misclassified)
         # of the softmax ("raw") and of the calibrated probabilities (where calibrated)
         self.reliability: dict[str, ReliabilityBins] = {}
+        self.per_label: PerClassScores | None = None  # several labels per image
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.multilabel:
+            self.per_label = PerClassScores(pl_module.hparams.num_classes).to(pl_module.device)
+            return
         self.confusion = ConfusionMatrix(pl_module.hparams.num_classes).to(pl_module.device)
         self.mistakes = ConfidentMistakes(self.misclassified)
         kinds = ["raw", "calibrated"] if float(pl_module.temperature) != 1.0 else ["raw"]
@@ -98,6 +107,9 @@ class EvaluationReport(Callback):
     ) -> None:
         images, labels = batch
         logits = outputs["logits"]
+        if pl_module.multilabel:
+            self.per_label.update(logits, labels)
+            return
         self.confusion.update(logits, labels)
         for kind, bins in self.reliability.items():
             bins.update(pl_module.calibrated(logits) if kind == "calibrated" else logits, labels)
@@ -105,6 +117,12 @@ class EvaluationReport(Callback):
             self.mistakes.update(images, logits, labels)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.multilabel:
+            self.per_label.thresholds = pl_module.thresholds
+            scores = {k: v.cpu() for k, v in self.per_label.compute().items()}  # every rank
+            self.per_label.reset()
+            self.write_per_label(pl_module.class_names, scores, pl_module.thresholds.cpu())
+            return
         confusion = self.confusion.compute().cpu()  # synced over devices: every rank takes part
         self.confusion.reset()
         calibration = {}
@@ -115,6 +133,22 @@ class EvaluationReport(Callback):
             pl_module.log(name, calibration[kind]["ece"].float())  # the same on every rank
         self.write(trainer, pl_module.class_names, confusion)
         self.write_calibration(trainer, calibration, float(pl_module.temperature))
+
+    @rank_zero_only
+    def write_per_label(
+        self, names: list[str], scores: dict[str, Tensor], thresholds: Tensor
+    ) -> None:
+        """Several labels per image: each class's average precision, and its precision, recall
+        and F1 at its threshold."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        columns = ("ap", "precision", "recall", "f1")
+        with open(self.output_dir / "per_class.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["class", "support", *columns, "threshold"])
+            for i, name in enumerate(names):
+                values = [scores[c][i].item() for c in columns] + [thresholds[i].item()]
+                writer.writerow([name, int(scores["support"][i]), *(f"{v:.6f}" for v in values)])
+        log.info(f"Evaluation report: {self.output_dir}/per_class.csv (average precision by class)")
 
     @rank_zero_only
     def write_calibration(

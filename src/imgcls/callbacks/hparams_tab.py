@@ -14,9 +14,14 @@ from torch.utils.tensorboard.summary import hparams
 DEFAULT_METRICS = (
     "val/acc_best",
     "val/acc",
+    "val/acc_balanced_best",
+    "val/map_best",
     "val/loss",
     "test/acc",
     "test/acc_top5",
+    "test/acc_balanced",
+    "test/f1_macro",
+    "test/map",
     "test/loss",
     "train/loss",
 )

@@ -39,11 +39,14 @@ class TrainingBatchGrid(Callback):
             return
         self.logged = True
         images, labels = batch[0][: self.max_images], batch[1][: self.max_images]
-        if labels.ndim == 2:  # MixUp / CutMix: name the dominant class
-            labels = labels.argmax(dim=1)
+        classes = pl_module.class_names
+        if pl_module.multilabel:  # every label at least half present (MixUp / CutMix)
+            names = ["+".join(classes[c] for c in row.nonzero()) for row in labels.cpu() >= 0.5]
+        else:  # MixUp / CutMix: name the dominant class
+            indices = labels.argmax(dim=1) if labels.ndim == 2 else labels
+            names = [classes[i] for i in indices.tolist()]
         datamodule = trainer.datamodule
         pixels = datamodule.contract.denormalize(images.detach())
-        names = [pl_module.class_names[i] for i in labels.tolist()]
         fig = image_grid_figure(pixels, names, "training batch, augmented (as the net sees it)")
         add_figure(trainer, "train/augmented_batch", fig)
         close_figure(fig)
@@ -54,6 +57,9 @@ class ValidationConfusion(Callback):
         self.confusion: ConfusionMatrix | None = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.multilabel:  # no one predicted class to count
+            self.confusion = None
+            return
         num_classes = pl_module.hparams.num_classes
         self.confusion = ConfusionMatrix(num_classes).to(pl_module.device)
 
@@ -66,9 +72,12 @@ class ValidationConfusion(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.confusion.update(outputs["logits"], batch[1])
+        if self.confusion is not None:
+            self.confusion.update(outputs["logits"], batch[1])
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.confusion is None:
+            return
         confusion = self.confusion.compute()  # synced over devices: every rank takes part
         if trainer.sanity_checking or not trainer.is_global_zero:
             return

@@ -36,14 +36,18 @@ IMBALANCE_RATIO = 10
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
-    """A split's labels without reading an image: held in memory, or listed with the files; None
-    for a dataset that makes its labels as it goes (data=fake)."""
+    """A split's labels without reading an image (class indices, or multi-hot rows): held in
+    memory, or listed with the files; None for a dataset that makes its labels as it goes
+    (data=fake)."""
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1]
     samples = getattr(dataset, "samples", None)
     if samples is None:
         return None
-    return torch.tensor([label for _, label in samples], dtype=torch.long)
+    labels = [label for _, label in samples]
+    if labels and isinstance(labels[0], torch.Tensor):
+        return torch.stack(labels)
+    return torch.tensor(labels, dtype=torch.long)
 
 
 # torchvision's ImageNet statistics: the default for photos and for pretrained backbones.
@@ -65,7 +69,8 @@ class ImageDataModule(LightningDataModule, ABC):
     `num_workers: auto` gives file-based data a worker budget from the CPU count per device and
     in-memory data none (its augmentation runs on the device).
     `sampler`: random (each training image once an epoch) or balanced (each class equally
-    often, drawn with replacement).
+    often, drawn with replacement). `multilabel` (set from model.task): labels are multi-hot
+    rows, for the sources that have several labels per image.
     """
 
     #: True where build_splits returns images already decoded into memory at one size, as
@@ -75,6 +80,8 @@ class ImageDataModule(LightningDataModule, ABC):
     in_memory: bool = False
     #: the one size all images have, where they do: the default crop and eval sizes.
     native_size: int | None = None
+    #: True where a source can give several labels per image (multi-hot targets)
+    supports_multilabel: bool = False
 
     def __init__(
         self,
@@ -93,11 +100,23 @@ class ImageDataModule(LightningDataModule, ABC):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         sampler: str = "random",
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         if sampler not in SAMPLERS:
             raise UserError(f"data.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}.")
+        if multilabel and not self.supports_multilabel:
+            raise UserError(
+                f"model.task=multilabel needs labels per image, which {type(self).__name__} does "
+                "not have: give the images and their labels as a CSV (data=csv data.csv=FILE)."
+            )
+        if multilabel and sampler == "balanced":
+            raise UserError(
+                "data.sampler=balanced draws each class equally often, which images with several "
+                "labels cannot be: use model.class_weights=balanced (positives weighed) instead."
+            )
         self.sampler = sampler
+        self.multilabel = multilabel
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -184,13 +203,20 @@ class ImageDataModule(LightningDataModule, ABC):
             self._report_imbalance()
 
     def class_counts(self, split: str = "train") -> torch.Tensor | None:
-        """Images per class in a split, None where the source does not know its labels."""
+        """Images per class in a split (with several labels per image, each class's positives),
+        None where the source does not know its labels."""
         labels = dataset_labels(self._split(split))
-        return None if labels is None else torch.bincount(labels, minlength=self.num_classes)
+        if labels is None:
+            return None
+        if labels.ndim == 2:
+            return labels.sum(dim=0).long()
+        return torch.bincount(labels, minlength=self.num_classes)
 
     def _report_imbalance(self) -> None:
+        if self.multilabel or self.sampler == "balanced":
+            return
         counts = self.class_counts("train")
-        if counts is None or self.sampler == "balanced" or not (counts > 0).any():
+        if counts is None or not (counts > 0).any():
             return
         largest = int(counts.argmax())
         smallest = int(torch.where(counts > 0, counts, counts.max() + 1).argmin())

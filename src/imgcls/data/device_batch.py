@@ -26,7 +26,9 @@ from imgcls.utils.machine import to_device_async
 
 
 def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
-    """MixUp and/or CutMix (one of them per batch when both are on), or None."""
+    """MixUp and/or CutMix (one of them per batch when both are on), or None. They take class
+    indices, or multi-hot rows (several labels per image; torchvision >= 0.20), mixed as the
+    images are."""
     mixes = []
     if mixup_alpha > 0:
         mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 from torch.utils import deterministic
+from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from imgcls.data.decode import BadImageError, decode_any, parse_header
@@ -85,9 +86,9 @@ class EncodedBatch(NamedTuple):
         return len(self.items)
 
 
-def collate_encoded(samples: Sequence[tuple[Tensor | EncodedJPEG, int]]) -> tuple:
+def collate_encoded(samples: Sequence[tuple[Tensor | EncodedJPEG, int | Tensor]]) -> tuple:
     items, labels = zip(*samples, strict=True)
-    return EncodedBatch(list(items)), torch.as_tensor(labels)
+    return EncodedBatch(list(items)), default_collate(list(labels))  # indices or multi-hot rows
 
 
 def decode_batch(

@@ -124,6 +124,22 @@ def stratified_split(
     return [sorted(p) for p in parts]
 
 
+# (path, label): a class index, or a multi-hot row for several labels per image
+Sample = tuple[str, "int | torch.Tensor"]
+
+
+def label_classes(label: int | torch.Tensor) -> list[int]:
+    """The classes a label names: its index, or a multi-hot row's positives."""
+    if isinstance(label, torch.Tensor):
+        return label.nonzero().flatten().tolist()
+    return [label]
+
+
+def stratum(label: int | torch.Tensor) -> int:
+    """The class a split is stratified by: the label, or a multi-hot row's first positive."""
+    return int(label.argmax()) if isinstance(label, torch.Tensor) else label
+
+
 def fold_split(
     labels: Sequence[int], folds: int, fold: int, seed: int
 ) -> tuple[list[int], list[int]]:

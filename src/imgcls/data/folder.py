@@ -31,11 +31,14 @@ from imgcls.data.device_decode import (
 from imgcls.data.files import (
     PATH_TEXT,
     ImageFileDataset,
+    Sample,
     class_folders,
     fold_split,
+    label_classes,
     list_images,
     scan_samples,
     stratified_split,
+    stratum,
 )
 from imgcls.data.loaders import auto_workers
 from imgcls.data.transforms import NO_DEVICE_CROP, PRESETS, resize_center_crop
@@ -120,49 +123,57 @@ class FolderDataModule(ImageDataModule):
         return self.class_dirs
 
     # -- splits ----------------------------------------------------------------------------
-    def split_samples(self) -> dict[str, list[tuple[str, int]]]:
+    def split_samples(self) -> dict[str, list[Sample]]:
+        """Every split's (path, label) samples: the splits the source lists, the rest carved."""
+        samples = self.listed_samples()
+        # with folds, validation is a fold of train (and of a listed val split, pooled with it)
+        missing = [s for s in SPLIT_NAMES if s not in samples and not (self.folds and s == "val")]
+        if missing:
+            fractions = [self.split[SPLIT_NAMES.index(s)] for s in ("train", *missing)]
+            if self.folds:
+                fractions[0] += self.split[1]
+            train = samples["train"]
+            strata = [stratum(label) for _, label in train]
+            parts = stratified_split(strata, fractions, self.split_seed)
+            for name, part in zip(("train", *missing), parts, strict=True):
+                samples[name] = [train[i] for i in part]
+        if self.folds:
+            pool = samples["train"] + samples.get("val", [])
+            strata = [stratum(label) for _, label in pool]
+            parts = fold_split(strata, self.folds, self.fold, self.split_seed)
+            samples["train"], samples["val"] = ([pool[i] for i in part] for part in parts)
+        if missing or self.folds:
+            self.save_split(samples)
+        for name, found in samples.items():
+            if not found:
+                raise UserError(f"The {name} split of {self.root} has no images. {self.expected}")
+        self._warn_of_classes_missing_from(samples)
+        return samples
+
+    #: what a user is told the source expects, after a mistake
+    expected = f"Expected {LAYOUTS}."
+
+    def listed_samples(self) -> dict[str, list[Sample]]:
+        """The samples of the splits that have folders of their own."""
         dirs = self.split_dirs()
         train = [
             (str(path), label)
             for label, images in enumerate(self._train_images.values())
             for path in images
         ]
-        listed: dict[Path, list[tuple[str, int]]] = {dirs["train"]: train}
+        listed: dict[Path, list[Sample]] = {dirs["train"]: train}
         samples = {}
         for name, folder in dirs.items():
             if folder is not None:  # each folder is listed once (ImageNet's val is also test)
                 if folder not in listed:
                     listed[folder] = scan_samples(folder, self.class_dirs, self.skipped_links)
                 samples[name] = listed[folder]
-        # with folds, validation is a fold of train (and of a val folder, pooled with it)
-        missing = [s for s in SPLIT_NAMES if dirs[s] is None and not (self.folds and s == "val")]
-        if missing:
-            fractions = [self.split[SPLIT_NAMES.index(s)] for s in ("train", *missing)]
-            if self.folds:
-                fractions[0] += self.split[1]
-            train = samples["train"]
-            parts = stratified_split([label for _, label in train], fractions, self.split_seed)
-            for name, part in zip(("train", *missing), parts, strict=True):
-                samples[name] = [train[i] for i in part]
-        if self.folds:
-            pool = samples["train"] + samples.get("val", [])
-            labels = [label for _, label in pool]
-            parts = fold_split(labels, self.folds, self.fold, self.split_seed)
-            samples["train"], samples["val"] = ([pool[i] for i in part] for part in parts)
-        if missing or self.folds:
-            self.save_split(samples)
-        for name, found in samples.items():
-            if not found:
-                raise UserError(
-                    f"The {name} split of {self.root} has no images. Expected {LAYOUTS}."
-                )
-        self._warn_of_classes_missing_from(samples)
         return samples
 
-    def _warn_of_classes_missing_from(self, samples: dict[str, list[tuple[str, int]]]) -> None:
+    def _warn_of_classes_missing_from(self, samples: dict[str, list[Sample]]) -> None:
         """A class with too few images to carve into every split is in train only: say so."""
         for name in SPLIT_NAMES[1:]:
-            present = {label for _, label in samples[name]}
+            present = {c for _, label in samples[name] for c in label_classes(label)}
             lacking = [c for i, c in enumerate(self.class_names) if i not in present]
             if lacking:
                 listed = ", ".join(lacking[:5]) + (", ..." if len(lacking) > 5 else "")
@@ -171,7 +182,7 @@ class FolderDataModule(ImageDataModule):
                     f"too few images; its metrics say nothing of them."
                 )
 
-    def _warn_if_upscaled(self, samples: list[tuple[str, int]]) -> None:
+    def _warn_if_upscaled(self, samples: list[Sample]) -> None:
         """Photos far smaller than the crops (CIFAR-sized files under a 224 px preset) are
         upscaled at great cost and to no gain: say so, and what to set."""
         sides = []
@@ -188,7 +199,7 @@ class FolderDataModule(ImageDataModule):
             )
 
     @rank_zero_only
-    def save_split(self, samples: dict[str, list[tuple[str, int]]]) -> None:
+    def save_split(self, samples: dict[str, list[Sample]]) -> None:
         if self.artifacts_dir is None:
             return
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
@@ -196,15 +207,16 @@ class FolderDataModule(ImageDataModule):
             writer = csv.writer(f)
             writer.writerow(["split", "path", "label", "class"])
             for name in SPLIT_NAMES:
-                writer.writerows((name, p, y, self.class_names[y]) for p, y in samples[name])
+                for path, label in samples[name]:
+                    classes = label_classes(label)  # several, ";"-separated, for multi-label
+                    names = ";".join(self.class_names[c] for c in classes)
+                    writer.writerow([name, path, ";".join(map(str, classes)), names])
 
     @property
     def bad_images_file(self) -> Path | None:
         return self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None
 
-    def _dataset(
-        self, samples: list[tuple[str, int]], transform, min_side: int
-    ) -> ImageFileDataset:
+    def _dataset(self, samples: list[Sample], transform, min_side: int) -> ImageFileDataset:
         if self.decodes_on_device():  # workers read bytes; the device decodes and crops
             return ImageFileDataset(
                 samples,
@@ -240,7 +252,7 @@ class FolderDataModule(ImageDataModule):
             )
         return on_device
 
-    def _load_into_memory(self, samples: list[tuple[str, int]]) -> TensorDataset:
+    def _load_into_memory(self, samples: list[Sample]) -> TensorDataset:
         """Decode every image once, at the eval resize, into one uint8 tensor."""
         size = self.pipeline.eval_resize
         dataset = self._dataset(samples, resize_center_crop(size, size), min_side=size)

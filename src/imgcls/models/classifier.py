@@ -1,4 +1,4 @@
-"""The one LightningModule: a net, cross-entropy, torchmetrics accuracy, optimizer and schedule.
+"""The one LightningModule: a net, its loss and metrics, optimizer and schedule.
 
 Its hyperparameters are plain data (the net's name and kwargs, the optimizer and scheduler
 configs, the class names, the eval preprocessing), so a checkpoint loads with
@@ -20,6 +20,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.models.calibration import TemperatureFit
 from imgcls.models.confusion import ClassAveragedScores
+from imgcls.models.multilabel import (
+    TASKS,
+    MultiHotLoss,
+    MultilabelScores,
+    balanced_pos_weights,
+)
 from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.models.pretrained import find_head
 from imgcls.models.tta import tta_logits
@@ -37,9 +43,12 @@ RUN_LENGTH = "imgcls_run_length"
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level")
 
 
-# the validation scores whose best so far is logged as val/<name>_best: any of them can pick the
-# checkpoint (callbacks.model_checkpoint.monitor) and be a sweep's optimized_metric
-BEST_TRACKED = ("acc", "acc_balanced", "f1_macro")
+# per task, the validation scores whose best so far is logged as val/<name>_best: any of them can
+# pick the checkpoint (callbacks.model_checkpoint.monitor) and be a sweep's optimized_metric
+BEST_TRACKED = {
+    "multiclass": ("acc", "acc_balanced", "f1_macro"),
+    "multilabel": ("map", "f1_macro"),
+}
 
 
 def accuracy_metrics(num_classes: int, prefix: str, evaluation: bool = True) -> MetricCollection:
@@ -57,6 +66,11 @@ def accuracy_metrics(num_classes: int, prefix: str, evaluation: bool = True) -> 
     return MetricCollection(metrics, prefix=prefix)
 
 
+def multilabel_metrics(num_classes: int, prefix: str, fit: bool = False) -> MetricCollection:
+    """mAP and F1 micro / macro (models/multilabel.py); `fit`: thresholds refitted here."""
+    return MetricCollection({"scores": MultilabelScores(num_classes, fit)}, prefix=prefix)
+
+
 def balanced_class_weights(counts: Tensor) -> list[float]:
     """Inverse class frequency, scaled so a training image weighs 1 on average (sklearn's
     "balanced"): the loss keeps its scale and the lr its meaning. A class with no training
@@ -67,10 +81,30 @@ def balanced_class_weights(counts: Tensor) -> list[float]:
     return torch.where(present, weights, 1.0).tolist()
 
 
+def check_task(task: str, temperature: float | str | None, threshold: float | str) -> None:
+    """The options of one task that the other cannot serve, refused at start in one line."""
+    if task not in TASKS:
+        raise UserError(f"model.task={task!r} is not one of {', '.join(TASKS)}.")
+    if task == "multilabel" and temperature is not None:
+        raise UserError(
+            "model.temperature scales a softmax; model.task=multilabel has a sigmoid per class "
+            "and a threshold each (model.threshold=fit): set model.temperature=null."
+        )
+    if task == "multiclass" and threshold != 0.5:
+        raise UserError(
+            f"model.threshold={threshold} applies to model.task=multilabel (a label per class "
+            "above it); one label per image is the top class: leave model.threshold=0.5."
+        )
+    if threshold != "fit" and not (isinstance(threshold, int | float) and 0 < threshold < 1):
+        raise UserError(f"model.threshold={threshold!r} is not allowed: fit, or in (0, 1).")
+
+
 class ImageClassifier(LightningModule):
-    """A net with cross-entropy, accuracy metrics and its optimizer: the training, validation
-    and test steps. Freezing the backbone is callbacks.FrozenBackbone's; test-time augmentation
-    is models/tta.py's; the lr a run uses is settled with its config (settle.py)."""
+    """A net with its loss, metrics and optimizer: the training, validation and test steps. One
+    label per image (`task=multiclass`: softmax, cross-entropy, accuracy) or several
+    (`task=multilabel`: a sigmoid per class, binary cross-entropy, mAP, a threshold per class).
+    Freezing the backbone is callbacks.FrozenBackbone's; test-time augmentation is
+    models/tta.py's; the lr a run uses is settled with its config (settle.py)."""
 
     def __init__(
         self,
@@ -79,8 +113,10 @@ class ImageClassifier(LightningModule):
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
+        task: str = "multiclass",
         class_weights: list[float] | str | None = None,
         temperature: float | str | None = None,
+        threshold: float | str = 0.5,
         class_names: list[str] | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -90,6 +126,8 @@ class ImageClassifier(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # train.py logs the whole config
+        check_task(task, temperature, threshold)
+        self.multilabel = task == "multilabel"
         self.net = build_net(num_classes=num_classes, **net)
         self.head_name = find_head(self.net, num_classes)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -100,7 +138,11 @@ class ImageClassifier(LightningModule):
         # per-image losses: the epoch's mean loss is over images, with no batch size to pass.
         # Class weights ("balanced": resolved from the train split in `setup`) are a buffer of
         # the loss, so they travel in the checkpoint.
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="none")
+        self.criterion = (
+            MultiHotLoss(num_classes, label_smoothing)
+            if self.multilabel
+            else nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="none")
+        )
         if class_weights is not None and not isinstance(class_weights, str):
             self._set_class_weights(list(class_weights))
         # softmax(logits / temperature): the probabilities predict, export and the report give.
@@ -109,10 +151,19 @@ class ImageClassifier(LightningModule):
         fixed = temperature if isinstance(temperature, int | float) else 1.0
         self.register_buffer("temperature", torch.tensor(float(fixed)))
         self.temperature_fit = TemperatureFit() if temperature == "fit" else None
-        # top-1 only on training batches: more there costs a step and tells little
-        self.train_metrics = accuracy_metrics(num_classes, "train/", evaluation=False)
-        self.val_metrics = accuracy_metrics(num_classes, "val/")
-        self.test_metrics = accuracy_metrics(num_classes, "test/")
+        if self.multilabel:
+            # a label is present where its sigmoid reaches its class's threshold ("fit": each
+            # class's F1-best on the validation split, refitted at every validation)
+            start = 0.5 if threshold == "fit" else float(threshold)
+            self.register_buffer("thresholds", torch.full((num_classes,), start))
+            self.train_metrics = None  # MixUp'd multi-hot targets: the loss says enough
+            self.val_metrics = multilabel_metrics(num_classes, "val/", fit=threshold == "fit")
+            self.test_metrics = multilabel_metrics(num_classes, "test/")
+        else:
+            # top-1 only on training batches: more there costs a step and tells little
+            self.train_metrics = accuracy_metrics(num_classes, "train/", evaluation=False)
+            self.val_metrics = accuracy_metrics(num_classes, "val/")
+            self.test_metrics = accuracy_metrics(num_classes, "test/")
         # nan_strategy="disable": the NaN check reads the loss back to the host every step; a
         # non-finite loss is noted on the device instead (note_if_nonfinite)
         self.train_loss, self.val_loss, self.test_loss = (
@@ -121,7 +172,8 @@ class ImageClassifier(LightningModule):
         # the first step whose training loss was NaN or infinite, -1 for none, on the device
         self.first_nonfinite_step: Tensor | None = None
         # in checkpoints, so a resumed run's best counts the epochs before the resume
-        for name in BEST_TRACKED:
+        self.best_tracked = BEST_TRACKED[task]
+        for name in self.best_tracked:
             best = MaxMetric()
             best.persistent(True)
             setattr(self, f"val_{name}_best", best)
@@ -153,6 +205,13 @@ class ImageClassifier(LightningModule):
         flip = self.hparams.tta_flip if tta_flip is None else tta_flip
         return tta_logits(self, images, flip, self.hparams.tta_shift)
 
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """What the model says of each class: softmax(logits / temperature) for one label per
+        image, one sigmoid per class for several."""
+        if self.multilabel:
+            return logits.float().sigmoid()
+        return self.calibrated(logits.float()).softmax(dim=1)
+
     def calibrated(self, logits: Tensor) -> Tensor:
         """Logits whose softmax gives the model's probabilities (divided by its temperature)."""
         return logits / self.temperature
@@ -163,7 +222,7 @@ class ImageClassifier(LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if "_orig_mod." in k]:
             state[key.replace("_orig_mod.", "")] = state.pop(key)
-        for name in BEST_TRACKED:
+        for name in self.best_tracked:
             prefix = f"val_{name}_best."
             for key, value in getattr(self, prefix[:-1]).state_dict(prefix=prefix).items():
                 state.setdefault(key, value)
@@ -219,9 +278,9 @@ class ImageClassifier(LightningModule):
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         images, labels = batch
         logits = self(images) if stage == "train" else self.eval_logits(images)
-        # labels are class indices, or MixUp/CutMix soft targets
+        # labels are class indices, MixUp/CutMix soft targets, or (multilabel) multi-hot targets
         losses = self.criterion(logits, labels)
-        if labels.ndim == 2:
+        if labels.ndim == 2 and not self.multilabel:
             labels = labels.argmax(dim=1)  # accuracy against the dominant class
         # Only metric state is updated in the step; values are computed (and DDP-synced) and
         # logged once per epoch, in _log_epoch: nothing in the step waits on the device, and
@@ -229,16 +288,22 @@ class ImageClassifier(LightningModule):
         # takes the per-image losses, not a batch size: torchmetrics makes a Python weight a
         # device tensor with a blocking copy (and ignores weights under nan_strategy="disable").
         getattr(self, f"{stage}_loss").update(losses.detach())
-        getattr(self, f"{stage}_metrics").update(logits.detach(), labels)
+        metrics = getattr(self, f"{stage}_metrics")
+        if metrics is not None:
+            metrics.update(logits.detach(), labels)
         return losses.mean(), logits
 
     def _log_epoch(self, stage: str) -> dict[str, Tensor]:
         mean_loss, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
-        values = {f"{stage}/loss": mean_loss.compute(), **metrics.compute()}
+        values = {f"{stage}/loss": mean_loss.compute()}
         mean_loss.reset()
-        metrics.reset()
+        if metrics is not None:
+            if self.multilabel:  # scored (and, fitting, moved) at the model's thresholds
+                metrics["scores"].thresholds = self.thresholds
+            values |= metrics.compute()
+            metrics.reset()
         for name, value in values.items():
-            self.log(name, value, prog_bar=name.endswith(("/loss", "/acc")))
+            self.log(name, value, prog_bar=name.endswith(("/loss", "/acc", "/map")))
         return values
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -279,7 +344,7 @@ class ImageClassifier(LightningModule):
         """`class_weights=balanced` from the train split's class counts (before the model moves
         to its device and a resume restores its state)."""
         weights = self.hparams.class_weights
-        if stage != "fit" or not isinstance(weights, str) or self.criterion.weight is not None:
+        if stage != "fit" or not isinstance(weights, str) or self._class_weights() is not None:
             return
         if weights != "balanced":
             raise UserError(
@@ -293,7 +358,11 @@ class ImageClassifier(LightningModule):
                 "model.class_weights=balanced needs a data source that knows its train labels "
                 "(digits, cifar10, cifar100, folder, imagenet): give the weights as a list."
             )
-        self._set_class_weights(balanced_class_weights(counts))
+        if self.multilabel:  # counts: each class's positives
+            total = len(datamodule.splits.train)
+            self._set_class_weights(balanced_pos_weights(counts, total))
+        else:
+            self._set_class_weights(balanced_class_weights(counts))
         named = zip(self.class_names, self.hparams.class_weights, strict=True)
         log.info(f"Class weights (balanced): {', '.join(f'{n} {w:.3g}' for n, w in named)}")
 
@@ -304,12 +373,19 @@ class ImageClassifier(LightningModule):
                 "classes: give one per class, in class order, or model.class_weights=balanced."
             )
         self.hparams.class_weights = weights  # the checkpoint's hyperparameters: the numbers
-        self.criterion.weight = torch.tensor(weights, dtype=torch.float32, device=self.device)
+        # cross-entropy's per-class weight; binary cross-entropy's weight of positives
+        name = "pos_weight" if self.multilabel else "weight"
+        setattr(
+            self.criterion, name, torch.tensor(weights, dtype=torch.float32, device=self.device)
+        )
+
+    def _class_weights(self) -> Tensor | None:
+        return self.criterion.pos_weight if self.multilabel else self.criterion.weight
 
     def on_train_start(self) -> None:
         # A fresh fit starts from no best (a resumed one has its own back from the checkpoint).
         if self.trainer.ckpt_path is None:
-            for name in BEST_TRACKED:
+            for name in self.best_tracked:
                 getattr(self, f"val_{name}_best").reset()
 
     def on_train_epoch_end(self) -> None:
@@ -323,7 +399,7 @@ class ImageClassifier(LightningModule):
                 self.log("val/temperature", self.temperature)
             self.temperature_fit.reset()
         if not self.trainer.sanity_checking:
-            for name in BEST_TRACKED:
+            for name in self.best_tracked:
                 best = getattr(self, f"val_{name}_best")
                 best.update(values[f"val/{name}"])
                 self.log(f"val/{name}_best", best.compute(), prog_bar=name == "acc")

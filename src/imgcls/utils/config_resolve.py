@@ -7,13 +7,15 @@ without changing it (settle.py writes them into it, with the rest of what a run 
 - `trainer.sync_batchnorm` with CPU processes: off, with a warning (torch's SyncBatchNorm needs
   GPUs);
 - `trainer.deterministic`: cuDNN's autotuner (`trainer.benchmark`) off, as it picks kernels by
-  timing them, which differs between runs.
+  timing them, which differs between runs;
+- `model.task=multilabel`: the checkpoint, early-stopping and sweep metrics left at val/acc(_best)
+  become val/map(_best).
 """
 
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -22,9 +24,19 @@ log = get_logger(__name__)
 SCALE_RULES = (None, "none", "linear")
 
 
+# model.task=multilabel has no accuracy: the metrics that pick its checkpoint and that a sweep
+# optimizes, where they are left at the accuracy ones
+MULTILABEL_METRICS = {"val/acc": "val/map", "val/acc_best": "val/map_best"}
+METRIC_KEYS = (
+    "callbacks.model_checkpoint.monitor",
+    "callbacks.early_stopping.monitor",
+    "optimized_metric",
+)
+
+
 def derived_values(cfg: DictConfig) -> dict[str, Any]:
     """{dotted key: the value the run uses}, for each value that differs from the config's."""
-    derived: dict[str, Any] = {}
+    derived: dict[str, Any] = multilabel_metrics(cfg)
     trainer = cfg.get("trainer")
     if trainer is None:
         return derived
@@ -48,6 +60,18 @@ def derived_values(cfg: DictConfig) -> dict[str, Any]:
             cfg.optimizer.lr, batch, ours.get("reference_batch", 256)
         )
         derived["optimizer.imgcls.scale_lr"] = None  # done: the lr above is the run's
+    return derived
+
+
+def multilabel_metrics(cfg: DictConfig) -> dict[str, Any]:
+    if (cfg.get("model") or {}).get("task") != "multilabel":
+        return {}
+    derived = {}
+    for key in METRIC_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value in MULTILABEL_METRICS:
+            derived[key] = MULTILABEL_METRICS[value]
+            log.info(f"model.task=multilabel: {key}={derived[key]} (it has no {value})")
     return derived
 
 
