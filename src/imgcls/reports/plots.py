@@ -95,7 +95,10 @@ def image_grid_figure(
         ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins, as every cell is alike: tight_layout measures each of the cells' texts
+    # (a third of a second for 32 cells, at every run's start and test)
+    height = 2.4 * rows
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.8 / height, hspace=0.45)
     return fig
 
 
