@@ -84,6 +84,8 @@ def test_balanced_sampler_and_class_weights_raise_the_minority_class_recall(
             "optimizer.lr=0.05",
             "trainer.max_epochs=5",
             "callbacks.model_checkpoint.monitor=val/acc_balanced",
+            "callbacks.training_batch_grid=null",  # pictures: not the point here
+            "callbacks.validation_confusion=null",
             *([option] if option else []),
             run_dir=run,
         )
@@ -128,6 +130,8 @@ def test_multilabel_mosaics_of_real_photos_train_predict_and_export(
         "model=cifar_quick",
         "optimizer.lr=0.2",
         "trainer.max_epochs=20",
+        "callbacks.training_batch_grid=null",  # pictures: not the point here
+        "callbacks.validation_confusion=null",
         run_dir=run,
     )
     metrics, _ = train(cfg)

@@ -103,7 +103,14 @@ def test_five_fold_grid_sweep_goes_past_failed_jobs_into_summary_with_mean_and_s
     """Two nets (one that cannot be built) x 5 folds: the failed jobs are recorded and the
     sweep goes on; the completed folds end the summary with their mean and std rows."""
     grid = ["-m", "model.net.name=cifar_quick,no_such_net", "data.folds=5", "data.fold=range(5)"]
-    quick = [*SWEEP_QUICK, "+trainer.limit_val_batches=2", f"paths.log_dir={tmp_path}"]
+    quick = [
+        *SWEEP_QUICK,
+        "+trainer.limit_val_batches=2",
+        "+trainer.limit_test_batches=2",
+        "callbacks.training_batch_grid=null",
+        "callbacks.validation_confusion=null",
+        f"paths.log_dir={tmp_path}",
+    ]
     result = run_cli("train.py", [*grid, *quick])
     assert result.returncode == 1, result.stderr[-3000:]  # so CI sees the failed jobs
     assert "5 of 10 jobs failed" in result.stderr
