@@ -37,11 +37,10 @@ RUNS = {
         "data.batch_size=16",
         "+model.net.data_init_images=64",
     ],
-    "classic_imagenet, mixup, cutmix, in memory, balanced, temperature": lambda tmp: [
+    "classic_imagenet, mixup, cutmix, in memory, class weights, temperature": lambda tmp: [
         "data.augment=classic_imagenet",
         "data.mixup_alpha=0.2",
         "data.cutmix_alpha=1.0",
-        "data.sampler=balanced",
         "model.class_weights=balanced",
         "model.temperature=fit",
         "model=cifar_quick",  # the data path is the point here: a light net

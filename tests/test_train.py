@@ -48,9 +48,10 @@ def test_optimizer_and_schedule_drive_training(make_cfg, overrides: list[str]) -
 
 
 def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
-    """Also with the balanced draw and class weights: the weights resolved from the train split
-    are in the checkpoint and back in the resumed loss."""
-    balanced = ["model.class_weights=balanced", "data.sampler=balanced"]
+    """Also with balanced class weights and an EMA of the weights (a copy of the model made
+    before the weights are worked out): the class weights resolved from the train split are in
+    the checkpoint and back in the resumed loss."""
+    balanced = ["model.class_weights=balanced", "callbacks=[default,ema]"]
     # a schedule that does not span the run: a resume may lengthen it
     _, first = train(
         make_cfg(

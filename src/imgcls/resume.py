@@ -12,6 +12,7 @@ those free to change on a resume (FREE_ON_RESUME: where it logs and what watches
 trainer.max_epochs), and says which it took; a run of another command is never picked.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,14 @@ def resume_target(cfg: DictConfig) -> Resume | None:
     return Resume(ckpt, checkpoint, run_dir)
 
 
+def same_numbers(a: list[float], b: list[float] | str) -> bool:
+    return (
+        isinstance(b, list)
+        and len(a) == len(b)
+        and all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a, b, strict=True))
+    )
+
+
 def check_checkpoint_fits(resume: Resume, cfg: DictConfig, class_names: list[str]) -> None:
     """The checkpoint's net, classes and run length against the run's, before any weights are
     loaded (and before the run is pointed at the checkpoint's dir: a refusal leaves it as it
@@ -153,11 +162,14 @@ def check_checkpoint_fits(resume: Resume, cfg: DictConfig, class_names: list[str
             f"with {said(ours)}: resume with {fix}."
         )
     saved_weights, weights = saved.get("class_weights"), cfg.model.get("class_weights")
-    if (saved_weights is None) != (weights is None):  # a loss weight buffer, or none
+    given = list(weights) if OmegaConf.is_list(weights) else weights
+    # none against some, or other numbers ("balanced" is worked out again from the same data)
+    if (saved_weights is None) != (given is None) or (
+        isinstance(given, list) and not same_numbers(given, saved_weights)
+    ):
         raise UserError(
             f"{ckpt} was trained with model.class_weights={saved_weights} but the config has "
-            f"{weights}: resume with "
-            + ("model.class_weights=null." if saved_weights is None else "the same class weights.")
+            f"{given}: resume with the class weights it was trained with."
         )
     saved_classes = list(saved.get("class_names") or [])
     if saved_classes and saved_classes != class_names:

@@ -11,6 +11,11 @@ raw ones as `current_model_state` (what a resumed fit continues from). Lightning
 model after fit, so when the same trainer then tests the best checkpoint, its hook loads
 `current_model_state`: train's test/acc would be the raw weights' and eval.py's the averaged
 ones'. Outside fitting the checkpoint's `state_dict` is left in place.
+
+Values a model fits on its validation split rather than learns (its `fitted_on_validation`
+buffers: a temperature, thresholds) are not averaged: the averaged model takes them as they are,
+and a checkpoint holds the ones just fitted (on the averaged weights' logits, since validation
+runs on those).
 """
 
 import itertools
@@ -22,6 +27,11 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+
+
+def fitted_buffers(model: nn.Module) -> tuple[str, ...]:
+    """The model's buffers fitted on validation, not learned (none for a plain module)."""
+    return tuple(getattr(model, "fitted_on_validation", ()))
 
 
 class HostCountedEMA(AveragedModel):
@@ -56,6 +66,8 @@ class HostCountedEMA(AveragedModel):
         if not self.use_buffers:  # buffers follow the model, as in AveragedModel
             for target, source in zip(self.module.buffers(), model.buffers(), strict=True):
                 target.copy_(source)
+        for name in fitted_buffers(model):
+            self.module.get_buffer(name).copy_(model.get_buffer(name))
         self.n_averaged += 1
         self.updates += 1
 
@@ -69,6 +81,15 @@ class EMA(EMAWeightAveraging):
         if stage == "fit":
             device = self._device or pl_module.device
             self._average_model = HostCountedEMA(pl_module, self.decay, device, self._use_buffers)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        current = checkpoint.get("current_model_state")
+        if current is not None:  # fitted at this validation's end, after the swap back
+            for name in fitted_buffers(pl_module):
+                checkpoint["state_dict"][name] = current[name]
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

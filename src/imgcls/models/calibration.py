@@ -87,7 +87,7 @@ def fit_temperature(logits: Tensor, labels: Tensor) -> Tensor:
     """T by L-BFGS, from T = 1 as Guo et al.'s reference code; on 1 / T, in which the negative
     log-likelihood is convex (one minimum, no step lost in a flat region). The result is held
     to TEMPERATURE_RANGE: a validation split the net gets all right asks for T -> 0 (every
-    probability 1), which no test split bears out."""
+    probability 1), which no test split bears out. Logits that are not finite give T = 1."""
     with torch.inference_mode(False), torch.enable_grad():
         logits, labels = logits.detach().clone(), labels.clone()  # out of inference mode
         inverse = torch.ones((), device=logits.device, requires_grad=True)
@@ -101,4 +101,5 @@ def fit_temperature(logits: Tensor, labels: Tensor) -> Tensor:
 
         optimizer.step(nll)
         low, high = TEMPERATURE_RANGE
-        return 1 / inverse.detach().clamp(1 / high, 1 / low)
+        fitted = 1 / inverse.detach().clamp(1 / high, 1 / low)
+        return torch.where(fitted.isfinite(), fitted, 1.0)  # non-finite logits: no scaling

@@ -66,9 +66,9 @@ def accuracy_metrics(num_classes: int, prefix: str, evaluation: bool = True) -> 
     return MetricCollection(metrics, prefix=prefix)
 
 
-def multilabel_metrics(num_classes: int, prefix: str, fit: bool = False) -> MetricCollection:
-    """mAP and F1 micro / macro (models/multilabel.py); `fit`: thresholds refitted here."""
-    return MetricCollection({"scores": MultilabelScores(num_classes, fit)}, prefix=prefix)
+def multilabel_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """mAP and F1 micro / macro at the model's thresholds (models/multilabel.py)."""
+    return MetricCollection({"scores": MultilabelScores(num_classes)}, prefix=prefix)
 
 
 def balanced_class_weights(counts: Tensor) -> list[float]:
@@ -143,21 +143,27 @@ class ImageClassifier(LightningModule):
             if self.multilabel
             else nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="none")
         )
-        if class_weights is not None and not isinstance(class_weights, str):
-            self._set_class_weights(list(class_weights))
+        if class_weights is not None:
+            # registered now (ones until "balanced" is resolved in `setup`), so a copy made
+            # before `setup` (the EMA's) has the same buffers
+            resolved = not isinstance(class_weights, str)
+            weights = list(class_weights) if resolved else [1.0] * num_classes
+            self._set_class_weights(weights, record=resolved)
         # softmax(logits / temperature): the probabilities predict, export and the report give.
         # "fit": refitted on the validation split's logits at every validation, so each
         # checkpoint holds the temperature of its own weights (models/calibration.py).
         fixed = temperature if isinstance(temperature, int | float) else 1.0
         self.register_buffer("temperature", torch.tensor(float(fixed)))
         self.temperature_fit = TemperatureFit() if temperature == "fit" else None
+        # fitted on the validation split, not learned: what the EMA copies rather than averages
+        self.fitted_on_validation = ("thresholds",) if self.multilabel else ("temperature",)
         if self.multilabel:
             # a label is present where its sigmoid reaches its class's threshold ("fit": each
             # class's F1-best on the validation split, refitted at every validation)
             start = 0.5 if threshold == "fit" else float(threshold)
             self.register_buffer("thresholds", torch.full((num_classes,), start))
             self.train_metrics = None  # MixUp'd multi-hot targets: the loss says enough
-            self.val_metrics = multilabel_metrics(num_classes, "val/", fit=threshold == "fit")
+            self.val_metrics = multilabel_metrics(num_classes, "val/")
             self.test_metrics = multilabel_metrics(num_classes, "test/")
         else:
             # top-1 only on training batches: more there costs a step and tells little
@@ -219,14 +225,18 @@ class ImageClassifier(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept checkpoints written by code that compiled the LightningModule or the net, or
         that did not keep the best validation scores or a temperature."""
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if "_orig_mod." in k]:
-            state[key.replace("_orig_mod.", "")] = state.pop(key)
-        for name in self.best_tracked:
-            prefix = f"val_{name}_best."
-            for key, value in getattr(self, prefix[:-1]).state_dict(prefix=prefix).items():
-                state.setdefault(key, value)
-        state.setdefault("temperature", torch.ones(()))
+        # the raw weights of an EMA checkpoint are read back too (a resumed fit continues them)
+        for key in ("state_dict", "current_model_state"):
+            state = checkpoint.get(key)
+            if state is None:
+                continue
+            for old in [k for k in state if "_orig_mod." in k]:
+                state[old.replace("_orig_mod.", "")] = state.pop(old)
+            for name in self.best_tracked:
+                prefix = f"val_{name}_best."
+                for k, value in getattr(self, prefix[:-1]).state_dict(prefix=prefix).items():
+                    state.setdefault(k, value)
+            state.setdefault("temperature", torch.ones(()))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """No checkpoint of diverged weights, whichever callbacks a run has; and the run's
@@ -299,7 +309,14 @@ class ImageClassifier(LightningModule):
         mean_loss.reset()
         if metrics is not None:
             if self.multilabel:  # scored (and, fitting, moved) at the model's thresholds
-                metrics["scores"].thresholds = self.thresholds
+                scores = metrics["scores"]
+                scores.thresholds = self.thresholds
+                # refitted at validation, never on a sanity check's couple of batches
+                scores.fit_thresholds = (
+                    stage == "val"
+                    and self.hparams.threshold == "fit"
+                    and not self.trainer.sanity_checking
+                )
             values |= metrics.compute()
             metrics.reset()
         for name, value in values.items():
@@ -344,7 +361,7 @@ class ImageClassifier(LightningModule):
         """`class_weights=balanced` from the train split's class counts (before the model moves
         to its device and a resume restores its state)."""
         weights = self.hparams.class_weights
-        if stage != "fit" or not isinstance(weights, str) or self._class_weights() is not None:
+        if stage != "fit" or not isinstance(weights, str):
             return
         if weights != "balanced":
             raise UserError(
@@ -366,21 +383,23 @@ class ImageClassifier(LightningModule):
         named = zip(self.class_names, self.hparams.class_weights, strict=True)
         log.info(f"Class weights (balanced): {', '.join(f'{n} {w:.3g}' for n, w in named)}")
 
-    def _set_class_weights(self, weights: list[float]) -> None:
+    def _set_class_weights(self, weights: list[float], record: bool = True) -> None:
+        """The loss's class weights; `record`: also the checkpoint's hyperparameters."""
         if len(weights) != self.hparams.num_classes:
             raise UserError(
                 f"model.class_weights has {len(weights)} values for {self.hparams.num_classes} "
                 "classes: give one per class, in class order, or model.class_weights=balanced."
             )
-        self.hparams.class_weights = weights  # the checkpoint's hyperparameters: the numbers
+        if record:
+            self.hparams.class_weights = weights
         # cross-entropy's per-class weight; binary cross-entropy's weight of positives
         name = "pos_weight" if self.multilabel else "weight"
-        setattr(
-            self.criterion, name, torch.tensor(weights, dtype=torch.float32, device=self.device)
-        )
-
-    def _class_weights(self) -> Tensor | None:
-        return self.criterion.pos_weight if self.multilabel else self.criterion.weight
+        values = torch.tensor(weights, dtype=torch.float32)
+        current = getattr(self.criterion, name)
+        if current is None:
+            setattr(self.criterion, name, values)
+        else:  # in place: the buffer a copy of the model (the EMA's) shares the name of
+            current.copy_(values)
 
     def on_train_start(self) -> None:
         # A fresh fit starts from no best (a resumed one has its own back from the checkpoint).

@@ -55,8 +55,9 @@ def balanced_pos_weights(positives: Tensor, total: int) -> list[float]:
 class MultilabelScores(Metric):
     """`map` (mean average precision over the classes present), `f1_micro` and `f1_macro` with
     each class's label present where its probability reaches its threshold. `thresholds` is
-    the model's, set before `compute`; with `fit_thresholds`, `compute` first moves them (in
-    place) to each class's F1-best threshold on this split."""
+    the model's, set before `compute`; with `fit_thresholds` (set by the model for the
+    validations that fit them), `compute` first moves them (in place) to each class's F1-best
+    threshold on this split."""
 
     full_state_update = False
 

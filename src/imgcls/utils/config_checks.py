@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
 from imgcls.utils.machine import available_cpus
 
 
@@ -49,6 +50,7 @@ def _temperature(v: Any) -> bool:
     return v is None or v == "fit" or _number(0, low_open=True)(v)
 
 
+log = get_logger(__name__)
 _ABSENT = object()
 
 
@@ -84,6 +86,18 @@ def check_values(cfg: DictConfig) -> None:
             raise UserError(f"{key}={value!r} is not allowed: {allowed}.")
     _check_fold(cfg)
     _check_cpu_processes(cfg)
+    _warn_of_double_balancing(cfg)
+
+
+def _warn_of_double_balancing(cfg: DictConfig) -> None:
+    """Allowed, and rarely meant: each evens the classes out alone; together a rare class counts
+    about its rarity squared."""
+    data, model = cfg.get("data") or {}, cfg.get("model") or {}
+    if data.get("sampler") == "balanced" and model.get("class_weights") == "balanced":
+        log.warning(
+            "data.sampler=balanced and model.class_weights=balanced each even the classes out; "
+            "together they over-correct (a rare class weighs about its rarity squared): use one."
+        )
 
 
 def _check_fold(cfg: DictConfig) -> None:
