@@ -1,9 +1,9 @@
-"""verify.py: every problem of a photo folder found up front, and listed."""
+"""verify.py: every problem of a photo folder or a CSV listing found up front, and listed."""
 
 from pathlib import Path
 
 from imgcls.verify import verify
-from tests.data_factory import BAD, photo_tree
+from tests.data_factory import BAD, photo_tree, write_label_csv
 
 
 def test_verify_lists_every_problem(make_cfg, tmp_path: Path) -> None:
@@ -13,3 +13,17 @@ def test_verify_lists_every_problem(make_cfg, tmp_path: Path) -> None:
     assert {Path(p).name for p in problems} == {*BAD, "empty_class"}
     assert problems[str(root / "green" / "empty.jpg")] == "empty file (0 bytes)"
     assert (tmp_path / "run" / "problems.csv").read_text().count("\n") == len(BAD) + 2
+
+
+def test_verify_lists_the_rows_of_a_csv_training_would_leave_out(make_cfg, tmp_path: Path) -> None:
+    listing = write_label_csv(tmp_path / "labelled")  # rows with one label and with two
+    (tmp_path / "labelled" / "cat" / "000.jpg").write_bytes(b"")  # a file, not an image
+    with open(listing, "a") as f:
+        f.write("nope.jpg,cat\ncat/001.jpg,\n")
+    cfg = make_cfg("data=csv", f"data.csv={listing}", config_name="verify")
+    problems = dict(verify(cfg))
+    assert problems == {
+        "labels.csv line 62": f"no such file {tmp_path / 'labelled' / 'nope.jpg'}",
+        "labels.csv line 63": "001.jpg has no label",
+        str(tmp_path / "labelled" / "cat" / "000.jpg"): "empty file (0 bytes)",
+    }

@@ -1,7 +1,9 @@
-"""Scan a dataset up front: `imgcls-verify data=folder data.root=DIR`.
+"""Scan a dataset up front: `imgcls-verify data=folder data.root=DIR` (or `data=csv
+data.csv=FILE`).
 
 Decodes every image of every split exactly as training would, and prints a table of the files
-that cannot be read and why; also written to `problems.csv` in the run dir. Exit code 1 if any,
+that cannot be read and why (and of the class folders without images, or the CSV rows training
+would leave out); also written to `problems.csv` in the run dir. Exit code 1 if any,
 so it can guard a data pipeline. Training itself skips such files (`data.on_bad_image=skip`).
 """
 
@@ -14,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imgcls.data.decode import BadImageError, read_rgb
-from imgcls.data.files import PATH_TEXT, class_folders, shown
+from imgcls.data.files import PATH_TEXT, shown
 from imgcls.data.folder import FolderDataModule
 from imgcls.data.loaders import auto_workers
 from imgcls.task import task_main
@@ -31,14 +33,10 @@ def problem(path: str) -> str | None:
 
 
 def find_problems(datamodule: FolderDataModule) -> list[tuple[str, str]]:
-    """(path, reason) for every unreadable image and every class folder without images."""
-    dirs = {d for d in datamodule.split_dirs().values() if d is not None}
-    problems = [
-        (str(d / name), "class folder has no images")
-        for d in sorted(dirs)
-        for name in sorted(set(class_folders(d)) - set(datamodule.class_dirs))
-    ]
+    """(path, reason) for every unreadable image, and what the source's layout holds that
+    training leaves out (class folders without images, rows of a CSV that cannot be used)."""
     paths = sorted({p for samples in datamodule.split_samples().values() for p, _ in samples})
+    problems = datamodule.layout_problems()
     problems += [
         (link, f"folder link to {target} skipped: it leads back into the dataset")
         for link, target in sorted(datamodule.skipped_links.items())
@@ -53,6 +51,8 @@ def verify(cfg: DictConfig) -> list[tuple[str, str]]:
     datamodule = instantiate(cfg.data)
     if not isinstance(datamodule, FolderDataModule):
         raise UserError(f"{cfg.data._target_} is not read from image files: nothing to verify.")
+    # rows with several labels are rows like any other here; whether a run takes them is its own
+    datamodule.multilabel = datamodule.supports_multilabel
     problems = find_problems(datamodule)
     console = Console()
     if problems:

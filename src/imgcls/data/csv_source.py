@@ -47,7 +47,7 @@ class CsvDataModule(FolderDataModule):
         self.csv_path = Path(csv).expanduser()
         super().__init__(root=root or str(self.csv_path.parent), **kwargs)
         self.classes = list(classes) if classes else None
-        self.bad_rows: list[str] = []
+        self.bad_rows: list[tuple[str, str]] = []  # (file and line, why it was left out)
 
     @cached_property
     def _rows(self) -> list[tuple[int, str, list[str], str]]:
@@ -100,7 +100,7 @@ class CsvDataModule(FolderDataModule):
             file = (self.root / path) if path else None
             problem = self._problem(file, labels, split, index)
             if problem:
-                self.bad_rows.append(f"{self.csv_path.name} line {line}: {problem}")
+                self.bad_rows.append((f"{self.csv_path.name} line {line}", problem))
                 continue
             samples.setdefault(split, []).append((str(file), self._label(labels, index)))
         self._report_bad_rows()
@@ -138,16 +138,21 @@ class CsvDataModule(FolderDataModule):
         row[[index[x] for x in labels]] = 1.0
         return row
 
+    def layout_problems(self) -> list[tuple[str, str]]:
+        """The rows left out (call after `split_samples`)."""
+        return list(self.bad_rows)
+
     def _report_bad_rows(self) -> None:
         if not self.bad_rows:
             return
-        for line in self.bad_rows[:SHOWN_BAD_ROWS]:
+        lines = [f"{where}: {why}" for where, why in self.bad_rows]
+        for line in lines[:SHOWN_BAD_ROWS]:
             log.warning(f"Row left out: {line}")
         more = len(self.bad_rows) - SHOWN_BAD_ROWS
         listing = self.artifacts_dir / "bad_rows.txt" if self.artifacts_dir else None
         if listing is not None and rank_zero_only.rank == 0:
             listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text("\n".join(self.bad_rows) + "\n", **PATH_TEXT)
+            listing.write_text("\n".join(lines) + "\n", **PATH_TEXT)
         log.warning(
             f"{len(self.bad_rows)} row(s) of {self.csv_path} left out"
             + (f" ({more} more than shown)" if more > 0 else "")

@@ -170,6 +170,16 @@ class FolderDataModule(ImageDataModule):
                 samples[name] = listed[folder]
         return samples
 
+    def layout_problems(self) -> list[tuple[str, str]]:
+        """(path, reason) for what the layout holds that training leaves out: class folders
+        without images (imgcls-verify lists them)."""
+        dirs = {d for d in self.split_dirs().values() if d is not None}
+        return [
+            (str(d / name), "class folder has no images")
+            for d in sorted(dirs)
+            for name in sorted(set(class_folders(d)) - set(self.class_dirs))
+        ]
+
     def _warn_of_classes_missing_from(self, samples: dict[str, list[Sample]]) -> None:
         """A class with too few images to carve into every split is in train only: say so."""
         for name in SPLIT_NAMES[1:]:
