@@ -192,10 +192,18 @@ def test_a_refused_resume_leaves_the_earlier_run_as_it_was(make_cfg, tmp_path: P
         ("model.class_weights=[1,-1]", "model.class_weights=[1, -1] is not allowed: null, bal"),
         ("model.class_weights=even", "model.class_weights='even' is not allowed: null, bal"),
         ("model.class_weights=[1,2]", "model.class_weights has 2 values for 10 classes"),
-        ("data.sampler=even", "data.sampler='even' is not one of random, balanced"),
+        ("data.sampler=even", "data.sampler='even' is not allowed: random or balanced"),
         ("data.folds=1", "data.folds=1 is not allowed: a whole number >= 2"),
         ("data.folds=5 data.fold=5", "data.fold=5 is not allowed with data.folds=5: folds are 0"),
         ("data.fold=2", "data.fold=2 needs data.folds"),
+        ("data=csv", "data.csv is not set: give it on the command line, data.csv=..."),
+        ("model.threshold=abc", "model.threshold='abc' is not allowed: fit, or a number in (0, 1)"),
+        ("model.task=multi", "model.task='multi' is not allowed: multiclass or multilabel"),
+        ("optimized_metric=val/map_best", "optimized_metric=val/map_best is not logged with"),
+        (
+            "model.task=multilabel callbacks.model_checkpoint.monitor=val/acc_balanced",
+            "callbacks.model_checkpoint.monitor=val/acc_balanced is not logged with model.task=mu",
+        ),
     ],
 )
 def test_values_out_of_range_are_one_line_before_any_work(make_cfg, override, says) -> None:

@@ -24,3 +24,14 @@ def test_imagenet_without_val_says_so(tmp_path: Path) -> None:
     write_class_tree(tmp_path / "train", ["n01440764"], per_class=1, suffix=".JPEG")
     with pytest.raises(UserError, match="not an ImageNet folder"):
         ImageNetDataModule(root=str(tmp_path)).split_samples()
+
+
+def test_k_folds_never_put_imagenets_val_images_which_are_its_test_split_in_training(
+    tmp_path: Path,
+) -> None:
+    root = write_imagenet(tmp_path / "imagenet", train_per_class=6, val_per_class=2)
+    samples = ImageNetDataModule(root=str(root), folds=2, fold=1).split_samples()
+    test = {p for p, _ in samples["test"]}
+    assert len(test) == 6
+    assert not test & {p for p, _ in samples["train"] + samples["val"]}
+    assert len(samples["train"]) + len(samples["val"]) == 18

@@ -6,13 +6,13 @@ several (`model.task=multilabel`).
     photos/0002.jpg,cat;dog,val
     photos/0003.jpg,dog person,
 
-`path` is relative to the CSV's folder (or `root`, or absolute); `labels` are separated by `;`
-or spaces; `split` (optional) is train, val or test, and splits no row names are carved from the
-train rows as for folders (`split`, `split_seed`, `folds`: FolderDataModule's). The classes are
-`classes` where given, else every label of the train rows, sorted. A row that cannot be used (no
-such file, no label, a label not among the classes, several labels for one-label data, an
-unknown split) is reported in one line and left out, never a crash; all of them are listed in
-`bad_rows.txt` in the run dir.
+`path` is relative to the CSV's folder (or `root`, or absolute); `labels` are separated by `;`,
+commas (in a quoted cell) or spaces; `split` (optional) is train, val or test, and splits no row
+names are carved from the train rows as for folders (`split`, `split_seed`, `folds`:
+FolderDataModule's). The classes are `classes` where given, else every label of the train rows,
+sorted. A row that cannot be used (no such file, no label, a label not among the classes,
+several labels for one-label data, an unknown split) is reported in one line and left out, never
+a crash; all of them are listed in `bad_rows.txt` in the run dir.
 """
 
 import csv
@@ -30,7 +30,7 @@ from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 COLUMNS = ("path", "labels", "split")
-LABEL_SEPARATORS = re.compile(r"[;\s]+")
+LABEL_SEPARATORS = re.compile(r"[;,\s]+")
 # bad rows shown one line each on the console (all of them are in bad_rows.txt)
 SHOWN_BAD_ROWS = 20
 
@@ -54,7 +54,8 @@ class CsvDataModule(FolderDataModule):
         """(line, path, labels, split) of every row, as written."""
         if not self.csv_path.is_file():
             raise UserError(f"data.csv={self.csv_path} is not a file. {self.expected}")
-        with open(self.csv_path, newline="", **PATH_TEXT) as f:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark
+        with open(self.csv_path, newline="", **{**PATH_TEXT, "encoding": "utf-8-sig"}) as f:
             reader = csv.DictReader(f)
             fields = [name.strip().lower() for name in reader.fieldnames or []]
             if not {"path", "labels"} <= set(fields):

@@ -137,8 +137,9 @@ class FolderDataModule(ImageDataModule):
             parts = stratified_split(strata, fractions, self.split_seed)
             for name, part in zip(("train", *missing), parts, strict=True):
                 samples[name] = [train[i] for i in part]
-        if self.folds:
-            pool = samples["train"] + samples.get("val", [])
+        if self.folds:  # a val split that is also the test split (ImageNet's) stays out
+            val = samples.get("val", [])
+            pool = samples["train"] + (val if val is not samples.get("test") else [])
             strata = [stratum(label) for _, label in pool]
             parts = fold_split(strata, self.folds, self.fold, self.split_seed)
             samples["train"], samples["val"] = ([pool[i] for i in part] for part in parts)

@@ -85,6 +85,8 @@ def check_task(task: str, temperature: float | str | None, threshold: float | st
     """The options of one task that the other cannot serve, refused at start in one line."""
     if task not in TASKS:
         raise UserError(f"model.task={task!r} is not one of {', '.join(TASKS)}.")
+    if threshold != "fit" and not (isinstance(threshold, int | float) and 0 < threshold < 1):
+        raise UserError(f"model.threshold={threshold!r} is not allowed: fit, or in (0, 1).")
     if task == "multilabel" and temperature is not None:
         raise UserError(
             "model.temperature scales a softmax; model.task=multilabel has a sigmoid per class "
@@ -95,8 +97,6 @@ def check_task(task: str, temperature: float | str | None, threshold: float | st
             f"model.threshold={threshold} applies to model.task=multilabel (a label per class "
             "above it); one label per image is the top class: leave model.threshold=0.5."
         )
-    if threshold != "fit" and not (isinstance(threshold, int | float) and 0 < threshold < 1):
-        raise UserError(f"model.threshold={threshold!r} is not allowed: fit, or in (0, 1).")
 
 
 class ImageClassifier(LightningModule):
@@ -373,7 +373,7 @@ class ImageClassifier(LightningModule):
         if counts is None:
             raise UserError(
                 "model.class_weights=balanced needs a data source that knows its train labels "
-                "(digits, cifar10, cifar100, folder, imagenet): give the weights as a list."
+                "(digits, cifar10, cifar100, folder, imagenet, csv): give the weights as a list."
             )
         if self.multilabel:  # counts: each class's positives
             total = len(datamodule.splits.train)

@@ -72,6 +72,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "null, balanced, or a list of numbers > 0, one per class",
     ),
     "model.temperature": (_temperature, "null, fit, or a number > 0"),
+    "model.task": (lambda v: v in ("multiclass", "multilabel"), "multiclass or multilabel"),
+    "model.threshold": (
+        lambda v: v == "fit" or (_number(0, 1, low_open=True)(v)),
+        "fit, or a number in (0, 1)",
+    ),
+    "data.sampler": (lambda v: v in ("random", "balanced"), "random or balanced"),
     "trainer.max_epochs": (_epochs, "a whole number >= 1, or -1 for no limit"),
     "trainer.min_epochs": (_optional(_whole(0)), "a whole number >= 0, or null"),
     "trainer.accumulate_grad_batches": (_whole(1), "a whole number >= 1"),
@@ -84,6 +90,7 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
         if value is not _ABSENT and not test(value):  # absent or ???: not this run's to check
             raise UserError(f"{key}={value!r} is not allowed: {allowed}.")
+    _check_data_given(cfg)
     _check_fold(cfg)
     _check_cpu_processes(cfg)
     _warn_of_double_balancing(cfg)
@@ -98,6 +105,14 @@ def _warn_of_double_balancing(cfg: DictConfig) -> None:
             "data.sampler=balanced and model.class_weights=balanced each even the classes out; "
             "together they over-correct (a rare class weighs about its rarity squared): use one."
         )
+
+
+def _check_data_given(cfg: DictConfig) -> None:
+    """A data source's mandatory value (`???`: data=folder's root, data=csv's csv) left unset."""
+    data = cfg.get("data")
+    for key in data or ():
+        if OmegaConf.is_missing(data, key):
+            raise UserError(f"data.{key} is not set: give it on the command line, data.{key}=...")
 
 
 def _check_fold(cfg: DictConfig) -> None:

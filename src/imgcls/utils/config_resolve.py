@@ -9,7 +9,7 @@ without changing it (settle.py writes them into it, with the rest of what a run 
 - `trainer.deterministic`: cuDNN's autotuner (`trainer.benchmark`) off, as it picks kernels by
   timing them, which differs between runs;
 - `model.task=multilabel`: the checkpoint, early-stopping and sweep metrics left at val/acc(_best)
-  become val/map(_best).
+  become val/map(_best); a metric the task does not log is refused.
 """
 
 from typing import Any
@@ -34,9 +34,16 @@ METRIC_KEYS = (
 )
 
 
+# the validation metrics (and their _best) one task logs and the other does not
+TASK_ONLY_METRICS = {
+    "multiclass": ("val/acc", "val/acc_top5", "val/acc_balanced"),
+    "multilabel": ("val/map", "val/f1_micro"),
+}
+
+
 def derived_values(cfg: DictConfig) -> dict[str, Any]:
     """{dotted key: the value the run uses}, for each value that differs from the config's."""
-    derived: dict[str, Any] = multilabel_metrics(cfg)
+    derived: dict[str, Any] = task_metrics(cfg)
     trainer = cfg.get("trainer")
     if trainer is None:
         return derived
@@ -63,15 +70,24 @@ def derived_values(cfg: DictConfig) -> dict[str, Any]:
     return derived
 
 
-def multilabel_metrics(cfg: DictConfig) -> dict[str, Any]:
-    if (cfg.get("model") or {}).get("task") != "multilabel":
-        return {}
+def task_metrics(cfg: DictConfig) -> dict[str, Any]:
+    """The checkpoint, early-stopping and sweep metrics of the model's task: the accuracy
+    defaults become mAP for several labels per image; a metric the task does not log is
+    refused now rather than after an epoch (or a whole run)."""
+    task = (cfg.get("model") or {}).get("task", "multiclass")
+    other = "multiclass" if task == "multilabel" else "multilabel"
     derived = {}
     for key in METRIC_KEYS:
         value = OmegaConf.select(cfg, key, default=None)
-        if value in MULTILABEL_METRICS:
+        if task == "multilabel" and value in MULTILABEL_METRICS:
             derived[key] = MULTILABEL_METRICS[value]
             log.info(f"model.task=multilabel: {key}={derived[key]} (it has no {value})")
+        elif isinstance(value, str) and value.removesuffix("_best") in TASK_ONLY_METRICS[other]:
+            ours = ", ".join(TASK_ONLY_METRICS[task])
+            raise UserError(
+                f"{key}={value} is not logged with model.task={task}: use one of {ours} "
+                "(or val/f1_macro, val/loss; _best for a sweep's optimized_metric)."
+            )
     return derived
 
 
