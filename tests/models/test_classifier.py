@@ -1,13 +1,18 @@
 """models/classifier.py: the metrics it logs and the loss it trains with."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 from torchmetrics.classification import MulticlassF1Score
 
+from imgcls.data.folder import FolderDataModule
 from imgcls.models.classifier import ImageClassifier, accuracy_metrics, balanced_class_weights
 from imgcls.utils.errors import UserError
+from tests.data_factory import write_class_tree
 from tests.helpers import SGD
 
 
@@ -109,3 +114,30 @@ def test_classifier_loss_uses_label_smoothing() -> None:
     logits, labels = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
     expected = nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
     torch.testing.assert_close(model.criterion(logits, labels).mean(), expected)
+
+
+def test_an_imbalance_nothing_evens_out_is_said_at_fit_start(tmp_path: Path, caplog) -> None:
+    """10x or more between the train split's largest and smallest class: one line naming the
+    options, unless the draw or the loss already evens it out."""
+    root = write_class_tree(tmp_path / "photos", ["cat", "dog"], per_class=15)
+    write_class_tree(root, ["rare"], per_class=1)  # train: 10 cats, 10 dogs, 1 rare
+
+    def said(sampler: str = "random", **model_options) -> str:
+        datamodule = FolderDataModule(root=str(root), sampler=sampler)
+        model = ImageClassifier(
+            net={"name": "lenet"},
+            num_classes=3,
+            optimizer=SGD,
+            class_names=datamodule.class_names,
+            **model_options,
+        )
+        model.trainer = SimpleNamespace(datamodule=datamodule)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            model.setup("fit")
+        return caplog.text
+
+    assert "The train split is imbalanced: cat has 10 images, rare 1." in said()
+    assert "data.sampler=balanced or model.class_weights=balanced" in said()
+    assert "imbalanced" not in said(sampler="balanced")
+    assert "imbalanced" not in said(class_weights="balanced")

@@ -31,8 +31,6 @@ from imgcls.utils.seeding import reseed
 log = get_logger(__name__)
 
 SAMPLERS = ("random", "balanced")
-# the ratio of the train split's largest class to its smallest from which a run says so
-IMBALANCE_RATIO = 10
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
@@ -200,7 +198,6 @@ class ImageDataModule(LightningDataModule, ABC):
                     "in_memory = True and returns TensorDatasets of (uint8 images, labels)."
                 )
             self.splits = splits
-            self._report_imbalance()
 
     def class_counts(self, split: str = "train") -> torch.Tensor | None:
         """Images per class in a split (with several labels per image, each class's positives),
@@ -211,24 +208,6 @@ class ImageDataModule(LightningDataModule, ABC):
         if labels.ndim == 2:
             return labels.sum(dim=0).long()
         return torch.bincount(labels, minlength=self.num_classes)
-
-    def _report_imbalance(self) -> None:
-        if self.multilabel or self.sampler == "balanced":
-            return
-        counts = self.class_counts("train")
-        if counts is None or not (counts > 0).any():
-            return
-        largest = int(counts.argmax())
-        smallest = int(torch.where(counts > 0, counts, counts.max() + 1).argmin())
-        if counts[largest] < IMBALANCE_RATIO * counts[smallest]:
-            return
-        names = self.class_names
-        log.warning(
-            f"The train split is imbalanced: {names[largest]} has {int(counts[largest])} images, "
-            f"{names[smallest]} {int(counts[smallest])}. data.sampler=balanced or "
-            "model.class_weights=balanced even it out; val/acc_balanced and val/f1_macro measure "
-            "it (callbacks.model_checkpoint.monitor=val/acc_balanced)."
-        )
 
     def resolved_workers(self) -> int:
         if self.num_workers != "auto":

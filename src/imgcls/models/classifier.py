@@ -43,6 +43,8 @@ RUN_LENGTH = "imgcls_run_length"
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level")
 
 
+# the ratio of the train split's largest class to its smallest from which a run says so
+IMBALANCE_RATIO = 10
 # per task, the validation scores whose best so far is logged as val/<name>_best: any of them can
 # pick the checkpoint (callbacks.model_checkpoint.monitor) and be a sweep's optimized_metric
 BEST_TRACKED = {
@@ -359,9 +361,12 @@ class ImageClassifier(LightningModule):
 
     def setup(self, stage: str) -> None:
         """`class_weights=balanced` from the train split's class counts (before the model moves
-        to its device and a resume restores its state)."""
+        to its device and a resume restores its state); an imbalance nothing evens out, said."""
+        if stage != "fit":
+            return
+        self._say_if_imbalanced()
         weights = self.hparams.class_weights
-        if stage != "fit" or not isinstance(weights, str):
+        if not isinstance(weights, str):
             return
         if weights != "balanced":
             raise UserError(
@@ -382,6 +387,32 @@ class ImageClassifier(LightningModule):
             self._set_class_weights(balanced_class_weights(counts))
         named = zip(self.class_names, self.hparams.class_weights, strict=True)
         log.info(f"Class weights (balanced): {', '.join(f'{n} {w:.3g}' for n, w in named)}")
+
+    def _say_if_imbalanced(self) -> None:
+        """One line when the train split's largest class has IMBALANCE_RATIO times the images
+        of its smallest or more, and neither the loss nor the draw evens it out."""
+        datamodule = self.trainer.datamodule
+        if (
+            self.multilabel
+            or self.hparams.class_weights is not None
+            or datamodule is None
+            or getattr(datamodule, "sampler", None) == "balanced"
+        ):
+            return
+        counts = datamodule.class_counts("train")
+        if counts is None or not (counts > 0).any():
+            return
+        largest = int(counts.argmax())
+        smallest = int(torch.where(counts > 0, counts, counts.max() + 1).argmin())
+        if counts[largest] < IMBALANCE_RATIO * counts[smallest]:
+            return
+        names = self.class_names
+        log.warning(
+            f"The train split is imbalanced: {names[largest]} has {int(counts[largest])} images, "
+            f"{names[smallest]} {int(counts[smallest])}. data.sampler=balanced or "
+            "model.class_weights=balanced even it out; val/acc_balanced and val/f1_macro measure "
+            "it (callbacks.model_checkpoint.monitor=val/acc_balanced)."
+        )
 
     def _set_class_weights(self, weights: list[float], record: bool = True) -> None:
         """The loss's class weights; `record`: also the checkpoint's hyperparameters."""
