@@ -54,6 +54,9 @@ LAYOUTS = (
 
 
 class FolderDataModule(ImageDataModule):
+    #: what a user is told the source expects, after a mistake
+    expected = f"Expected {LAYOUTS}."
+
     def __init__(
         self,
         root: str,
@@ -150,9 +153,6 @@ class FolderDataModule(ImageDataModule):
                 raise UserError(f"The {name} split of {self.root} has no images. {self.expected}")
         self._warn_of_classes_missing_from(samples)
         return samples
-
-    #: what a user is told the source expects, after a mistake
-    expected = f"Expected {LAYOUTS}."
 
     def listed_samples(self) -> dict[str, list[Sample]]:
         """The samples of the splits that have folders of their own."""

@@ -364,7 +364,9 @@ class ImageClassifier(LightningModule):
         to its device and a resume restores its state); an imbalance nothing evens out, said."""
         if stage != "fit":
             return
-        self._say_if_imbalanced()
+        datamodule = self.trainer.datamodule
+        counts = datamodule.class_counts("train") if datamodule is not None else None
+        self._say_if_imbalanced(counts, getattr(datamodule, "sampler", None))
         weights = self.hparams.class_weights
         if not isinstance(weights, str):
             return
@@ -373,8 +375,6 @@ class ImageClassifier(LightningModule):
                 f"model.class_weights={weights!r} is not allowed: balanced, a list of "
                 f"{self.hparams.num_classes} numbers or null."
             )
-        datamodule = self.trainer.datamodule
-        counts = datamodule.class_counts("train") if datamodule is not None else None
         if counts is None:
             raise UserError(
                 "model.class_weights=balanced needs a data source that knows its train labels "
@@ -388,18 +388,11 @@ class ImageClassifier(LightningModule):
         named = zip(self.class_names, self.hparams.class_weights, strict=True)
         log.info(f"Class weights (balanced): {', '.join(f'{n} {w:.3g}' for n, w in named)}")
 
-    def _say_if_imbalanced(self) -> None:
-        """One line when the train split's largest class has IMBALANCE_RATIO times the images
-        of its smallest or more, and neither the loss nor the draw evens it out."""
-        datamodule = self.trainer.datamodule
-        if (
-            self.multilabel
-            or self.hparams.class_weights is not None
-            or datamodule is None
-            or getattr(datamodule, "sampler", None) == "balanced"
-        ):
+    def _say_if_imbalanced(self, counts: Tensor | None, sampler: str | None) -> None:
+        """One line when the train split's largest class (`counts`) has IMBALANCE_RATIO times
+        the images of its smallest or more, and neither the loss nor the draw evens it out."""
+        if self.multilabel or self.hparams.class_weights is not None or sampler == "balanced":
             return
-        counts = datamodule.class_counts("train")
         if counts is None or not (counts > 0).any():
             return
         largest = int(counts.argmax())

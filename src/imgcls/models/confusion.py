@@ -65,16 +65,18 @@ def class_averaged_scores(confusion: Tensor) -> dict[str, Tensor]:
     }
 
 
+def ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator, 0 where there is nothing to divide by (torchmetrics'
+    `zero_division=0`), with no host read."""
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1), 0.0)
+
+
 def per_class_scores(confusion: Tensor) -> dict[str, Tensor]:
     """Support, precision, recall and F1 of every class, from a confusion matrix (rows true);
     a score with nothing to divide by is 0, as torchmetrics' `zero_division=0`."""
     counts = confusion.double()
     right = counts.diag()
     support, predicted = counts.sum(dim=1), counts.sum(dim=0)
-
-    def ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-        return torch.where(denominator > 0, numerator / denominator.clamp(min=1), 0.0)
-
     return {
         "support": confusion.sum(dim=1),
         "precision": ratio(right, predicted),

@@ -20,6 +20,8 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
+from imgcls.models.confusion import ratio
+
 TASKS = ("multiclass", "multilabel")
 
 
@@ -108,10 +110,6 @@ def per_class_scores(probs: Tensor, targets: Tensor, thresholds: Tensor) -> dict
     present = probs >= thresholds
     right = (present & (targets > 0)).sum(dim=0).double()
     support, predicted = targets.sum(dim=0).double(), present.sum(dim=0).double()
-
-    def ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-        return torch.where(denominator > 0, numerator / denominator.clamp(min=1), 0.0)
-
     return {
         "support": targets.sum(dim=0),
         "ap": multilabel_average_precision(probs, targets, classes, average=None),
