@@ -20,13 +20,14 @@ class KillAtStep(Callback):
 
 
 class SignalAtStep(Callback):
-    """Send this process `name` (SIGTERM, SIGUSR1) during training step `step` + 1."""
+    """Send this process `name` (SIGTERM, SIGUSR1) during training step `step` + 1; under DDP,
+    only the process of global rank `rank` (a scheduler preempting one node)."""
 
-    def __init__(self, step: int, name: str) -> None:
-        self.step, self.signum = step, getattr(signal, name)
+    def __init__(self, step: int, name: str, rank: int = 0) -> None:
+        self.step, self.signum, self.rank = step, getattr(signal, name), rank
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
             os.kill(os.getpid(), self.signum)
 
 

@@ -5,7 +5,8 @@ fails, loudly, on a Lightning version that renames one (then the owning module n
 - callbacks/nonfinite.py reads ModelCheckpoint's step interval;
 - callbacks/lr_monitor.py repeats LearningRateMonitor._extract_stats with host values;
 - callbacks/model_checkpoint.py reads ModelCheckpoint's last saved step;
-- loggers.py replaces the CSV writer's check of an existing log dir.
+- loggers.py replaces the CSV writer's check of an existing log dir;
+- callbacks/preemption.py switches off the epoch loop's per-step broadcast of rank 0's SIGTERM.
 """
 
 import inspect
@@ -74,3 +75,13 @@ def test_the_ema_callback_internals_imgcls_sets_are_there() -> None:
     ema = EMAWeightAveraging(decay=0.9)
     assert {"_average_model", "_device", "_use_buffers"} <= set(vars(ema))
     assert "self._average_model" in inspect.getsource(EMAWeightAveraging.on_train_batch_end)
+
+
+def test_the_per_step_sigterm_broadcast_preemption_replaces_is_still_called_by_name() -> None:
+    """callbacks/preemption.py sets `_broadcast_sigterm_tensor` on the fit loop's epoch loop to
+    a no-op (it reads a device value back at every step); on a Lightning that renames it, the
+    per-step wait would silently come back."""
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    assert callable(_TrainingEpochLoop._broadcast_sigterm_tensor)
+    assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)

@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from imgcls import CONFIG_DIR
-from imgcls.utils import ddp_hydra
+from imgcls.utils import cluster, ddp_hydra
 from imgcls.utils.config_hints import with_key_hints
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -60,6 +60,7 @@ def task_main(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[]
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
     def hydra_entry(cfg: DictConfig) -> Any:
         def job() -> Any:
+            cluster.claim_rank(cfg.get("trainer"))
             ddp_hydra.install()
             apply_extras(cfg)
             try:

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch.distributed
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
 from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
 
@@ -75,7 +76,8 @@ def hydra_child_command(local_rank: int) -> tuple[list[str], str]:
     command += [
         "hydra.mode=RUN",
         f'hydra.run.dir="{output_dir}"',
-        f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
+        # the global rank: this node's first (utils/cluster.claim_rank) plus the local one
+        f"hydra.job.name=${{task_name}}_rank{rank_zero_only.rank + local_rank}",
         "hydra.output_subdir=null",
     ]
     return command, get_original_cwd()

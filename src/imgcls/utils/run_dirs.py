@@ -6,7 +6,8 @@ Hydra names a run's dir after the time, to the second: two commands started in t
 `mkdir`, or `<name>_2`, `<name>_3`, ... where another run got there first. Hydra resolves it once
 per command (it caches resolved values and copies them into each sweep job's config): the jobs
 of a sweep share its dir, and the DDP ranks Lightning starts are handed the dir on their command
-line (utils/ddp_hydra.py).
+line (utils/ddp_hydra.py). The processes a cluster launcher starts (srun, torchrun) share one
+dir named after their job instead (`run_dir`, utils/cluster.py).
 
 While a training runs, `running.lock` in its dir names its process (pid and host), created
 atomically: a resume (`ckpt_path=last` or a path) never writes into a run that is still going.
@@ -23,10 +24,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from imgcls.utils import cluster
 from imgcls.utils.errors import UserError
 
-RESOLVER = "unique_dir"
 LOCK_FILE = "running.lock"
+# how a run ended (utils/run_record.py); its presence marks a dir that holds a run
+STATUS_FILE = "status.json"
 
 
 def unique_dir(parent: str, name: str) -> str:
@@ -51,9 +54,41 @@ def unique_dir(parent: str, name: str) -> str:
     raise AssertionError("unreachable")
 
 
+def run_dir(parent: str, name: str, num_nodes: int = 1, devices: object = 1) -> str:
+    """A run's dir: `unique_dir(parent, name)`, or for the processes of a cluster job, the one
+    dir their job's name gives them all (made by whichever comes first). Rank 0 refuses a dir
+    that already holds a run (a reused `--rdzv-id`): finished work is never written over."""
+    process = cluster.cluster_process(cluster.as_count(num_nodes), cluster.as_count(devices))
+    if process is None:
+        return unique_dir(parent, name)
+    if process.shared_name is None:
+        via = " or torchrun --rdzv-id=<job id>" if process.launcher == "torchrun" else ""
+        raise SystemExit(
+            f"UserError: the processes started by {process.launcher} need one run dir: add "
+            f"hydra.run.dir=<a folder every node can reach> (the same on every node){via}."
+        )
+    folder = Path(parent).expanduser() / process.shared_name
+    if process.rank == 0 and (folder / STATUS_FILE).exists():
+        raise SystemExit(
+            f"UserError: {folder} holds an earlier run of the same job name: give this job its "
+            "own (torchrun --rdzv-id) or set hydra.run.dir."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
+RESOLVERS = {
+    "unique_dir": unique_dir,
+    "run_dir": run_dir,
+    "rank_log_name": cluster.job_log_name,
+    "rank_zero_subdir": cluster.config_subdir,
+}
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, unique_dir, use_cache=True)
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=True)
 
 
 def holder(run_dir: str | Path) -> dict | None:

@@ -21,10 +21,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from imgcls.utils.errors import UserError
+from imgcls.utils.run_dirs import STATUS_FILE
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
-STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 
 

@@ -1,0 +1,173 @@
+"""Two nodes on this machine: each a `python train.py` of its own, started with the environment
+a cluster gives it (Lightning's variables typed on each node, torchrun, SLURM's srun), meeting
+over gloo on 127.0.0.1. What the README's "Train on a cluster" section promises is checked here:
+one run dir, one set of checkpoints, the same metrics on every rank, no process left over, and
+a preemption signal on one node saving and stopping the whole job, which then resumes."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls import REPO_ROOT
+from tests.helpers import CLI_QUIET, dirs_under, processes_mentioning
+
+# 2 nodes x 1 process, 4 steps an epoch of 100 digits a batch on each, 2 epochs, then test
+RUN = [
+    "trainer=ddp_sim",
+    "trainer.devices=1",
+    "trainer.num_nodes=2",
+    "model=cifar_quick",
+    "data.batch_size=100",
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=4",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    *CLI_QUIET,
+]
+NODES = 2
+# what a cluster's launcher would set in every process, and what it sets per node
+SLURM_JOB = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_ID": "0",
+    "SLURM_JOB_NAME": "imgcls",
+    "SLURM_NTASKS": "2",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_NNODES": "2",
+    "SLURM_NODELIST": "localhost",
+    "SLURM_LOCALID": "0",
+}
+RUN_DIR_NAME = {"lightning": "job", "torchrun": "torchrun-job42", "slurm": "slurm-4242.0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_command(
+    launcher: str, node: int, port: int, log_dir: Path, extra: list[str], env_extra: dict
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of node `node`, as its launcher starts it."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE")
+    }
+    env.update(HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **env_extra)
+    args = [*RUN, f"paths.log_dir={log_dir}", *extra]
+    train = str(REPO_ROOT / "train.py")
+    if launcher == "lightning":
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node))
+        return [sys.executable, train, *args, f"hydra.run.dir={log_dir}/train/runs/job"], env
+    if launcher == "torchrun":
+        torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={NODES}"]
+        torchrun += [f"--node-rank={node}", "--nproc-per-node=1", "--master-addr=127.0.0.1"]
+        torchrun += [f"--master-port={port}", "--rdzv-id=job42"]
+        return [*torchrun, train, *args], env
+    env.update(SLURM_JOB, SLURM_PROCID=str(node), SLURM_NODEID=str(node), MASTER_PORT=str(port))
+    return [sys.executable, train, *args], env
+
+
+def run_nodes(
+    launcher: str, log_dir: Path, *extra: str, env_extra: dict | None = None
+) -> list[subprocess.CompletedProcess]:
+    """Start every node's command at once and wait for all of them."""
+    port = free_port()
+    started = []
+    for node in range(NODES):
+        command, env = node_command(launcher, node, port, log_dir, list(extra), env_extra or {})
+        started.append(
+            subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, text=True,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+    finished = []
+    for process in started:
+        out, _ = process.communicate(timeout=300)
+        finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, ""))
+    return finished
+
+
+def rank_metrics(run: Path) -> dict[int, dict]:
+    per_rank = {}
+    for log_file in run.glob("train*.log"):
+        for rank, metrics in re.findall(r"rank (\d) metrics: (\{.*\})", log_file.read_text()):
+            per_rank[int(rank)] = json.loads(metrics)
+    return per_rank
+
+
+def outputs(done: list[subprocess.CompletedProcess]) -> str:
+    return "\n".join(f"--- node {i}:\n{p.stdout[-3000:]}" for i, p in enumerate(done))
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.parametrize("launcher", ["lightning", "torchrun", "slurm"])
+def test_two_nodes_write_one_run_with_the_same_metrics(tmp_path: Path, launcher: str) -> None:
+    done = run_nodes(launcher, tmp_path)
+    assert [p.returncode for p in done] == [0, 0], outputs(done)
+    run = tmp_path / "train" / "runs" / RUN_DIR_NAME[launcher]
+    rel = run.relative_to(tmp_path).as_posix()
+    made = {f"{rel}/{d}" for d in (".hydra", "checkpoints", "tensorboard", "csv")}
+    assert dirs_under(tmp_path) == {"train", "train/runs", rel, *made}, outputs(done)
+    logs = sorted(p.name for p in run.glob("*.log"))
+    assert logs == ["train.log", "train_rank1.log"]
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and "best.ckpt" in checkpoints
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    per_rank = rank_metrics(run)
+    assert set(per_rank) == {0, 1}, outputs(done)
+    for name in ("val/acc", "val/loss", "test/acc", "train/loss"):
+        assert per_rank[0][name] == pytest.approx(per_rank[1][name]), name
+    assert processes_mentioning(tmp_path) == []
+
+
+def test_nodes_started_by_hand_without_a_shared_run_dir_stop_in_one_line(tmp_path: Path) -> None:
+    command, env = node_command("lightning", 1, free_port(), tmp_path, [], {})
+    command.remove(f"hydra.run.dir={tmp_path}/train/runs/job")
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "need one run dir: add hydra.run.dir=" in done.stderr + done.stdout
+    assert not (tmp_path / "train" / "runs").exists() or not any(
+        (tmp_path / "train" / "runs").iterdir()
+    )
+
+
+@pytest.mark.slow(seconds=40)
+def test_a_signal_on_one_node_saves_and_stops_the_whole_job_which_resumes(
+    tmp_path: Path,
+) -> None:
+    fault = [
+        "+callbacks.fault._target_=tests.faults.SignalAtStep",
+        "+callbacks.fault.step=4",
+        "+callbacks.fault.name=SIGTERM",
+        "+callbacks.fault.rank=1",
+    ]
+    done = run_nodes("slurm", tmp_path, *fault, "trainer.max_epochs=3")
+    assert [p.returncode for p in done] == [0, 0], outputs(done)
+    run = tmp_path / "train" / "runs" / "slurm-4242.0"
+    assert json.loads((run / "status.json").read_text())["status"] == "preempted"
+    last = run / "checkpoints" / "last.ckpt"
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert 5 <= stopped_at < 12  # saved at the step after the signal, not at the end
+    assert processes_mentioning(tmp_path) == []
+
+    # SLURM requeues the job: same job id, its restart count up by one
+    again = run_nodes(
+        "slurm", tmp_path, "ckpt_path=last", "trainer.max_epochs=3",
+        env_extra={"SLURM_RESTART_COUNT": "1"},
+    )  # fmt: skip
+    assert [p.returncode for p in again] == [0, 0], outputs(again)
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert torch.load(last, weights_only=True)["global_step"] == 12
+    per_rank = rank_metrics(tmp_path / "train" / "runs" / "slurm-4242.0_r1")
+    assert per_rank[0]["test/acc"] == pytest.approx(per_rank[1]["test/acc"])
+    assert processes_mentioning(tmp_path) == []
