@@ -120,7 +120,7 @@ def test_two_nodes_write_one_run_with_the_same_metrics(tmp_path: Path, launcher:
     logs = sorted(p.name for p in run.glob("*.log"))
     assert logs == ["train.log", "train_rank1.log"]
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert "last.ckpt" in checkpoints and "best.ckpt" in checkpoints
+    assert {"last.ckpt", "best.ckpt"} <= set(checkpoints)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     per_rank = rank_metrics(run)

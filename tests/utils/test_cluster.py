@@ -49,7 +49,8 @@ def test_torchrun_on_one_node_names_the_dir_after_its_agent(monkeypatch) -> None
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     name = cluster.cluster_process().shared_name
-    assert name.endswith("_torchrun") and name == cluster.cluster_process().shared_name
+    assert name.endswith("_torchrun")
+    assert name == cluster.cluster_process().shared_name
 
 
 def test_an_interactive_slurm_shell_and_lightnings_own_children_are_not_launched_ranks(

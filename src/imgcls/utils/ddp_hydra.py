@@ -30,9 +30,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch.distributed
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
 from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
+from lightning.pytorch.utilities import rank_zero_only
 
 # how long the main process may take to leave a job after a rank died, before it is killed
 MAIN_EXIT_GRACE_S = 60.0

@@ -21,8 +21,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from imgcls.utils.errors import UserError
-from imgcls.utils.run_dirs import STATUS_FILE
 from imgcls.utils.logging import get_logger
+from imgcls.utils.run_dirs import STATUS_FILE
 
 log = get_logger(__name__)
 METRICS_FILE = "metrics.json"
