@@ -229,3 +229,15 @@ def write_label_csv(root: Path, per_class: int = 20) -> Path:
             rows.append(f"{name}/{i:03d}.jpg,{name}{extra}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root / "labels.csv"
+
+
+def write_shard_set(root: Path, classes: Sequence[str] = ("a", "b"), per_class: int = 10) -> Path:
+    """root/shards: a class tree of photos written as LitData shards (data=shards)."""
+    from imgcls.data.folder import FolderDataModule
+    from imgcls.data.shards import write_shards
+
+    photos = write_class_tree(root / "photos", classes, per_class)
+    source = FolderDataModule(root=str(photos), artifacts_dir=str(root / "shards"))
+    samples, names = source.split_samples(), source.class_names
+    write_shards(samples, names, False, photos, root / "shards", workers=1)
+    return root / "shards"

@@ -15,6 +15,7 @@ from tests.data_factory import (
     write_class_tree,
     write_imagenet,
     write_label_csv,
+    write_shard_set,
 )
 
 GROUPS = [
@@ -45,6 +46,7 @@ DATA_ON_DISK = {
     ),
     "imgcls.data.imagenet.ImageNetDataModule": ("root", write_imagenet),
     "imgcls.data.csv_source.CsvDataModule": ("csv", write_label_csv),
+    "imgcls.data.shards.ShardsDataModule": ("root", write_shard_set),
 }
 
 

@@ -85,3 +85,14 @@ def test_the_per_step_sigterm_broadcast_preemption_replaces_is_still_called_by_n
 
     assert callable(_TrainingEpochLoop._broadcast_sigterm_tensor)
     assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
+
+
+def test_litdata_still_builds_its_object_store_client_from_the_options_shards_extend() -> None:
+    """data/shards.py adds allow_http to LitData's obstore client options (an http endpoint,
+    a local MinIO or the tests' server, fails without it)."""
+    from litdata.streaming import downloader
+
+    import imgcls.data.shards  # noqa: F401  (sets it)
+
+    assert downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] is True
+    assert "client_options=_OBSTORE_CLIENT_OPTIONS" in inspect.getsource(downloader)

@@ -20,6 +20,7 @@ import io
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 from rich.console import Console
@@ -27,9 +28,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from imgcls.data.decode import BadImageError, parse_header
 from imgcls.data.files import PATH_TEXT, list_images, shown
+from imgcls.utils.errors import UserError
 from imgcls.utils.machine import available_cpus
 
 SKIPPED_FILE = "skipped_files.txt"
+# what reading or re-encoding a file that is no image raises
+BAD_IMAGE_ERRORS = (BadImageError, OSError, ValueError, SyntaxError)
 
 
 def target_size(width: int, height: int, short_side: int | None, long_side: int | None) -> tuple:
@@ -42,28 +46,32 @@ def target_size(width: int, height: int, short_side: int | None, long_side: int 
     return (max(1, round(width * scale)), max(1, round(height * scale)))
 
 
+def shrunk_jpeg(data: bytes, short_side: int | None, long_side: int | None, quality: int) -> bytes:
+    """An image file's bytes as a plain RGB JPEG within the bound: the bytes themselves where
+    they already are one. Raises BadImageError (or OSError, ValueError) for what is no image."""
+    header = parse_header(data)  # raises for what is not an image
+    size = target_size(*header.size, short_side, long_side)
+    plain = header.format == "JPEG" and header.mode == "RGB" and not header.progressive
+    if plain and header.orientation in (None, 1) and size == header.size:
+        return data  # already as small and as plain as asked: copied, not re-encoded
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", size)  # decode JPEGs at a reduced scale where possible
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        size = target_size(*image.size, short_side, long_side)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        return buffer.getvalue()
+
+
 def prepare_one(
     source: str, target: str, short_side: int | None, long_side: int | None, quality: int
 ) -> str | None:
     """Write `target` from `source`; the reason it was skipped, or None."""
     try:
-        data = Path(source).read_bytes()
-        header = parse_header(data)  # raises for what is not an image
-        size = target_size(*header.size, short_side, long_side)
-        plain = header.format == "JPEG" and header.mode == "RGB" and not header.progressive
-        if plain and header.orientation in (None, 1) and size == header.size:
-            out = data  # already as small and as plain as asked: copied, not re-encoded
-        else:
-            with Image.open(io.BytesIO(data)) as image:
-                image.draft("RGB", size)  # decode JPEGs at a reduced scale where possible
-                image = ImageOps.exif_transpose(image).convert("RGB")
-                size = target_size(*image.size, short_side, long_side)
-                if size != image.size:
-                    image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-                buffer = io.BytesIO()
-                image.save(buffer, "JPEG", quality=quality)
-                out = buffer.getvalue()
-    except (BadImageError, OSError, ValueError, SyntaxError) as err:
+        out = shrunk_jpeg(Path(source).read_bytes(), short_side, long_side, quality)
+    except BAD_IMAGE_ERRORS as err:
         return str(err)
     staged = Path(target).with_name(f".{Path(target).name}.tmp")
     staged.parent.mkdir(parents=True, exist_ok=True)
@@ -117,22 +125,85 @@ def prepare(
     return skipped
 
 
+def source_module(src: Path, source: str, multilabel: bool, split_seed: int, dst: Path) -> Any:
+    """The data module whose splits the shards hold: SRC as training would read it."""
+    from imgcls.data.csv_source import CsvDataModule
+    from imgcls.data.folder import FolderDataModule
+    from imgcls.data.imagenet import ImageNetDataModule
+
+    if source == "auto":
+        source = "csv" if src.suffix.lower() == ".csv" else "folder"
+    common = {"split_seed": split_seed, "artifacts_dir": str(dst), "multilabel": multilabel}
+    if source == "csv":
+        return CsvDataModule(csv=str(src), **common)
+    if multilabel:
+        raise SystemExit("--multilabel needs a CSV source (a folder gives one label per image).")
+    if source == "imagenet":
+        return ImageNetDataModule(root=str(src), **common)
+    return FolderDataModule(root=str(src), **common)
+
+
+def prepare_shards(args: argparse.Namespace, short_side: int | None) -> None:
+    from imgcls.data.shards import write_shards
+
+    dst = args.dst.expanduser().resolve()
+    try:
+        module = source_module(
+            args.src.expanduser(), args.source, args.multilabel, args.split_seed, dst
+        )
+        samples, classes = module.split_samples(), module.class_names
+    except UserError as err:
+        raise SystemExit(f"UserError: {err}") from None
+    root = module.root.resolve()
+    if dst == root or root in dst.parents:
+        raise SystemExit(f"Write the shards outside {root} (DST={dst} is inside it).")
+    write_shards(
+        samples, classes, module.multilabel, root, dst, args.workers or available_cpus(),
+        keep_bytes=args.as_is, short_side=short_side, long_side=args.long_side,
+        quality=args.quality, skipped_file=SKIPPED_FILE,
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", type=Path, help="the dataset: a folder tree of class folders")
+    parser.add_argument(
+        "src", type=Path, help="the dataset: a folder tree of class folders (or, for shards, a CSV)"
+    )
     parser.add_argument("dst", type=Path, help="where the prepared copy goes")
+    parser.add_argument(
+        "--format", choices=("files", "shards"), default="files",
+        help="files: the same tree of smaller JPEGs; shards: LitData chunks (data=shards)",
+    )  # fmt: skip
     parser.add_argument("--short-side", type=int, help="bound the shorter side (px); default 320")
     parser.add_argument("--long-side", type=int, help="bound the longer side (px)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality; default: 90")
     parser.add_argument("--workers", type=int, help="processes; default: every CPU")
+    shards = parser.add_argument_group("shards")
+    shards.add_argument(
+        "--source", choices=("auto", "folder", "imagenet", "csv"), default="auto",
+        help="how SRC is read, as data=<source> reads it; auto: csv for a .csv file, else folder",
+    )  # fmt: skip
+    shards.add_argument("--multilabel", action="store_true", help="a CSV of several labels each")
+    shards.add_argument("--as-is", action="store_true", help="store each file's bytes unchanged")
+    shards.add_argument(
+        "--split-seed", type=int, default=0, help="the seed missing splits are carved with"
+    )
     args = parser.parse_args()
     short_side = args.short_side or (None if args.long_side else 320)
+    console = Console(soft_wrap=True)  # commands and paths printed whole, to copy
+    if args.format == "shards":
+        prepare_shards(args, short_side)
+        root = "data.root=" + shown(args.dst.expanduser().resolve())
+        skipped_file = args.dst / SKIPPED_FILE
+        if skipped_file.is_file():
+            console.print(f"[yellow]Unreadable files were skipped: listed in {shown(skipped_file)}")
+        console.print(f"Prepared. Train on it with: data=shards {root}")
+        return
     skipped = prepare(args.src, args.dst, short_side, args.long_side, args.quality, args.workers)
-    console = Console()
     if skipped:
         console.print(
             f"[yellow]Skipped {len(skipped)} unreadable file(s): listed in "

@@ -69,11 +69,15 @@ class EncodedJPEG(NamedTuple):
 def read_for_device(path: str | Path, min_side: int | None = None) -> Tensor | EncodedJPEG:
     """A loader worker's share: the bytes of a plain JPEG, or the decoded pixels of anything
     else (as `read_rgb` gives them). Raises BadImageError for what is not an image."""
-    data = Path(path).read_bytes()
+    return for_device(Path(path).read_bytes(), str(path), min_side)
+
+
+def for_device(data: bytes, name: str, min_side: int | None = None) -> Tensor | EncodedJPEG:
+    """An image's bytes as `read_for_device` gives them (`name` says where they came from)."""
     header = parse_header(data)
     plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L")
     if plain_jpeg and not header.progressive and header.orientation in (None, 1):
-        return EncodedJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8), str(path))
+        return EncodedJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8), name)
     return decode_any(data, header, min_side)
 
 
