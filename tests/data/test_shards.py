@@ -18,9 +18,9 @@ from lightning.pytorch.callbacks import Callback
 from imgcls.prepare import SKIPPED_FILE
 from imgcls.prepare import main as prepare_main
 from imgcls.train import train
-from imgcls.utils.compose import compose_config
+from imgcls.utils.compose import compose_config, instantiate
 from imgcls.utils.errors import UserError
-from tests.data_factory import BAD, photo_tree
+from tests.data_factory import BAD, photo_tree, write_label_csv
 from tests.helpers import CLI_QUIET, run_cli
 
 # 64 train images (one of the 65 is no image) in batches of 16: 4 steps an epoch, 2 epochs
@@ -200,3 +200,21 @@ def test_training_streams_shards_from_an_object_store(
     metrics, _ = train(cfg)
     assert metrics["test/acc"] > 0.5  # three colours: learnt from the streamed photos
     assert list(cache.rglob("chunk-*.bin"))  # streamed, cached here
+
+
+def test_several_labels_per_image_come_back_as_multi_hot_rows(tmp_path: Path) -> None:
+    listing = write_label_csv(tmp_path / "photos", per_class=6)
+    prepare(str(listing), str(tmp_path / "shards"), "--format", "shards", "--multilabel")
+    meta = json.loads((tmp_path / "shards" / "meta.json").read_text())
+    assert meta["multilabel"] is True
+    assert meta["classes"] == ["cat", "dog", "person"]
+    dm = instantiate(run_cfg(str(tmp_path / "shards"), tmp_path).data, multilabel=True)
+    dm.setup()
+    val = dm.splits.val
+    rows = torch.stack([val[i][1] for i in range(meta["sizes"]["val"])])
+    assert rows.shape == (meta["sizes"]["val"], 3)
+    assert rows.sum(dim=0).tolist() == meta["class_counts"]["val"]  # positives per class
+    assert rows.sum(dim=1).max() == 2  # "cat;person" kept both
+    single = instantiate(run_cfg(str(tmp_path / "shards"), tmp_path).data)
+    with pytest.raises(UserError, match="several labels per image: add model"):
+        single.setup()

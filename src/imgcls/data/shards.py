@@ -201,6 +201,7 @@ class ShardsDataModule(ImageDataModule):
         )
 
     def build_splits(self) -> Splits:
+        self.meta  # noqa: B018  (read first: the shards' labels and the task must agree)
         pipeline, on_device = self.pipeline, self.decodes_on_device()
         make = partial(
             make_streaming_dataset,
