@@ -6,7 +6,8 @@ fails, loudly, on a Lightning version that renames one (then the owning module n
 - callbacks/lr_monitor.py repeats LearningRateMonitor._extract_stats with host values;
 - callbacks/model_checkpoint.py reads ModelCheckpoint's last saved step;
 - loggers.py replaces the CSV writer's check of an existing log dir;
-- callbacks/preemption.py switches off the epoch loop's per-step broadcast of rank 0's SIGTERM.
+- callbacks/preemption.py switches off the epoch loop's per-step broadcast of rank 0's SIGTERM
+  and replaces the signal connector's SIGTERM notifier.
 """
 
 import inspect
@@ -82,9 +83,14 @@ def test_the_per_step_sigterm_broadcast_preemption_replaces_is_still_called_by_n
     a no-op (it reads a device value back at every step); on a Lightning that renames it, the
     per-step wait would silently come back."""
     from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
     assert callable(_TrainingEpochLoop._broadcast_sigterm_tensor)
     assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
+    # and the SIGTERM notifier it replaces with its mark is read when the handlers are installed
+    assert "self._sigterm_notifier_fn" in inspect.getsource(
+        _SignalConnector.register_signal_handlers
+    )
 
 
 def test_litdata_still_builds_its_object_store_client_from_the_options_shards_extend() -> None:

@@ -4,6 +4,7 @@ over gloo on 127.0.0.1. What the README's "Train on a cluster" section promises 
 one run dir, one set of checkpoints, the same metrics on every rank, no process left over, and
 a preemption signal on one node saving and stopping the whole job, which then resumes."""
 
+import csv
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from imgcls import REPO_ROOT
+from tests.data_factory import write_shard_set
 from tests.helpers import CLI_QUIET, dirs_under, processes_mentioning
 
 # 2 nodes x 1 process, 4 steps an epoch of 100 digits a batch on each, 2 epochs, then test
@@ -42,7 +44,6 @@ SLURM_JOB = {
     "SLURM_NODELIST": "localhost",
     "SLURM_LOCALID": "0",
 }
-RUN_DIR_NAME = {"lightning": "job", "torchrun": "torchrun-job42", "slurm": "slurm-4242.0"}
 
 
 def free_port() -> int:
@@ -108,26 +109,51 @@ def outputs(done: list[subprocess.CompletedProcess]) -> str:
     return "\n".join(f"--- node {i}:\n{p.stdout[-3000:]}" for i, p in enumerate(done))
 
 
-@pytest.mark.slow(seconds=25)
-@pytest.mark.parametrize("launcher", ["lightning", "torchrun", "slurm"])
-def test_two_nodes_write_one_run_with_the_same_metrics(tmp_path: Path, launcher: str) -> None:
-    done = run_nodes(launcher, tmp_path)
-    assert [p.returncode for p in done] == [0, 0], outputs(done)
-    run = tmp_path / "train" / "runs" / RUN_DIR_NAME[launcher]
+def one_run_of_two_ranks(tmp_path: Path, run: Path, done: list) -> dict[int, dict]:
+    """Checks that `run` is the only dir the job made, with one log per rank, one set of
+    checkpoints, and the same metrics on both ranks; returns them."""
     rel = run.relative_to(tmp_path).as_posix()
     made = {f"{rel}/{d}" for d in (".hydra", "checkpoints", "tensorboard", "csv")}
     assert dirs_under(tmp_path) == {"train", "train/runs", rel, *made}, outputs(done)
-    logs = sorted(p.name for p in run.glob("*.log"))
-    assert logs == ["train.log", "train_rank1.log"]
-    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert {"last.ckpt", "best.ckpt"} <= set(checkpoints)
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
-    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in run.glob("*.log")) == ["train.log", "train_rank1.log"]
+    assert {"last.ckpt", "best.ckpt"} <= {p.name for p in (run / "checkpoints").iterdir()}
     per_rank = rank_metrics(run)
     assert set(per_rank) == {0, 1}, outputs(done)
-    for name in ("val/acc", "val/loss", "test/acc", "train/loss"):
+    for name in ("val/acc", "val/loss", "train/loss"):
         assert per_rank[0][name] == pytest.approx(per_rank[1][name]), name
     assert processes_mentioning(tmp_path) == []
+    return per_rank
+
+
+@pytest.mark.slow(seconds=25)
+def test_two_nodes_by_hand_write_one_run_with_the_same_metrics(tmp_path: Path) -> None:
+    done = run_nodes("lightning", tmp_path)
+    assert [p.returncode for p in done] == [0, 0], outputs(done)
+    run = tmp_path / "train" / "runs" / "job"
+    per_rank = one_run_of_two_ranks(tmp_path, run, done)
+    assert per_rank[0]["test/acc"] == pytest.approx(per_rank[1]["test/acc"])
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow(seconds=30)
+def test_torchrun_nodes_stream_shards_each_its_share_and_test_every_image_once(
+    tmp_path: Path,
+) -> None:
+    shards = write_shard_set(tmp_path / "data", per_class=20)  # 28 train, 8 val, 4 test
+    sizes = json.loads((shards / "meta.json").read_text())["sizes"]
+    logs = tmp_path / "logs"
+    data = ["data=shards", f"data.root={shards}", "data.batch_size=4", "data.num_workers=0"]
+    data += ["data.train_crop=32", "data.eval_resize=36", "data.eval_crop=32"]
+    done = run_nodes("torchrun", logs, *data)
+    assert [p.returncode for p in done] == [0, 0], outputs(done)
+    run = logs / "train" / "runs" / "torchrun-job42"
+    one_run_of_two_ranks(logs, run, done)
+    # 28 images, 2 nodes, batches of 4: 3 steps each an epoch, 2 epochs
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    with open(run / "confusion.csv") as f:
+        counted = sum(int(n) for row in list(csv.reader(f))[1:] for n in row[1:])
+    assert counted == sizes["test"]  # every test image once over both nodes
 
 
 def test_nodes_started_by_hand_without_a_shared_run_dir_stop_in_one_line(tmp_path: Path) -> None:
@@ -154,6 +180,10 @@ def test_a_signal_on_one_node_saves_and_stops_the_whole_job_which_resumes(
     done = run_nodes("slurm", tmp_path, *fault, "trainer.max_epochs=3")
     assert [p.returncode for p in done] == [0, 0], outputs(done)
     run = tmp_path / "train" / "runs" / "slurm-4242.0"
+    rel = run.relative_to(tmp_path).as_posix()
+    made = {f"{rel}/{d}" for d in (".hydra", "checkpoints", "tensorboard", "csv")}
+    assert dirs_under(tmp_path) == {"train", "train/runs", rel, *made}, outputs(done)
+    assert sorted(p.name for p in run.glob("*.log")) == ["train.log", "train_rank1.log"]
     assert json.loads((run / "status.json").read_text())["status"] == "preempted"
     last = run / "checkpoints" / "last.ckpt"
     stopped_at = torch.load(last, weights_only=True)["global_step"]

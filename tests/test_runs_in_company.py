@@ -300,7 +300,7 @@ def test_ckpt_path_last_resumes_a_run_started_with_no_overrides(
     run_with_last_ckpt(runs, "other", ["model=lenet"])
     os.utime(ckpt, (1, 1))  # the other run's is newer
     monkeypatch.setattr(resume, "command_overrides", lambda: ["ckpt_path=last"])
-    assert resume.newest_last_checkpoint(runs, tmp_path / "own") == ckpt
+    assert resume.newest_last_checkpoint(runs) == ckpt
 
 
 def test_other_ddp_ranks_do_not_see_their_rank_0_holding_the_run(

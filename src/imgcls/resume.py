@@ -68,15 +68,14 @@ def command_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def newest_last_checkpoint(runs_dir: Path, exclude: Path) -> Path:
-    """The newest last.ckpt under `runs_dir` of a run of this command that is not training."""
+def newest_last_checkpoint(runs_dir: Path) -> Path:
+    """The newest last.ckpt under `runs_dir` of a run of this command that is not training
+    (this command's own dir included: a cluster job restarted into the dir it shares)."""
     ours = recipe(command_overrides())
     busy, others = [], []
     found = sorted(runs_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: -p.stat().st_mtime)
     for ckpt in found:
         run = ckpt.parent.parent
-        if exclude.resolve() in ckpt.resolve().parents:
-            continue
         overrides = run_overrides(run)  # [] for a run started with none: that is a recipe too
         if overrides is None or recipe(overrides) != ours:
             others.append(run)
@@ -111,7 +110,7 @@ def resume_target(cfg: DictConfig) -> Resume | None:
         return None
     output_dir = Path(cfg.paths.output_dir)
     if ckpt == LAST:
-        ckpt = newest_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name, output_dir)
+        ckpt = newest_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name)
     ckpt = Path(ckpt).resolve()
     checkpoint = read_checkpoint(ckpt, mmap=True)  # tensors stay unread
     run_dir = None

@@ -1,6 +1,6 @@
 """data=shards: a photo folder written as LitData shards by imgcls-prepare, trained on from a
-folder, from an S3-compatible server started here on 127.0.0.1, under DDP, and resumed
-mid-epoch exactly where the checkpoint was taken."""
+folder and from an S3-compatible server started here on 127.0.0.1, and resumed mid-epoch
+exactly where the checkpoint was taken (on two nodes: tests/test_multinode.py)."""
 
 import csv
 import json
@@ -99,54 +99,30 @@ def steps_seen(path: Path) -> dict[int, str]:
     return dict(line.split() for line in path.read_text().splitlines())
 
 
-@pytest.mark.slow(seconds=45)
+@pytest.mark.slow(seconds=25)
 def test_a_run_killed_mid_epoch_resumes_at_the_same_image(shards: Path, tmp_path: Path) -> None:
     """Killed in epoch 2 and resumed from the step checkpoint, each later step gets the batch
     the uninterrupted run got: the loader's place in the shards came back with the
     checkpoint, not the epoch's start."""
-    record = "+callbacks.record._target_=tests.data.test_shards.RecordBatches"
     # no random crops: the loader workers' random streams are not kept in a checkpoint
-    args = [*RUN, f"data.root={shards}", "test=false", "data.augment=none", record]
-    whole = run_cli(
-        "train.py",
-        [*args, f"paths.log_dir={tmp_path}/whole", f"+callbacks.record.path={tmp_path}/whole.txt"],
-    )
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    again = [
-        *args,
-        f"paths.log_dir={tmp_path}/killed",
-        f"+callbacks.record.path={tmp_path}/killed.txt",
-    ]
+    args = [*RUN, f"data.root={shards}", "test=false", "data.augment=none"]
+    record = "+callbacks.record._target_=tests.data.test_shards.RecordBatches"
+    whole = [*args, record, f"+callbacks.record.path={tmp_path}/whole.txt"]
+    train(compose_config("train", [*whole, f"paths.log_dir={tmp_path}/whole"], tmp_path / "w"))
+    again = [*args, record, f"+callbacks.record.path={tmp_path}/killed.txt"]
+    again.append(f"paths.log_dir={tmp_path}/killed")
     fault = ["+callbacks.fault._target_=tests.faults.KillAtStep", "+callbacks.fault.step=6"]
     killed = run_cli("train.py", [*again, *fault])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     (run_dir,) = (tmp_path / "killed" / "train" / "runs").iterdir()
     at_kill = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert at_kill["global_step"] == 6  # mid-epoch 2
-    assert at_kill["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # the loader's place
-    resumed = run_cli("train.py", [*again, "ckpt_path=last"])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resume = compose_config("train", [*again, "ckpt_path=last"], output_dir=tmp_path / "again")
+    train(resume)
     seen, killed_seen = steps_seen(tmp_path / "whole.txt"), steps_seen(tmp_path / "killed.txt")
     assert sorted(seen) == sorted(killed_seen) == [str(step) for step in range(8)]
     assert killed_seen == seen  # steps 6 and 7 after the resume included
     assert len(set(seen.values())) == 8  # each batch its own images
-
-
-@pytest.mark.slow(seconds=25)
-def test_ddp_ranks_share_the_epoch_and_test_reads_every_image_once(
-    shards: Path, tmp_path: Path
-) -> None:
-    args = [*RUN, f"data.root={shards}", f"paths.log_dir={tmp_path}", "trainer=ddp_sim"]
-    done = run_cli("train.py", [*args, "data.num_workers=0"])
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    (run,) = (tmp_path / "train" / "runs").iterdir()
-    with open(run / "confusion.csv") as f:
-        confusion = [list(map(int, row[1:])) for row in list(csv.reader(f))[1:]]
-    test_images = sum(json.loads((shards / "meta.json").read_text())["class_counts"]["test"])
-    assert sum(map(sum, confusion)) == test_images  # every test image once over both ranks
-    # 64 images, 2 ranks, batches of 16: 2 steps each an epoch
-    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 4
 
 
 def test_shards_refuse_what_they_cannot_serve(shards: Path, tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ def test_a_process_on_its_own_is_no_clusters() -> None:
          3, "slurm-77.1"),
         ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0",
           "SLURM_RESTART_COUNT": "2"}, 0, "slurm-77.0_r2"),
+        ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "77"}, 0, "slurm-77.batch"),
+        ({"TORCHELASTIC_RUN_ID": "77", "WORLD_SIZE": "8", "RANK": "1",
+          "SLURM_RESTART_COUNT": "1"}, 1, "torchrun-77_r1"),  # srun torchrun, requeued
         ({"TORCHELASTIC_RUN_ID": "abc", "WORLD_SIZE": "8", "RANK": "5"}, 5, "torchrun-abc"),
         ({"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
           "RANK": "5"}, 5, None),  # two nodes, nothing shared: hydra.run.dir must be given
@@ -75,8 +78,16 @@ def test_the_job_dir_is_shared_but_an_earlier_run_in_it_is_refused(
         monkeypatch.setenv("RANK", rank)
         assert run_dir(str(tmp_path), "2026-01-01_00-00-00") == str(tmp_path / "torchrun-job1")
     (tmp_path / "torchrun-job1" / "status.json").write_text("{}")
-    with pytest.raises(SystemExit, match="holds an earlier run"):
-        run_dir(str(tmp_path), "2026-01-01_00-00-00")
+    for rank in ("1", "0"):  # every rank refuses alike: none waits for a peer that left
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit, match="holds an earlier run"):
+            run_dir(str(tmp_path), "2026-01-01_00-00-00")
+        with pytest.raises(SystemExit, match="holds an earlier run"):  # nothing to resume
+            run_dir(str(tmp_path), "2026-01-01_00-00-00", resuming="last")
+    (tmp_path / "torchrun-job1" / "checkpoints").mkdir()
+    (tmp_path / "torchrun-job1" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    resumed = run_dir(str(tmp_path), "2026-01-01_00-00-00", resuming="last")
+    assert resumed == str(tmp_path / "torchrun-job1")  # the job restarted into its dir
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     with pytest.raises(SystemExit, match="torchrun --rdzv-id"):

@@ -10,12 +10,15 @@ take part in the save), and train.py skips testing, records the run as `preempte
 status.json and exits with code 0. Rerunning the same command with `ckpt_path=last` continues
 at the same step and data position.
 
-Lightning's own handling is replaced, not added to: it broadcasts rank 0's flag at every step
-and reads it back on the host (a device wait per step on CUDA), and its handler broadcasts from
-inside the signal handler, so a signal that reaches a node other than rank 0's (a scheduler
-preempting one node) desynchronizes the collectives and the job hangs. Under SLURM its SIGUSR1
-handler saves an `hpc_ckpt` in the new run's dir, where `ckpt_path=last` does not look; here the
-job script requeues (README: "Train on a cluster").
+Lightning's own handling is replaced, not added to, from the fit's set-up on (its SIGTERM
+notifier becomes the mark; SIGUSR1 is ours before it would install SLURM's requeue handler).
+Lightning broadcasts rank 0's flag at every step and reads it back on the host (a device wait
+per step on CUDA), and its handler broadcasts from inside the signal handler, so a signal that
+reaches a node other than rank 0's (a scheduler preempting one node) desynchronizes the
+collectives and the job hangs. Under SLURM its SIGUSR1 handler saves an `hpc_ckpt` in the new
+run's dir, where `ckpt_path=last` does not look, and requeues the job itself; here the job
+script requeues (README: "Train on a cluster"). After the fit (testing), Lightning's handlers
+are back.
 """
 
 import signal
@@ -39,24 +42,31 @@ class PreemptionCheckpoint(Callback):
         names = {"SIGTERM", *signals}
         self.signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
         self.saved_path: Path | None = None
-        self._signalled = False
+        self._signalled = False  # this process got one of the signals
         self._group: Any = None  # the CPU process group the marks are combined over
         self._pending: tuple[Any, torch.Tensor] | None = None  # (work, its tensor)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _mark(self, signum: int, frame: Any) -> None:
+        if not self._signalled:
+            log.warning(f"Received {signal.Signals(signum).name}: stopping the job's ranks")
+        self._signalled = True
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Before Lightning installs its handlers (so none of its own runs, from the sanity
+        check on): its SIGTERM notifier becomes the mark, and the other signals mark too."""
+        if stage != "fit":
+            return
         self._signalled, self._pending = False, None
-
-        def mark(signum: int, frame: Any) -> None:
-            if not self._signalled:
-                log.warning(f"Received {signal.Signals(signum).name}: stopping the job's ranks")
-            self._signalled = True
-
+        trainer._signal_connector._sigterm_notifier_fn = self._mark
         for signum in self.signals:
-            signal.signal(signum, mark)
+            signal.signal(signum, self._mark)
         # Lightning's per-step broadcast of rank 0's flag: the marks are combined here instead
         trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            # gloo: the mark stays on the host, whatever backend the gradients use
+            # gloo: the mark stays on the host, whatever backend the gradients use (on several
+            # nodes gloo needs to reach them too: GLOO_SOCKET_IFNAME names the interface)
             self._group = (
                 dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
             )

@@ -209,6 +209,10 @@ class ImageDataModule(LightningDataModule, ABC):
             return labels.sum(dim=0).long()
         return torch.bincount(labels, minlength=self.num_classes)
 
+    def split_size(self, split: str = "train") -> int:
+        """The number of images in a split (all of it, whatever this process's share)."""
+        return len(self._split(split))
+
     def resolved_workers(self) -> int:
         if self.num_workers != "auto":
             return int(self.num_workers)

@@ -142,8 +142,8 @@ class ShardsDataModule(ImageDataModule):
         **loader_kwargs: Any,
     ) -> None:
         """`storage_options`: boto3 client arguments for an s3:// root (endpoint_url, ...);
-        `cache_dir`: where chunks streamed from an object store are kept (LitData's default,
-        ~/.lightning/chunks, when null)."""
+        `cache_dir`: where chunks streamed from an object store are kept on this node (LitData's
+        default, ~/.lightning/chunks, when null)."""
         super().__init__(**loader_kwargs)
         if decode not in DECODE_PLACES:
             raise UserError(f"data.decode={decode!r} is not one of {', '.join(DECODE_PLACES)}.")
@@ -157,7 +157,7 @@ class ShardsDataModule(ImageDataModule):
         self.storage_options = object_store_options(storage_options) if is_remote(root) else {}
         self.cache_dir = cache_dir
         self._train_loader: Any = None  # LitData's, for its state
-        self._loader_state: dict | None = None  # a checkpoint's, until the loader is made
+        self._loader_state: dict | None = None  # a checkpoint's
 
     @cached_property
     def meta(self) -> dict:
@@ -181,6 +181,9 @@ class ShardsDataModule(ImageDataModule):
     def class_counts(self, split: str = "train") -> torch.Tensor | None:
         return torch.tensor(self.meta["class_counts"][split], dtype=torch.long)
 
+    def split_size(self, split: str = "train") -> int:
+        return int(self.meta["sizes"][split])
+
     def decodes_on_device(self) -> bool:
         on_device = choose_decode(self.decode, self.device) == "device"
         if on_device and self.pipeline.device_crop is NO_DEVICE_CROP:
@@ -202,6 +205,8 @@ class ShardsDataModule(ImageDataModule):
 
     def build_splits(self) -> Splits:
         self.meta  # noqa: B018  (read first: the shards' labels and the task must agree)
+        if self.trainer is not None:  # LitData would guess the nodes from the GPUs per node
+            os.environ["NNODES"] = str(getattr(self.trainer, "num_nodes", 1))
         pipeline, on_device = self.pipeline, self.decodes_on_device()
         make = partial(
             make_streaming_dataset,
@@ -236,21 +241,20 @@ class ShardsDataModule(ImageDataModule):
             size = self.meta["sizes"][self._split_named(dataset)]
             collate = collate_encoded if self.decodes_on_device() else None
             return super()._loader(IndexedSplit(dataset, size, collate), train, shard)
-        from litdata import StreamingDataLoader
-
         workers = self.resolved_workers()
-        self._train_loader = StreamingDataLoader(
+        self._train_loader = _resumable_loader(
             dataset,
             batch_size=self.batch_size,
             num_workers=workers,
             collate_fn=collate_encoded if self.decodes_on_device() else None,
             pin_memory=self.pin_memory and self.device.type == "cuda",
-            persistent_workers=self.persistent_workers and workers > 0,
+            # LitData sets each epoch's order in the main process's copy of the dataset: a
+            # worker kept from the last epoch would replay its order
+            persistent_workers=False,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
         )
         if self._loader_state is not None:
             self._train_loader.load_state_dict(self._loader_state)
-            self._loader_state = None
         return self._train_loader
 
     def state_dict(self) -> dict[str, Any]:
@@ -261,13 +265,34 @@ class ShardsDataModule(ImageDataModule):
         return {"train_loader": self._train_loader.state_dict()} if self._train_loader else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Where the loader is made already, its place is set before its first batch (LitData
-        applies it when iteration starts); otherwise when it is made."""
-        state = state_dict.get("train_loader")
-        if state is not None and self._train_loader is not None:
-            self._train_loader.load_state_dict(state)
-        else:
-            self._loader_state = state
+        """The loader's place: set now where the loader is made already (LitData applies it
+        when iteration starts), else when it is made."""
+        self._loader_state = state_dict.get("train_loader")
+        if self._loader_state is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(self._loader_state)
+
+
+def _resumable_loader(*args: Any, **kwargs: Any) -> Any:
+    """LitData's StreamingDataLoader, whose state is loaded once however many times it is
+    given (the datamodule's and Lightning's copies: a second load moves LitData's worker
+    cycle on), naming where this process reads the chunks (another node's cache dir may
+    differ, and LitData refuses a state that names another)."""
+    from litdata import StreamingDataLoader
+
+    class ResumableLoader(StreamingDataLoader):
+        _loaded: tuple | None = None
+
+        def load_state_dict(self, obj: dict[str, Any]) -> None:
+            place = (obj["current_epoch"], obj["num_samples_yielded"], obj["latest_worker_idx"])
+            if place == self._loaded:
+                return
+            self._loaded = place
+            state = {**obj, "dataset": dict(obj["dataset"])}
+            state["dataset"]["input_dir_path"] = self.dataset.input_dir.path
+            state["dataset"]["cache_dir_path"] = self.dataset.cache_dir.path
+            super().load_state_dict(state)
+
+    return ResumableLoader(*args, **kwargs)
 
 
 # -- writing ---------------------------------------------------------------------------------

@@ -381,7 +381,7 @@ class ImageClassifier(LightningModule):
                 "(digits, cifar10, cifar100, folder, imagenet, csv): give the weights as a list."
             )
         if self.multilabel:  # counts: each class's positives
-            total = len(datamodule.splits.train)
+            total = datamodule.split_size("train")
             self._set_class_weights(balanced_pos_weights(counts, total))
         else:
             self._set_class_weights(balanced_class_weights(counts))

@@ -6,6 +6,7 @@ whole `python train.py`. Hydra would give each its own run dir, named after the 
 in: one job would write two runs, half a log each. Here every process of such a job derives the
 same name from what its launcher shares among them, before Hydra makes the dir:
 - SLURM: the job and step id (`slurm-<job>.<step>`; a requeued job adds `_r<restart count>`),
+  where srun started several tasks,
 - torchrun: its `--rdzv-id` (`torchrun-<id>`); on one node without one, the launcher's own
   start time (every worker is its child),
 - Lightning's variables by hand: nothing is shared, so the command must name the dir itself
@@ -75,11 +76,15 @@ def cluster_process(num_nodes: int = 1, devices: int = 1) -> ClusterProcess | No
             name = None if started is None else f"{started}_torchrun"
         else:
             name = None
-        suffix = _restart_suffix("TORCHELASTIC_RESTART_COUNT")
+        # torchrun restarting its workers, or SLURM requeueing a job that runs torchrun
+        suffix = _restart_suffix("TORCHELASTIC_RESTART_COUNT") + _restart_suffix(
+            "SLURM_RESTART_COUNT"
+        )
         return ClusterProcess(_int_env("RANK"), "torchrun", name and name + suffix)
     slurm_interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
     if _int_env("SLURM_NTASKS", 1) > 1 and not slurm_interactive:
-        job, step = os.environ.get("SLURM_JOB_ID", "0"), os.environ.get("SLURM_STEP_ID", "0")
+        # the batch script itself is no step of srun's
+        job, step = os.environ.get("SLURM_JOB_ID", "0"), os.environ.get("SLURM_STEP_ID", "batch")
         name = f"slurm-{job}.{step}" + _restart_suffix("SLURM_RESTART_COUNT")
         return ClusterProcess(_int_env("SLURM_PROCID"), "srun", name)
     if num_nodes > 1 and "NODE_RANK" in os.environ and "LOCAL_RANK" not in os.environ:

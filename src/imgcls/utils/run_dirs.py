@@ -54,10 +54,14 @@ def unique_dir(parent: str, name: str) -> str:
     raise AssertionError("unreachable")
 
 
-def run_dir(parent: str, name: str, num_nodes: int = 1, devices: object = 1) -> str:
+def run_dir(
+    parent: str, name: str, num_nodes: int = 1, devices: object = 1, resuming: object = None
+) -> str:
     """A run's dir: `unique_dir(parent, name)`, or for the processes of a cluster job, the one
-    dir their job's name gives them all (made by whichever comes first). Rank 0 refuses a dir
-    that already holds a run (a reused `--rdzv-id`): finished work is never written over."""
+    dir their job's name gives them all (made by whichever comes first). A dir that already
+    holds a run (a reused `--rdzv-id`) is refused, by every rank alike (status.json is written
+    when a run ends), unless the command resumes it (`ckpt_path` set, its last.ckpt there):
+    finished work is never written over."""
     process = cluster.cluster_process(cluster.as_count(num_nodes), cluster.as_count(devices))
     if process is None:
         return unique_dir(parent, name)
@@ -68,10 +72,11 @@ def run_dir(parent: str, name: str, num_nodes: int = 1, devices: object = 1) -> 
             f"hydra.run.dir=<a folder every node can reach> (the same on every node){via}."
         )
     folder = Path(parent).expanduser() / process.shared_name
-    if process.rank == 0 and (folder / STATUS_FILE).exists():
+    resumable = resuming and (folder / "checkpoints" / "last.ckpt").is_file()
+    if (folder / STATUS_FILE).exists() and not resumable:
         raise SystemExit(
-            f"UserError: {folder} holds an earlier run of the same job name: give this job its "
-            "own (torchrun --rdzv-id) or set hydra.run.dir."
+            f"UserError: {folder} holds an earlier run of the same job name: resume it "
+            "(ckpt_path=last), or give this job its own (torchrun --rdzv-id, hydra.run.dir)."
         )
     folder.mkdir(parents=True, exist_ok=True)
     return str(folder)
