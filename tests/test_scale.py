@@ -218,6 +218,11 @@ def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
             "trainer.sync_batchnorm=true",
             "trainer.max_epochs=2",
             "+trainer.limit_train_batches=5",
+            # bf16 is emulated, slowly, on CPUs without AVX-512 BF16 (2.5 min on a Zen 3 at
+            # batches of 128): small batches, and a few of them evaluated
+            "data.batch_size=32",
+            "+trainer.limit_val_batches=4",
+            "+trainer.limit_test_batches=4",
             f"paths.log_dir={tmp_path}",
             *CLI_QUIET,
         ],
