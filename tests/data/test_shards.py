@@ -194,3 +194,10 @@ def test_several_labels_per_image_come_back_as_multi_hot_rows(tmp_path: Path) ->
     single = instantiate(run_cfg(str(tmp_path / "shards"), tmp_path).data)
     with pytest.raises(UserError, match="several labels per image: add model"):
         single.setup()
+
+
+def test_decoded_on_the_device_from_the_shards_bytes(shards: Path, tmp_path: Path) -> None:
+    cfg = run_cfg(str(shards), tmp_path, "data.decode=device")
+    metrics, objects = train(cfg)
+    assert objects["datamodule"].decodes_on_device()
+    assert metrics["test/acc"] > 0.5  # three colours, from JPEG bytes decoded in batches

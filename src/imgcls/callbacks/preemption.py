@@ -8,7 +8,8 @@ for it and no rank waits for the device; when any rank was signalled, every rank
 Lightning's SIGTERMException at the same step, `last.ckpt` is written at that step (all ranks
 take part in the save), and train.py skips testing, records the run as `preempted` in
 status.json and exits with code 0. Rerunning the same command with `ckpt_path=last` continues
-at the same step and data position.
+at the same step (with data=shards at the same image of the epoch; other sources start the rest
+of that epoch on a fresh pass, as Lightning restarts a plain loader).
 
 Lightning's own handling is replaced, not added to, from the fit's set-up on (its SIGTERM
 notifier becomes the mark; SIGUSR1 is ours before it would install SLURM's requeue handler).
