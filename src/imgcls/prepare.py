@@ -13,6 +13,13 @@ Every core works on it; a rich progress bar shows it. Each file is written besid
 renamed when whole, so a killed run resumes where it stopped (files already there are kept).
 Unreadable files are skipped and listed in DST/skipped_files.txt. It ends by printing the
 `data.root=DST` to train with.
+
+With `--format shards`, DST is the dataset as LitData shards instead (data/shards.py): SRC's
+splits, carved as `data=<--source>` carves them with `--split-seed`, each written to
+DST/<split>/ (index.json and chunks of images, each shrunk as above or, with --as-is, the file's
+bytes), with DST/meta.json (classes, sizes) and DST/split.csv. A split already written is kept;
+one cut off midway continues when run again with the same --workers. It ends by printing the
+`data=shards data.root=DST` to train with.
 """
 
 import argparse
@@ -181,8 +188,10 @@ def main() -> None:
     parser.add_argument("--short-side", type=int, help="bound the shorter side (px); default 320")
     parser.add_argument("--long-side", type=int, help="bound the longer side (px)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality; default: 90")
-    parser.add_argument("--workers", type=int, help="processes; default: every CPU")
-    shards = parser.add_argument_group("shards")
+    parser.add_argument(
+        "--workers", type=int, help="processes; default: every CPU (shards: the same on a rerun)"
+    )
+    shards = parser.add_argument_group("shards", "with --format shards")
     shards.add_argument(
         "--source", choices=("auto", "folder", "imagenet", "csv"), default="auto",
         help="how SRC is read, as data=<source> reads it; auto: csv for a .csv file, else folder",
@@ -190,7 +199,10 @@ def main() -> None:
     shards.add_argument("--multilabel", action="store_true", help="a CSV of several labels each")
     shards.add_argument("--as-is", action="store_true", help="store each file's bytes unchanged")
     shards.add_argument(
-        "--split-seed", type=int, default=0, help="the seed missing splits are carved with"
+        "--split-seed",
+        type=int,
+        default=0,
+        help="the seed missing splits are carved with (training's data.split_seed); default 0",
     )
     args = parser.parse_args()
     short_side = args.short_side or (None if args.long_side else 320)
