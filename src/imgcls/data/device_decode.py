@@ -41,6 +41,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from imgcls.data.decode import BadImageError, decode_any, parse_header
 from imgcls.data.files import PATH_TEXT, shown
+from imgcls.data.transforms import NO_DEVICE_CROP, PRESETS
+from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.machine import to_device_async
 
@@ -144,6 +146,38 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
     """A stream from torch's high-priority pool, which other users (NCCL's among them) do not
     draw from by default: its memory pool holds decoded images alone."""
     return torch.cuda.Stream(device, priority=-1)
+
+
+class DecodePlaceChoice:
+    """For a data module whose photos are read encoded each epoch (files, shards): `data.decode`
+    checked when it is made, and whether the device it trains on decodes them. Mixed into an
+    ImageDataModule (its in_memory, device, pipeline and augment)."""
+
+    def choose_decode_place(self, decode: str) -> None:
+        if decode not in DECODE_PLACES:
+            raise UserError(f"data.decode={decode!r} is not one of {', '.join(DECODE_PLACES)}.")
+        self.decode = decode
+        # (device, where decode, auto included, came to on it)
+        self._decode_place: tuple[torch.device, str] | None = None
+
+    def decodes_on_device(self) -> bool:
+        """data.decode=device, or auto on a GPU with a hardware JPEG decoder, for images read
+        encoded each epoch."""
+        if self.in_memory or self.decode == "cpu":
+            return False
+        device = self.device
+        if self._decode_place is None or self._decode_place[0] != device:
+            self._decode_place = (device, choose_decode(self.decode, device))
+        on_device = self._decode_place[1] == "device"
+        if on_device and self.pipeline.device_crop is NO_DEVICE_CROP:
+            able = [
+                name for name, make in PRESETS.items() if make().device_crop is not NO_DEVICE_CROP
+            ]
+            raise UserError(
+                f"data.decode=device crops on the device, which data.augment={self.augment} does "
+                f"not: use one of {', '.join(able)}, or data.decode=cpu."
+            )
+        return on_device
 
 
 def choose_decode(decode: str, device: torch.device) -> str:

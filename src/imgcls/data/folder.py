@@ -23,8 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.data.decode import BadImageError, parse_header
 from imgcls.data.device_decode import (
-    DECODE_PLACES,
-    choose_decode,
+    DecodePlaceChoice,
     collate_encoded,
     read_for_device,
 )
@@ -41,7 +40,7 @@ from imgcls.data.files import (
     stratum,
 )
 from imgcls.data.loaders import auto_workers
-from imgcls.data.transforms import NO_DEVICE_CROP, PRESETS, resize_center_crop
+from imgcls.data.transforms import resize_center_crop
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -53,7 +52,7 @@ LAYOUTS = (
 )
 
 
-class FolderDataModule(ImageDataModule):
+class FolderDataModule(DecodePlaceChoice, ImageDataModule):
     #: what a user is told the source expects, after a mistake
     expected = f"Expected {LAYOUTS}."
 
@@ -71,11 +70,7 @@ class FolderDataModule(ImageDataModule):
         **loader_kwargs,
     ) -> None:
         super().__init__(**loader_kwargs)
-        if decode not in DECODE_PLACES:
-            raise UserError(f"data.decode={decode!r} is not one of {', '.join(DECODE_PLACES)}.")
-        self.decode = decode
-        # (device, where decode, auto included, came to on it)
-        self._decode_place: tuple[torch.device, str] | None = None
+        self.choose_decode_place(decode)
         self.root = Path(root).expanduser()
         self.split = tuple(split)
         self.split_seed = split_seed
@@ -243,25 +238,6 @@ class FolderDataModule(ImageDataModule):
             on_bad_image=self.on_bad_image,
             bad_images_file=self.bad_images_file,
         )
-
-    def decodes_on_device(self) -> bool:
-        """data.decode=device, or auto on a GPU with a hardware JPEG decoder, for images read
-        from files each epoch."""
-        if self.in_memory or self.decode == "cpu":
-            return False
-        device = self.device
-        if self._decode_place is None or self._decode_place[0] != device:
-            self._decode_place = (device, choose_decode(self.decode, device))
-        on_device = self._decode_place[1] == "device"
-        if on_device and self.pipeline.device_crop is NO_DEVICE_CROP:
-            able = [
-                name for name, make in PRESETS.items() if make().device_crop is not NO_DEVICE_CROP
-            ]
-            raise UserError(
-                f"data.decode=device crops on the device, which data.augment={self.augment} does "
-                f"not: use one of {', '.join(able)}, or data.decode=cpu."
-            )
-        return on_device
 
     def _load_into_memory(self, samples: list[Sample]) -> TensorDataset:
         """Decode every image once, at the eval resize, into one uint8 tensor."""

@@ -34,9 +34,8 @@ from torch.utils.data import Dataset
 
 from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.data.decode import decode_any, parse_header
-from imgcls.data.device_decode import DECODE_PLACES, choose_decode, collate_encoded, for_device
+from imgcls.data.device_decode import DecodePlaceChoice, collate_encoded, for_device
 from imgcls.data.files import PATH_TEXT, Sample
-from imgcls.data.transforms import NO_DEVICE_CROP
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -130,7 +129,7 @@ class IndexedSplit(Dataset):
         return self.streaming[int(index)]
 
 
-class ShardsDataModule(ImageDataModule):
+class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
     supports_multilabel = True
 
     def __init__(
@@ -145,15 +144,13 @@ class ShardsDataModule(ImageDataModule):
         `cache_dir`: where chunks streamed from an object store are kept on this node (LitData's
         default, ~/.lightning/chunks, when null)."""
         super().__init__(**loader_kwargs)
-        if decode not in DECODE_PLACES:
-            raise UserError(f"data.decode={decode!r} is not one of {', '.join(DECODE_PLACES)}.")
+        self.choose_decode_place(decode)
         if self.sampler != "random":
             raise UserError(
                 "data.sampler=balanced draws from a list of every image, which streamed shards "
                 "are not: use model.class_weights=balanced, or data=folder / data=csv."
             )
         self.root = root if is_remote(root) else str(Path(root).expanduser())
-        self.decode = decode
         self.storage_options = object_store_options(storage_options) if is_remote(root) else {}
         self.cache_dir = cache_dir
         self._train_loader: Any = None  # LitData's, for its state
@@ -183,15 +180,6 @@ class ShardsDataModule(ImageDataModule):
 
     def split_size(self, split: str = "train") -> int:
         return int(self.meta["sizes"][split])
-
-    def decodes_on_device(self) -> bool:
-        on_device = choose_decode(self.decode, self.device) == "device"
-        if on_device and self.pipeline.device_crop is NO_DEVICE_CROP:
-            raise UserError(
-                f"data.decode=device crops on the device, which data.augment={self.augment} does "
-                "not: use data.augment=standard (or none, classic_imagenet), or data.decode=cpu."
-            )
-        return on_device
 
     def _split_named(self, dataset: Dataset) -> str:
         return next(name for name in SPLITS if getattr(self.splits, name) is dataset)
@@ -238,7 +226,7 @@ class ShardsDataModule(ImageDataModule):
         read exactly once (LitData's own split deals out whole batches and gives what is left
         to the last rank: a small split would leave the other ranks none)."""
         if not train:
-            size = self.meta["sizes"][self._split_named(dataset)]
+            size = self.split_size(self._split_named(dataset))
             collate = collate_encoded if self.decodes_on_device() else None
             return super()._loader(IndexedSplit(dataset, size, collate), train, shard)
         workers = self.resolved_workers()
