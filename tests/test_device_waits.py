@@ -37,8 +37,12 @@ RUNS = {
         "data.batch_size=16",
         "+model.net.data_init_images=64",
     ],
-    "classic_imagenet, mixup, cutmix, in memory, class weights, temperature": lambda tmp: [
+    "in memory: classic_imagenet, augmix, erasing, repeats, mixes, weights": lambda tmp: [
         "data.augment=classic_imagenet",
+        "data.auto_augment=augmix",
+        "data.random_erasing=0.5",
+        "data.random_erasing_mode=pixel",
+        "data.repeated_aug=2",
         "data.mixup_alpha=0.2",
         "data.cutmix_alpha=1.0",
         "model.class_weights=balanced",
@@ -46,8 +50,10 @@ RUNS = {
         "model=cifar_quick",  # the data path is the point here: a light net
         "data.batch_size=16",
     ],
-    "photos decoded on the device": lambda tmp: [
+    "photos decoded on the device, autoaugment, erasing": lambda tmp: [
         *decoded_on_device(photo_folder(tmp / "photos"), batch_size=4),
+        "data.auto_augment=autoaugment_imagenet",
+        "data.random_erasing=0.25",
         "data.sampler=balanced",  # the file loader's weighted draw
         "data.split=[0.7,0.25,0.05]",
         "optimizer.lr=0.01",  # cifar_quick has no norm layers: lr 0.1 on 4 images can diverge

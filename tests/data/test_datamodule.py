@@ -1,6 +1,7 @@
 """The base DataModule (loaders, device-side normalization) and the digits and fake sources."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,6 +173,39 @@ def test_in_memory_shards_cover_the_data_like_distributed_sampler(size: int, wor
     assert set(torch.cat(indices).tolist()) == set(range(size))
     reference = DistributedSampler(range(size), world, 0, shuffle=False)
     assert len(indices[0]) == len(reference)  # padded to a multiple of the world size
+
+
+@pytest.mark.parametrize(("world", "repeats"), [(1, 3), (2, 3), (4, 2)])
+def test_repeated_augmentation_deals_each_images_copies_to_different_ranks(
+    world: int, repeats: int
+) -> None:
+    """torchvision's RASampler: each image `repeats` times in a row, dealt out by rank, the
+    epoch as long as without repeats."""
+    size = 60
+    shards = [ShardedOrder(size, True, 3, r, world, repeats=repeats) for r in range(world)]
+    plain = ShardedOrder(size, True, 3, 0, world)
+    indices = [shard.indices() for shard in shards]
+    assert all(len(i) == len(plain) == len(plain.indices()) for i in indices)
+    seen = torch.cat(indices)
+    counts = torch.bincount(seen, minlength=size)
+    assert int(counts.max()) == repeats  # an image at most `repeats` times an epoch
+    assert int((counts > 0).sum()) == math.ceil(size / repeats)  # the epoch's share of images
+    if world >= repeats:  # the copies of one image on different ranks, at the same step
+        by_step = torch.stack(indices, dim=1)
+        for row in by_step[: len(by_step) // repeats]:
+            assert len(set(row.tolist())) <= math.ceil(world / repeats)
+    for shard in shards:
+        shard.set_epoch(1)
+    assert not torch.equal(torch.cat([s.indices() for s in shards]), seen)  # (seed, epoch)
+
+
+def test_repeated_augmentation_is_refused_where_it_cannot_repeat(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="a whole number"):
+        DigitsDataModule(repeated_aug=0)
+    from imgcls.data.shards import ShardsDataModule
+
+    with pytest.raises(UserError, match="streamed shards"):
+        ShardsDataModule(root=str(tmp_path), repeated_aug=3)
 
 
 def test_a_rank_with_less_than_a_batch_still_trains() -> None:

@@ -136,8 +136,8 @@ def test_device_decoding_refuses_presets_it_cannot_crop(tmp_path: Path) -> None:
     from imgcls.utils.errors import UserError
 
     root = write_class_tree(tmp_path, ["a", "b"], per_class=4)
-    dm = FolderDataModule(root=str(root), decode="device", augment="torchvision_recipe")
-    with pytest.raises(UserError, match=r"augment=torchvision_recipe.*data\.decode=cpu"):
+    dm = FolderDataModule(root=str(root), decode="device", augment="cifar")
+    with pytest.raises(UserError, match=r"augment=cifar.*data\.decode=cpu"):
         dm.setup()
 
 

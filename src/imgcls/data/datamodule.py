@@ -67,8 +67,11 @@ class ImageDataModule(LightningDataModule, ABC):
     `num_workers: auto` gives file-based data a worker budget from the CPU count per device and
     in-memory data none (its augmentation runs on the device).
     `sampler`: random (each training image once an epoch) or balanced (each class equally
-    often, drawn with replacement). `multilabel` (set from model.task): labels are multi-hot
-    rows, for the sources that have several labels per image.
+    often, drawn with replacement); `repeated_aug`: each drawn image that many times in a row,
+    differently augmented, the epoch as long as without (data/in_memory.ShardedOrder).
+    `auto_augment`, `random_erasing` and their options: see data/transforms.py. `multilabel`
+    (set from model.task): labels are multi-hot rows, for the sources that have several labels
+    per image.
     """
 
     #: True where build_splits returns images already decoded into memory at one size, as
@@ -99,6 +102,12 @@ class ImageDataModule(LightningDataModule, ABC):
         cutmix_alpha: float = 0.0,
         sampler: str = "random",
         multilabel: bool = False,
+        auto_augment: str | None = None,
+        auto_augment_magnitude: int | None = None,
+        auto_augment_ops: int | None = None,
+        random_erasing: float | None = None,
+        random_erasing_mode: str = "const",
+        repeated_aug: int = 1,
     ) -> None:
         super().__init__()
         if sampler not in SAMPLERS:
@@ -113,8 +122,21 @@ class ImageDataModule(LightningDataModule, ABC):
                 "data.sampler=balanced draws each class equally often, which images with several "
                 "labels cannot be: use model.class_weights=balanced (positives weighed) instead."
             )
+        if not (isinstance(repeated_aug, int) and repeated_aug >= 1):
+            raise UserError(
+                f"data.repeated_aug={repeated_aug!r} is how many times each training image is "
+                "seen per epoch: a whole number, 1 (off) or more."
+            )
         self.sampler = sampler
         self.multilabel = multilabel
+        self.repeated_aug = repeated_aug
+        self.policy_options = {
+            "auto_augment": auto_augment,
+            "auto_augment_magnitude": auto_augment_magnitude,
+            "auto_augment_ops": auto_augment_ops,
+            "random_erasing": random_erasing,
+            "random_erasing_mode": random_erasing_mode,
+        }
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -158,7 +180,11 @@ class ImageDataModule(LightningDataModule, ABC):
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
             self._pipeline = build_pipeline(
-                self.augment, self.in_memory, *self.crop_sizes, native_size=self.native_size
+                self.augment,
+                self.in_memory,
+                *self.crop_sizes,
+                native_size=self.native_size,
+                **self.policy_options,
             )
         return self._pipeline
 
@@ -243,6 +269,7 @@ class ImageDataModule(LightningDataModule, ABC):
             self.persistent_workers,
             self.prefetch_factor,
             pin_memory=self.pin_memory and self.device.type == "cuda",
+            repeats=self.repeated_aug if train else 1,
         )
 
     def _balanced_weights(self, dataset: Dataset) -> torch.Tensor:

@@ -5,9 +5,11 @@ A loaded batch arrives on the device as uint8 images (4x less to copy than float
 1. decoded and cropped as the preset's workers would have (`data.decode=device`: nvjpeg on a
    GPU, data/device_decode.py),
 2. augmented by the preset's batched, per-image-random device half (data/device_augment.py),
+   and by the policy (data/policies.py) where the workers did not apply it,
 3. scaled to the progressive-resizing resolution of the epoch, where one is set,
 4. normalized by the run's InputContract (the mean and std saved in its checkpoints),
-5. mixed (MixUp or CutMix, the labels then soft).
+5. partly erased (RandomErasing per image, where asked),
+6. mixed (MixUp or CutMix, the labels then soft).
 Evaluation batches are decoded and centre-cropped, put through the preset's eval transform and
 normalized. The datamodule owns one of these and calls it from `on_after_batch_transfer`.
 """
@@ -67,16 +69,21 @@ class DeviceBatchTransform(nn.Module):
     def forward(
         self, images: Tensor | EncodedBatch, labels: Tensor, training: bool
     ) -> tuple[Tensor, Tensor]:
-        if isinstance(images, EncodedBatch):
+        encoded = isinstance(images, EncodedBatch)
+        if encoded:
             images, labels = self.decode_and_crop(images, labels, training)
         if not training:
             return self.eval_images(images), labels
         if self.pipeline.train_device is not None:
             images = self.pipeline.train_device(images.float())
+        if encoded and self.pipeline.device_policy is not None:  # the workers' policy, here
+            images = self.pipeline.device_policy(images.float())
         if self.train_resolution and images.shape[-1] != self.train_resolution:
             size = [self.train_resolution] * 2
             images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True)
         images = self.contract.normalize(images)
+        if self.pipeline.erasing is not None:
+            images = self.pipeline.erasing(images)
         if self.mix is not None:
             images, labels = self.mix(images, labels)
         return images, labels

@@ -177,6 +177,11 @@ class DecodePlaceChoice:
                 f"data.decode=device crops on the device, which data.augment={self.augment} does "
                 f"not: use one of {', '.join(able)}, or data.decode=cpu."
             )
+        if on_device and self.pipeline.policy and self.pipeline.device_policy is None:
+            raise UserError(
+                f"data.auto_augment={self.pipeline.policy} runs in the loader workers on decoded "
+                "images: use data.decode=cpu, or a policy that also runs on the device."
+            )
         return on_device
 
 

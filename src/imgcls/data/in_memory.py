@@ -52,11 +52,17 @@ class ShardedOrder:
         rank: int = 0,
         world_size: int = 1,
         weights: Tensor | None = None,
+        repeats: int = 1,
     ) -> None:
-        """`weights`: draw training images in proportion to them (see `epoch_order`)."""
+        """`weights`: draw training images in proportion to them (see `epoch_order`).
+        `repeats`: repeated augmentation (torchvision's RASampler, timm's RepeatAugSampler):
+        each image of the order `repeats` times in a row, dealt out by rank so its copies go to
+        different processes, the epoch cut to the length it has without repeats (an epoch then
+        sees about 1 / repeats of the images, each several times, differently augmented)."""
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.weights = weights
+        self.repeats = repeats
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -71,10 +77,12 @@ class ShardedOrder:
         if not self.shuffle:
             return torch.arange(self.rank, self.size, self.world_size)
         order = epoch_order(self.size, self.seed, self.epoch, self.weights)
-        padding = len(self) * self.world_size - self.size
-        if padding:  # as DistributedSampler: repeat the first ones so every rank has as many
+        if self.repeats > 1:
+            order = order.view(-1, 1).expand(-1, self.repeats).reshape(-1)
+        padding = len(self) * self.world_size - len(order)
+        if padding > 0:  # as DistributedSampler: repeat the first ones so every rank has as many
             order = torch.cat([order, order[:padding]])
-        return order[self.rank :: self.world_size]
+        return order[self.rank :: self.world_size][: len(self)]
 
 
 class IndexedBatches:

@@ -60,13 +60,17 @@ def build_loader(
     persistent_workers: bool = True,
     prefetch_factor: int = 2,
     pin_memory: bool = False,
+    repeats: int = 1,
 ) -> DataLoader | IndexedBatches:
     """This process's batches of `dataset` (`rank` of `world_size`). `held`: the split's images
     and labels, for a source held in memory, where they live (the caller moves them to the
     device once); `weights`: training images drawn in proportion to them (one per image);
-    `workers` and the rest apply to datasets read from files."""
+    `repeats`: repeated augmentation (each training image that many times in a row, see
+    ShardedOrder); `workers` and the rest apply to datasets read from files."""
     drop_last = train and math.ceil(len(dataset) / world_size) > batch_size
-    order = ShardedOrder(len(dataset), train, torch.initial_seed(), rank, world_size, weights)
+    order = ShardedOrder(
+        len(dataset), train, torch.initial_seed(), rank, world_size, weights, repeats
+    )
     if held is not None:
         return IndexedBatches(*held, batch_size, order, drop_last)
     if train:
