@@ -148,3 +148,17 @@ def test_fast_cifar_convs_start_as_identities() -> None:
     torch.testing.assert_close(group[0](x)[:, :24], x)  # 24 -> 64: first 24 channels pass
     y = torch.randn(2, 64, 4, 4)
     torch.testing.assert_close(group[4](y), y)
+
+
+def test_drop_path_rate_reaches_timm_and_torchvision_nets_and_is_refused_elsewhere() -> None:
+    vit = build_net("timm/vit_tiny_patch16_224", 10, drop_path_rate=0.1, img_size=32, depth=2)
+    assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    convnext = build_net("convnext_tiny", 10, drop_path_rate=0.3)
+    assert convnext.features[-1][-1].stochastic_depth.p == pytest.approx(0.3)
+    for name in ("resnet18", "resnet_cifar"):
+        with pytest.raises(UserError, match=f"{name} has no stochastic depth"):
+            build_net(name, 10, drop_path_rate=0.1)
+    with pytest.raises(UserError, match="timm/vgg11 has no stochastic depth"):
+        build_net("timm/vgg11", 10, drop_path_rate=0.1)
+    with pytest.raises(UserError, match=r"in \[0, 1\)"):
+        build_net("convnext_tiny", 10, drop_path_rate=1.0)

@@ -151,3 +151,76 @@ def test_16_mixed_takes_a_fused_optimizer_that_survives_a_skipped_first_step(cfg
 def test_16_mixed_with_gradient_clipping_keeps_the_plain_optimizer() -> None:
     optimizer = build_optimizer(nn.Linear(2, 2), SGD, grad_scaler=True, clipping=True)
     assert not optimizer.defaults.get("fused")
+
+
+ADAMW = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
+
+
+def tiny_vit() -> nn.Module:
+    return build_net("timm/vit_tiny_patch16_224", 10, img_size=32, depth=3)
+
+
+def test_layer_decay_scales_each_block_below_the_head_as_timm_groups_them() -> None:
+    net = tiny_vit()
+    net.patch_embed.requires_grad_(False)  # frozen (FrozenBackbone): grouped all the same
+    ours = {"layer_decay": 0.5, "no_decay_norm_and_bias": True}
+    optimizer = build_optimizer(net, {**ADAMW, "imgcls": ours})
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    # timm's layers for a 3-block ViT: 0 the embeddings, 1-3 the blocks, 4 the final norm + head
+    for layer in range(5):
+        assert groups[f"layer{layer}_decay"]["lr"] == pytest.approx(1e-3 * 0.5 ** (4 - layer))
+        assert groups[f"layer{layer}_decay"]["weight_decay"] == 0.05
+    owner = {id(p): g["name"] for g in optimizer.param_groups for p in g["params"]}
+    assert owner[id(net.head.weight)] == "layer4_decay"
+    assert owner[id(net.blocks[0].attn.qkv.weight)] == "layer1_decay"
+    assert owner[id(net.patch_embed.proj.weight)] == "layer0_decay"
+    assert owner[id(net.pos_embed)] == owner[id(net.cls_token)] == "layer0_no_decay"
+    assert owner[id(net.blocks[2].norm1.weight)] == "layer3_no_decay"
+    assert len(owner) == len(list(net.parameters()))  # every parameter, frozen ones too
+    assert not net.patch_embed.proj.weight.requires_grad  # and they stay frozen
+
+
+@pytest.mark.parametrize(
+    ("net", "ours", "refusal"),
+    [
+        ("resnet18", {"layer_decay": 0.65, "no_decay_norm_and_bias": True}, "blocks timm knows"),
+        ("vit", {"layer_decay": 0.65}, "no_decay_norm_and_bias=true"),
+        ("vit", {"layer_decay": 1.5, "no_decay_norm_and_bias": True}, r"in \(0, 1\]"),
+        (
+            "vit",
+            {"layer_decay": 0.65, "no_decay_norm_and_bias": True, "lr_mult": {"head": 10}},
+            "lr_mult at 1",
+        ),
+    ],
+)
+def test_layer_decay_refuses_what_it_cannot_serve(net: str, ours: dict, refusal: str) -> None:
+    from imgcls.utils.errors import UserError
+
+    model = tiny_vit() if net == "vit" else build_net(net, 10)
+    with pytest.raises(UserError, match=refusal):
+        build_optimizer(model, {**ADAMW, "imgcls": ours})
+
+
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_lamb_and_lars_step_without_a_device_wait(name: str) -> None:
+    from omegaconf import OmegaConf
+
+    from imgcls import CONFIG_DIR
+    from tests.device_waits import DeviceWaitTrace
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "optimizer" / f"{name}.yaml"))
+    net = build_net("resnet_cifar", 10)
+    optimizer = build_optimizer(net, cfg)
+    assert {g.get("name") for g in optimizer.param_groups} == {"backbone", "backbone_no_decay"}
+    before = [p.detach().clone() for p in net.parameters()]
+    for step in range(3):
+        net(torch.randn(4, 3, 32, 32)).sum().backward()
+        with DeviceWaitTrace() as trace:
+            for group in optimizer.param_groups:  # LAMB counts steps on the CPU by design
+                if "step" in group:
+                    trace.host[group["step"]] = True
+            optimizer.step()
+        optimizer.zero_grad()
+        if step:  # the first makes LAMB's CPU step count
+            assert not trace.waits, [w.what for w in trace.waits]
+    assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))

@@ -8,6 +8,10 @@ block, `imgcls`, and are consumed here:
 - optimizer `imgcls.lr_mult`: the lr of the classifier `head` and of norm layers (`norm`) as
   multiples of the lr, each its own param group, so every scheduler scales them alike
   (experiment=finetune_folder trains the head at 10x; airbench trains BatchNorm biases at 64x);
+- optimizer `imgcls.layer_decay`: layer-wise lr decay (BEiT, MAE and ConvNeXt fine-tuning),
+  timm's grouping: the head trains at lr, each block below at `layer_decay` times the one above,
+  the stem lowest; no decay on 1-D parameters and on what the net names (position embeddings,
+  class token). For timm nets, whose blocks timm knows (`group_matcher`);
 - optimizer `imgcls.scale_lr` / `reference_batch`: settled with the config, before training
   (utils/config_resolve.py);
 - under 16-mixed precision the optimizer is torch's fused one where it exists (no host read of
@@ -78,6 +82,56 @@ def param_groups(
     return built
 
 
+def layer_decay_groups(
+    model: nn.Module, kwargs: dict[str, Any], ours: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """timm's layer-decay param groups (`param_groups_layer_decay`), each at its scale times the
+    lr, so every scheduler scales them alike. Frozen parameters (callbacks.FrozenBackbone) are
+    grouped too: timm leaves them out, and they could then never train once unfrozen."""
+    decay = ours["layer_decay"]
+    if not 0 < decay <= 1:
+        raise UserError(f"optimizer.imgcls.layer_decay={decay} must be in (0, 1] (0.65: MAE's).")
+    if any(m != 1 for m in (ours.get("lr_mult") or {}).values()):
+        raise UserError(
+            "optimizer.imgcls.layer_decay sets every layer's lr multiple itself: leave "
+            "optimizer.imgcls.lr_mult at 1."
+        )
+    if not ours.get("no_decay_norm_and_bias", False):
+        raise UserError(
+            "optimizer.imgcls.layer_decay groups as timm does, with no weight decay on biases, "
+            "norms and embeddings: set optimizer.imgcls.no_decay_norm_and_bias=true."
+        )
+    if not hasattr(model, "group_matcher"):
+        raise UserError(
+            f"optimizer.imgcls.layer_decay needs a net whose blocks timm knows; "
+            f"{type(model).__name__} has none: use a timm/ net (timm/vit_small_patch16_224, "
+            "timm/convnext_tiny, ...) or optimizer.imgcls.layer_decay=null."
+        )
+    from timm.optim import param_groups_layer_decay
+
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        groups = param_groups_layer_decay(
+            model, kwargs.get("weight_decay", 0.0), skip, layer_decay=decay
+        )
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+    # named by timm's layer id: 0 the stem, the highest the head
+    below = [round(math.log(g["lr_scale"], decay)) if decay < 1 else 0 for g in groups]
+    built = []
+    for group, depth in sorted(zip(groups, below, strict=True), key=lambda pair: pair[1]):
+        scale = group.pop("lr_scale")
+        group.pop("param_names", None)
+        kind = "no_decay" if group["weight_decay"] == 0 else "decay"
+        name = f"layer{max(below) - depth}_{kind}"
+        built.append(group | {"lr": kwargs["lr"] * scale, "name": name})
+    return built
+
+
 def build_optimizer(
     model: nn.Module,
     cfg: dict[str, Any],
@@ -90,13 +144,16 @@ def build_optimizer(
     kwargs = dict(cfg)
     optimizer_class = get_class(kwargs.pop("_target_"))
     ours = dict(kwargs.pop("imgcls", None) or {})
-    groups = param_groups(
-        model,
-        kwargs["lr"],
-        head,
-        ours.get("lr_mult"),
-        ours.get("no_decay_norm_and_bias", False),
-    )
+    if ours.get("layer_decay") is not None:
+        groups = layer_decay_groups(model, kwargs, ours)
+    else:
+        groups = param_groups(
+            model,
+            kwargs["lr"],
+            head,
+            ours.get("lr_mult"),
+            ours.get("no_decay_norm_and_bias", False),
+        )
     fused = grad_scaler and fused_for_grad_scaler(optimizer_class, kwargs, clipping)
     optimizer = optimizer_class(groups, **({"fused": True} | kwargs if fused else kwargs))
     if fused and optimizer.defaults.get("momentum"):

@@ -6,6 +6,7 @@ go to the model's constructor (`depth=56` for resnet_cifar, `dropout=0.2` for an
 """
 
 import difflib
+import inspect
 from typing import Any
 
 import torchvision
@@ -50,6 +51,12 @@ def timm_net(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn
         raise UserError(f"timm has no model {name!r}.{hint} See timm.list_models().")
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        if "drop_path_rate" not in str(err):
+            raise
+        raise UserError(
+            f"model.net.drop_path_rate: timm/{name} has no stochastic depth; leave it null."
+        ) from err
     except Exception as err:
         if not pretrained:
             raise
@@ -59,6 +66,31 @@ def timm_net(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn
             "machine with internet and copy that cache here (HF_HUB_OFFLINE=1 then uses it), or "
             "pass model.net.weights_path=<file> and model.net.pretrained=false."
         ) from err
+
+
+def drop_path_argument(name: str, rate: float) -> str:
+    """The constructor argument that sets a net's stochastic depth, or one line if it has none."""
+    if not 0 <= rate < 1:
+        raise UserError(f"model.net.drop_path_rate={rate} must be in [0, 1).")
+    if name.startswith("timm/"):
+        return "drop_path_rate"  # timm's nets with blocks take it; build_net checks the others
+    if name in torchvision_models():
+        builder = torchvision.models.get_model_builder(name)
+        module = inspect.getmodule(builder)
+        takers = [
+            cls
+            for cls in vars(module).values()
+            if isinstance(cls, type)
+            and issubclass(cls, nn.Module)
+            and "stochastic_depth_prob" in inspect.signature(cls.__init__).parameters
+        ]
+        if takers:
+            return "stochastic_depth_prob"
+    raise UserError(
+        f"model.net.drop_path_rate: {name} has no stochastic depth. torchvision's ConvNeXt, Swin, "
+        "EfficientNet and MaxViT have it, and timm's nets with blocks (timm/vit_*, "
+        "timm/convnext_*, timm/resnet50, ...); or leave model.net.drop_path_rate=null."
+    )
 
 
 # Where a net's initial weights come from (none of them: from scratch). A checkpoint's own weights
@@ -74,9 +106,15 @@ def build_net(
     pretrained: bool = False,
     weights_path: str | None = None,
     head_init: str = "default",
+    drop_path_rate: float | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """The net, its pretrained weights loaded (see models/pretrained.py), its head initialized."""
+    """The net, its pretrained weights loaded (see models/pretrained.py), its head initialized.
+    `drop_path_rate`: stochastic depth, timm's `drop_path_rate` or torchvision's
+    `stochastic_depth_prob` (ConvNeXt, Swin, EfficientNet, MaxViT), refused for a net with
+    neither."""
+    if drop_path_rate is not None:
+        kwargs[drop_path_argument(name, drop_path_rate)] = drop_path_rate
     if name.startswith("timm/"):
         net = timm_net(name.removeprefix("timm/"), num_classes, pretrained, **kwargs)
     elif pretrained:
