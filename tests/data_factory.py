@@ -241,3 +241,21 @@ def write_shard_set(root: Path, classes: Sequence[str] = ("a", "b"), per_class: 
     samples, names = source.split_samples(), source.class_names
     write_shards(samples, names, False, photos, root / "shards", workers=1)
     return root / "shards"
+
+
+def teacher_checkpoint(path: Path, net: str = "cifar_quick", seed: int = 0) -> Path:
+    """An untrained classifier of the digits' classes and normalization, saved as our checkpoint:
+    a teacher for distillation (its predictions matter less than its wiring)."""
+    from imgcls.models.classifier import ImageClassifier
+
+    torch.manual_seed(seed)
+    contract = {"resize": 32, "crop": 32, "mean": [0.305] * 3, "std": [0.323] * 3}
+    model = ImageClassifier(
+        net={"name": net},
+        num_classes=10,
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
+        class_names=[str(d) for d in range(10)],
+        preprocessing=contract,
+    )
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path

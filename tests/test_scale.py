@@ -21,6 +21,7 @@ from imgcls.utils.config_resolve import device_count, scaled_lr
 from imgcls.utils.errors import UserError
 from tests.data_factory import (
     cache_torchvision_weights,
+    teacher_checkpoint,
     write_cifar,
     write_class_tree,
     write_imagenet,
@@ -207,11 +208,13 @@ def test_compiled_net_checkpoint_loads_without_compile(make_cfg, tmp_path: Path)
 
 
 @pytest.mark.slow(seconds=20)
-def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
+def test_ddp_sim_bf16_channels_last_sync_bn_distill_ranks_agree(tmp_path: Path) -> None:
+    teacher = teacher_checkpoint(tmp_path / "teacher.ckpt")  # each rank runs its own copy
     result = run_cli(
         "train.py",
         [
             "trainer=ddp_sim",
+            f"model.distill.teacher={teacher}",
             "trainer.precision=bf16-mixed",
             "model.net.name=fast_cifar",  # its whitening stem is set on rank 0 and broadcast
             "model.channels_last=true",
@@ -238,6 +241,7 @@ def test_ddp_sim_bf16_channels_last_sync_bn_ranks_agree(tmp_path: Path) -> None:
         per_rank[int(line.group(1))] = json.loads(line.group(2))
     assert set(per_rank) == {0, 1}
     assert "trainer.sync_batchnorm needs CUDA" in (run / "train.log").read_text()  # said
+    assert "Distilling from" in (run / "train.log").read_text()
     for name in ("val/acc", "val/loss", "test/acc", "test/acc_top5", "train/loss"):
         assert per_rank[0][name] == pytest.approx(per_rank[1][name]), name
     assert per_rank[0]["test/acc"] > 0.15  # learning, in bf16 on two processes

@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imgcls.models.calibration import TemperatureFit
 from imgcls.models.confusion import ClassAveragedScores
+from imgcls.models.distill import Teacher, check_distill, teacher_for
 from imgcls.models.multilabel import (
     TASKS,
     MultiHotLoss,
@@ -125,11 +126,16 @@ class ImageClassifier(LightningModule):
         tta_flip: bool = False,
         tta_shift: int = 0,
         preprocessing: dict[str, Any] | None = None,
+        distill: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # train.py logs the whole config
         check_task(task, temperature, threshold)
         self.multilabel = task == "multilabel"
+        if distill and distill.get("teacher"):
+            check_distill(distill["alpha"], distill["temperature"], self.multilabel)
+        # models/distill.py: built for fitting only (`setup`), never saved
+        self.teacher: Teacher | None = None
         self.net = build_net(num_classes=num_classes, **net)
         self.head_name = find_head(self.net, num_classes)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -292,6 +298,8 @@ class ImageClassifier(LightningModule):
         logits = self(images) if stage == "train" else self.eval_logits(images)
         # labels are class indices, MixUp/CutMix soft targets, or (multilabel) multi-hot targets
         losses = self.criterion(logits, labels)
+        if stage == "train" and self.teacher is not None:
+            losses = self.teacher.losses(images, logits, losses)
         if labels.ndim == 2 and not self.multilabel:
             labels = labels.argmax(dim=1)  # accuracy against the dominant class
         # Only metric state is updated in the step; values are computed (and DDP-synced) and
@@ -342,12 +350,15 @@ class ImageClassifier(LightningModule):
         return {"logits": logits.detach()}
 
     def on_fit_start(self) -> None:
-        """A net with a data-dependent initialization (fast_cifar's whitening stem) gets it from
-        the first training images, in split order and un-augmented, before the first step of a
-        fresh run (a resumed run or pretrained weights already set those layers). Every process
-        computes the same weights; rank 0's are broadcast all the same (as CPU tensors: a
-        pickled CUDA tensor lands on rank 0's GPU on every rank), since DDP syncs parameters only
-        when it wraps the model, before this hook."""
+        """The teacher (model.distill) goes to this process's device. A net with a data-dependent
+        initialization (fast_cifar's whitening stem) gets it from the first training images, in
+        split order and un-augmented, before the first step of a fresh run (a resumed run or
+        pretrained weights already set those layers). Every process computes the same weights;
+        rank 0's are broadcast all the same (as CPU tensors: a pickled CUDA tensor lands on rank
+        0's GPU on every rank), since DDP syncs parameters only when it wraps the model, before
+        this hook."""
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         net, trainer = self.net, self.trainer
         pretrained = any(self.hparams.net.get(key) for key in PRETRAINED_KEYS)
         if not hasattr(net, "init_from_data") or trainer.ckpt_path or pretrained:
@@ -361,9 +372,12 @@ class ImageClassifier(LightningModule):
 
     def setup(self, stage: str) -> None:
         """`class_weights=balanced` from the train split's class counts (before the model moves
-        to its device and a resume restores its state); an imbalance nothing evens out, said."""
+        to its device and a resume restores its state); an imbalance nothing evens out, said;
+        the teacher of model.distill built."""
         if stage != "fit":
             return
+        if self.teacher is None:
+            self.teacher = teacher_for(self.hparams.get("distill"), self)
         datamodule = self.trainer.datamodule
         counts = datamodule.class_counts("train") if datamodule is not None else None
         self._say_if_imbalanced(counts, getattr(datamodule, "sampler", None))

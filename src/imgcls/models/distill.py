@@ -1,0 +1,135 @@
+"""Knowledge distillation (Hinton et al. 2015): a trained teacher's softened predictions as a second
+target, `model.distill.teacher=<our checkpoint | torchvision name[:weights] | timm/<name>>`.
+
+The loss per image is `(1 - alpha) * the usual loss + alpha * T^2 * KL(teacher || student)` on
+logits divided by the temperature T (the T^2 keeps the soft term's gradients at the scale of the
+hard one's). The teacher sees the very batch the student sees (augmented, mixed), in eval mode,
+without gradients, under the run's precision (Lightning's autocast covers the step). It is held
+off the LightningModule's module tree: its weights are never in a checkpoint, DDP does not wrap
+or sync it (each rank runs its own copy), and a copy of the model (the EMA's) shares it.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def check_distill(alpha: float, temperature: float, multilabel: bool) -> None:
+    if not 0 <= alpha <= 1:
+        raise UserError(f"model.distill.alpha={alpha} weighs the teacher's term: in [0, 1].")
+    if not temperature > 0:
+        raise UserError(f"model.distill.temperature={temperature} must be above 0 (1: plain).")
+    if multilabel:
+        raise UserError(
+            "model.distill distils one label per image (softmax over classes); with "
+            "model.task=multilabel leave model.distill.teacher=null."
+        )
+
+
+class Teacher:
+    """A frozen net whose logits the student learns from. Not an nn.Module attribute of the
+    model (see the module's docstring); copying the model shares it."""
+
+    def __init__(self, net: nn.Module, alpha: float, temperature: float) -> None:
+        self.net = net.eval().requires_grad_(False)
+        self.alpha, self.temperature = alpha, temperature
+
+    def __deepcopy__(self, memo: dict) -> "Teacher":
+        return self
+
+    def to(self, device: torch.device) -> "Teacher":
+        self.net.to(device)
+        return self
+
+    def losses(self, images: Tensor, logits: Tensor, losses: Tensor) -> Tensor:
+        """Per image: the usual `losses` blended with the soft-target term."""
+        with torch.no_grad():
+            target = self.net(images)
+        t = self.temperature
+        soft = F.kl_div(
+            F.log_softmax(logits.float() / t, dim=1),
+            F.log_softmax(target.float() / t, dim=1),
+            reduction="none",
+            log_target=True,
+        ).sum(dim=1) * (t * t)
+        return (1 - self.alpha) * losses + self.alpha * soft
+
+
+def build_teacher(
+    spec: str, num_classes: int, class_names: list[str], mean_std: tuple | None
+) -> nn.Module:
+    """The teacher's net from our checkpoint, a torchvision name (`regnet_y_16gf`, its DEFAULT
+    weights, or `resnet50:IMAGENET1K_V2`) or `timm/<name>` (timm's pretrained weights), with its
+    own head: it must predict this run's classes. `mean_std`: the run's normalization, which a
+    checkpoint teacher must share (it sees the student's batch)."""
+    if spec.endswith(".ckpt") or Path(spec).is_file():
+        from imgcls.models.loading import load_classifier
+
+        teacher = load_classifier(spec)
+        theirs = teacher.hparams.get("preprocessing") or {}
+        if mean_std and (theirs.get("mean"), theirs.get("std")) not in ((None, None), mean_std):
+            raise UserError(
+                f"The teacher {spec} was trained on images normalized by mean "
+                f"{theirs.get('mean')}, std {theirs.get('std')}; this run uses {mean_std[0]}, "
+                f"{mean_std[1]}: set data.mean and data.std to the teacher's."
+            )
+        if teacher.class_names != class_names:
+            raise UserError(
+                f"The teacher {spec} predicts {teacher.class_names[:5]}..., this run's classes are "
+                f"{class_names[:5]}...: a teacher must know the same classes in the same order."
+            )
+        return teacher.net
+    if spec.startswith("timm/"):
+        import timm
+
+        try:
+            net = timm.create_model(spec.removeprefix("timm/"), pretrained=True)
+        except Exception as err:
+            raise UserError(
+                f"Could not get the teacher {spec} with timm's pretrained weights ({err}): copy "
+                "the Hugging Face cache here, or distil from one of our checkpoints."
+            ) from err
+        classes = net.num_classes
+    else:
+        import torchvision
+
+        from imgcls.models.pretrained import download_torchvision, torchvision_weights
+
+        name, _, weights = spec.partition(":")
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise UserError(
+                f"model.distill.teacher={spec!r} is none of: a checkpoint file (.ckpt), a "
+                "torchvision model name (resnet50, regnet_y_16gf[:WEIGHTS]), timm/<name>."
+            )
+        classes = len(torchvision_weights(name, weights or "DEFAULT").meta["categories"])
+        net = torchvision.models.get_model(name, weights=None, num_classes=classes)
+        net.load_state_dict(download_torchvision(name, weights or "DEFAULT"))
+    if classes != num_classes:
+        raise UserError(
+            f"The teacher {spec} predicts {classes} classes, this run has {num_classes}: distil "
+            "from a teacher trained on this run's classes (one of our checkpoints)."
+        )
+    return net
+
+
+def teacher_for(cfg: dict[str, Any] | None, model: Any) -> Teacher | None:
+    """The model's teacher per its `distill` config, or None without one."""
+    if not cfg or not cfg.get("teacher"):
+        return None
+    preprocessing = model.hparams.get("preprocessing") or {}
+    mean_std = None
+    if preprocessing.get("mean") is not None:
+        mean_std = (list(preprocessing["mean"]), list(preprocessing["std"]))
+    net = build_teacher(str(cfg["teacher"]), model.hparams.num_classes, model.class_names, mean_std)
+    log.info(
+        f"Distilling from {cfg['teacher']} (alpha {cfg['alpha']}, temperature {cfg['temperature']})"
+    )
+    return Teacher(net, cfg["alpha"], cfg["temperature"])
