@@ -224,3 +224,14 @@ def test_lamb_and_lars_step_without_a_device_wait(name: str) -> None:
         if step:  # the first makes LAMB's CPU step count
             assert not trace.waits, [w.what for w in trace.waits]
     assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
+
+
+def test_no_decay_also_skips_what_a_timm_net_names() -> None:
+    net = tiny_vit()
+    optimizer = build_optimizer(net, {**ADAMW, "imgcls": {"no_decay_norm_and_bias": True}})
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    decay, free = groups["backbone"], groups["backbone_no_decay"]
+    assert free["weight_decay"] == 0.0
+    free_ids = {id(p) for p in free["params"]}
+    assert {id(net.pos_embed), id(net.cls_token)} <= free_ids  # 3-D, named by the net
+    assert all(p.ndim > 1 for p in decay["params"])

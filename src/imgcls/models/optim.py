@@ -4,7 +4,8 @@ Each config names a torch class (`_target_`) and its arguments; our own settings
 block, `imgcls`, and are consumed here:
 - optimizer `imgcls.no_decay_norm_and_bias`: no weight decay on 1-D parameters (biases and norm
   scales, timm's rule; torchvision's `--norm-weight-decay 0`), where decay only fights the
-  normalization it rescales;
+  normalization it rescales, nor on what a net names in its `no_weight_decay()` (timm's ViTs:
+  position embeddings and class token);
 - optimizer `imgcls.lr_mult`: the lr of the classifier `head` and of norm layers (`norm`) as
   multiples of the lr, each its own param group, so every scheduler scales them alike
   (experiment=finetune_folder trains the head at 10x; airbench trains BatchNorm biases at 64x);
@@ -62,13 +63,18 @@ def param_groups(
     head_ids = (
         {id(p) for p in head.parameters()} if head is not None and mults["head"] != 1 else set()
     )
+    skip = set()  # what the net itself says to keep from decay (timm: position embeddings, ...)
+    if no_decay_norm_and_bias and hasattr(model, "no_weight_decay"):
+        named = dict(model.named_parameters())
+        skip = {id(named[name]) for name in model.no_weight_decay() if name in named}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
             part = "head" if id(p) in head_ids else "backbone"
             if part == "backbone" and mults["norm"] != 1 and isinstance(module, NORM_LAYERS):
                 part = "norm"
-            groups.setdefault((part, no_decay_norm_and_bias and p.ndim <= 1), []).append(p)
+            free = no_decay_norm_and_bias and (p.ndim <= 1 or id(p) in skip)
+            groups.setdefault((part, free), []).append(p)
     built = []
     for (part, no_decay), params in groups.items():
         group: dict[str, Any] = {"params": params, "name": part + ("_no_decay" if no_decay else "")}
