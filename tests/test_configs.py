@@ -69,6 +69,8 @@ def test_option_composes_and_builds(
     overrides = [f"{group}={option}"]
     if (group, option) == ("experiment", "finetune_folder"):
         cache_torchvision_weights("resnet50")
+    if (group, option) == ("experiment", "finetune_vit_folder"):
+        overrides.append("model.net.pretrained=false")  # timm's weights need the Hub
     if (group, option) in NEEDS_GPU:
         overrides.append("trainer.accelerator=cpu")
     if (group, option) == ("logger", "wandb"):
