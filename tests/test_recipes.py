@@ -14,6 +14,24 @@ from imgcls.train import train
 from imgcls.utils.compose import compose_config, instantiate
 from imgcls.utils.config_resolve import derived_values
 
+# DeiT's training of a ViT (its Table 9), which MAE's fine-tuning takes over whole
+DEIT_REGULARIZATION = {
+    "optimizer": "AdamW",
+    "momentum": None,
+    "weight decay": 0.05,
+    "no decay on": "norm layers, biases, position embedding, class token",
+    "label smoothing": 0.1,
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "policy": "timm:rand-m9-mstd0.5-inc1",
+    "erasing": (0.25, "pixel"),
+    "ema": None,
+    "drop path": 0.1,
+    "train crop": 224,
+    "eval resize": 256,
+    "eval crop": 224,
+}
+
 # Copied from each source (see the yaml's header). Global batch and lr at the published device
 # count; lr after linear scaling.
 PUBLISHED: dict[str, dict[str, Any]] = {
@@ -51,26 +69,13 @@ PUBLISHED: dict[str, dict[str, Any]] = {
         "net": "timm/deit_small_patch16_224",
         "global batch": 1024,
         "lr": 5e-4 * 1024 / 512,
-        "optimizer": "AdamW",
-        "momentum": None,
         "epochs": 300,
         "schedule": ("CosineAnnealingLR", "epoch", 1e-5),
         "warm-up epochs": 5,
         "warm-up start factor": 1e-6 / 1e-3,  # warmup_lr 1e-6
-        "weight decay": 0.05,
-        "no decay on": "norm layers, biases, position embedding, class token",
-        "label smoothing": 0.1,
-        "mixup": 0.8,
-        "cutmix": 1.0,
-        "policy": "timm:rand-m9-mstd0.5-inc1",
-        "erasing": (0.25, "pixel"),
+        **DEIT_REGULARIZATION,
         "repeated aug": 3,
-        "ema": None,
-        "drop path": 0.1,
         "layer decay": None,
-        "train crop": 224,
-        "eval resize": 256,
-        "eval crop": 224,
     },
     # MAE paper Table 9 (A.2), mae FINETUNE.md (ViT-B from MAE pre-training: 83.6%)
     "finetune_vit_folder": {
@@ -78,26 +83,13 @@ PUBLISHED: dict[str, dict[str, Any]] = {
         "net": "timm/vit_base_patch16_224.mae",
         "global batch": 1024,
         "lr": 5e-4 * 1024 / 256,
-        "optimizer": "AdamW",
-        "momentum": None,
         "epochs": 100,
         "schedule": ("CosineAnnealingLR", "step", 1e-6),
         "warm-up epochs": 5,
-        "warm-up start factor": 1e-3,
-        "weight decay": 0.05,
-        "no decay on": "norm layers, biases, position embedding, class token",
-        "label smoothing": 0.1,
-        "mixup": 0.8,
-        "cutmix": 1.0,
-        "policy": "timm:rand-m9-mstd0.5-inc1",
-        "erasing": (0.25, "pixel"),
+        "warm-up start factor": 0.0,  # MAE's warm-up starts at lr 0
+        **DEIT_REGULARIZATION,
         "repeated aug": 1,
-        "ema": None,
-        "drop path": 0.1,
         "layer decay": 0.65,
-        "train crop": 224,
-        "eval resize": 256,
-        "eval crop": 224,
     },
 }
 
@@ -107,6 +99,8 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 STATED_DIFFERENCES: dict[str, dict[str, Any]] = {
     # ours keeps every 1-D parameter from decay, the fc bias too; torchvision only norm layers'
     "resnet50_imagenet_tv2": {"no decay on": "norm layers, biases"},
+    # torch's LinearLR cannot start at 0: the first step is at 1e-3 x lr
+    "finetune_vit_folder": {"warm-up start factor": 1e-3},
 }
 
 
