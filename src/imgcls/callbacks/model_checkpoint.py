@@ -44,13 +44,13 @@ class CheckpointWithBestLink(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         self._save_last(trainer)
-        self._link_best(trainer)
+        self.link_best(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if not trainer.sanity_checking:
             self._save_last(trainer)
-        self._link_best(trainer)
+        self.link_best(trainer)
 
     def _save_last(self, trainer: L.Trainer) -> None:
         """last.ckpt at this step, unless this step has been saved already (by Lightning, at a
@@ -65,7 +65,7 @@ class CheckpointWithBestLink(ModelCheckpoint):
         trainer.save_checkpoint(path)
         self._last_saved_here = trainer.global_step
 
-    def _link_best(self, trainer: L.Trainer) -> None:
+    def link_best(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero or not self.best_model_path or self.dirpath is None:
             return
         best, folder = Path(self.best_model_path), Path(self.dirpath)
