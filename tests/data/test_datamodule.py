@@ -275,3 +275,19 @@ def test_training_batches_draw_randomness_from_seed_and_step_with_no_callback() 
     dm.trainer.global_step = 4
     dm.on_before_batch_transfer(None, 0)
     assert not torch.equal(torch.rand(3), first)
+
+
+def test_each_rank_augments_the_copies_repeated_augmentation_sends_it_its_own_way() -> None:
+    """Per-step reseeding is per rank: the same image on two ranks gets two augmentations."""
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(4)
+    outs = []
+    for rank in (0, 1, 0):
+        dm = DigitsDataModule(auto_augment="ta_wide", random_erasing=0.5, repeated_aug=2)
+        dm.trainer = fake_trainer(world_size=2, rank=rank)
+        dm.trainer.global_step = 7
+        dm.run_seed = 3
+        batch = dm.on_before_batch_transfer((images, labels), 0)
+        outs.append(dm.device_batch(*batch, training=True)[0])
+    assert not torch.equal(outs[0], outs[1])  # rank 0 and rank 1 differ
+    assert torch.equal(outs[0], outs[2])  # and a rank repeats itself at the same step

@@ -310,12 +310,12 @@ class ImageDataModule(LightningDataModule, ABC):
     def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """Randomness that is a function of (seed, step), so a resumed run draws what the
         uninterrupted one would have drawn (device augmentation, MixUp / CutMix, dropout): the
-        global RNGs are re-seeded from (run seed, global step) just before each training batch
+        global RNGs are re-seeded from (run seed, global step, rank) just before each training batch
         is augmented, so no hook order, loader iterator or sanity check between a restore and
         the first batch can shift the stream (~10 us a step). Data order is a function of
         (seed, epoch) (data/loaders.py)."""
         if self.run_seed is not None and self.trainer is not None and self.trainer.training:
-            reseed(self.run_seed, self.trainer.global_step)
+            reseed(self.run_seed, self.trainer.global_step, self.trainer.global_rank)
         return batch
 
     def transfer_batch_to_device(
