@@ -41,3 +41,10 @@ def test_the_averaged_weights_are_saved_linked_as_best_and_tested(make_cfg, tmp_
 def test_swa_and_ema_together_are_refused(make_cfg) -> None:
     with pytest.raises(UserError, match="keep one"):
         train(make_cfg("callbacks=[default,swa,ema]", "trainer.max_epochs=1"))
+
+
+def test_a_run_stopped_before_the_last_swa_epoch_keeps_its_best(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg(*SWA, "+trainer.max_steps=7"))  # stops in the 3rd of 4 epochs
+    folder = tmp_path / "run" / "checkpoints"
+    assert not (folder / "swa.ckpt").exists()
+    assert (folder / "best.ckpt").resolve().name.startswith("epoch_")

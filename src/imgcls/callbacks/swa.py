@@ -17,6 +17,9 @@ from lightning.pytorch.callbacks import StochasticWeightAveraging
 from imgcls.callbacks.ema import EMA
 from imgcls.callbacks.model_checkpoint import CheckpointWithBestLink
 from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 SWA_NAME = "swa.ckpt"
 
@@ -35,9 +38,18 @@ class SWA(StochasticWeightAveraging):
         checkpoints = [c for c in trainer.checkpoint_callbacks if c.dirpath]
         if not checkpoints or self.n_averaged is None or trainer.fast_dev_run:
             return
+        # the fit ends after its current epoch counted up: it reached the last SWA epoch (and
+        # the BatchNorm pass after it), or it stopped early and the weights are not the average
+        if self._max_epochs == -1 or trainer.current_epoch - 1 < self.swa_end:
+            log.warning(
+                "Training stopped before the last SWA epoch: the weights are not the average, "
+                "and best.ckpt stays the best validated checkpoint."
+            )
+            return
         path = Path(checkpoints[0].dirpath) / SWA_NAME
-        trainer.save_checkpoint(path)
         for callback in checkpoints:  # the run's result: what its test and best.ckpt take
             callback.best_model_path = str(path)
+        trainer.save_checkpoint(path)
+        for callback in checkpoints:
             if isinstance(callback, CheckpointWithBestLink):
                 callback.link_best(trainer)
