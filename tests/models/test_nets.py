@@ -155,6 +155,8 @@ def test_drop_path_rate_reaches_timm_and_torchvision_nets_and_is_refused_elsewhe
     assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
     convnext = build_net("convnext_tiny", 10, drop_path_rate=0.3)
     assert convnext.features[-1][-1].stochastic_depth.p == pytest.approx(0.3)
+    with pytest.raises(UserError, match="swin_t sets its stochastic depth itself"):
+        build_net("swin_t", 10, drop_path_rate=0.1)
     for name in ("resnet18", "resnet_cifar"):
         with pytest.raises(UserError, match=f"{name} has no stochastic depth"):
             build_net(name, 10, drop_path_rate=0.1)

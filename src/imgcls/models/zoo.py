@@ -87,8 +87,8 @@ def drop_path_argument(name: str, rate: float) -> str:
         if takers:
             return "stochastic_depth_prob"
     raise UserError(
-        f"model.net.drop_path_rate: {name} has no stochastic depth. torchvision's ConvNeXt, Swin, "
-        "EfficientNet and MaxViT have it, and timm's nets with blocks (timm/vit_*, "
+        f"model.net.drop_path_rate: {name} has no stochastic depth to set. torchvision's ConvNeXt "
+        "and EfficientNet have it, and timm's nets with blocks (timm/vit_*, "
         "timm/convnext_*, timm/resnet50, ...); or leave model.net.drop_path_rate=null."
     )
 
@@ -111,8 +111,8 @@ def build_net(
 ) -> nn.Module:
     """The net, its pretrained weights loaded (see models/pretrained.py), its head initialized.
     `drop_path_rate`: stochastic depth, timm's `drop_path_rate` or torchvision's
-    `stochastic_depth_prob` (ConvNeXt, Swin, EfficientNet, MaxViT), refused for a net with
-    neither."""
+    `stochastic_depth_prob` (ConvNeXt, EfficientNet), refused for a net with neither (and for
+    torchvision's Swin and MaxViT, whose builders fix it themselves)."""
     if drop_path_rate is not None:
         kwargs[drop_path_argument(name, drop_path_rate)] = drop_path_rate
     if name.startswith("timm/"):
@@ -125,7 +125,17 @@ def build_net(
     elif name in OUR_NETS:
         net = OUR_NETS[name](num_classes=num_classes, **kwargs)
     elif name in torchvision_models():
-        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        try:
+            net = torchvision.models.get_model(
+                name, weights=None, num_classes=num_classes, **kwargs
+            )
+        except TypeError as err:
+            if "multiple values for keyword argument 'stochastic_depth_prob'" not in str(err):
+                raise
+            raise UserError(
+                f"model.net.drop_path_rate: torchvision's {name} sets its stochastic depth "
+                f"itself; use timm's (timm/{name.split('_')[0]}_...) or leave it null."
+            ) from err
         net = with_cifar_stem(net) if cifar_stem else net
     else:
         close = difflib.get_close_matches(name, available_nets(), n=3, cutoff=0.6)
