@@ -56,7 +56,8 @@ def mode_of(run_dir: Path, monitor: str) -> str:
 
 def choose(folder: Path, last: int | None, best: int | None) -> list[tuple[Path, dict]]:
     """(path, checkpoint) of the `last` newest or `best` best-scored per-epoch checkpoints."""
-    found = [(p, read_checkpoint(p)) for p in epoch_checkpoints(folder)]
+    # mapped, not read: only the chosen ones' tensors are read, when they are averaged
+    found = [(p, read_checkpoint(p, mmap=True)) for p in epoch_checkpoints(folder)]
     wanted = last or best
     if len(found) < wanted:
         keep = f"save_top_k={wanted}" if best else "save_top_k=-1 (every epoch)"

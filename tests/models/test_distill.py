@@ -70,18 +70,24 @@ def test_a_student_learns_from_our_checkpoint_which_never_enters_its_own(
     assert f"Distilling from {ckpt} (alpha 0.5, temperature 2.0)" in caplog.text
 
 
+IMAGENET_NORM = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
 @pytest.mark.parametrize(
-    ("spec", "refusal"),
+    ("spec", "norm", "refusal"),
     [
-        ("resnet18", "predicts 1000 classes, this run has 10"),
-        ("resnet18:IMAGENET1K_V3", "no weights 'IMAGENET1K_V3'"),
-        ("not_a_net", "none of: a checkpoint file"),
+        ("resnet18", IMAGENET_NORM, "predicts 1000 classes, this run has 10"),
+        ("resnet18", DIGITS_NORM, r"normalized by mean \[0.485"),
+        ("resnet18:IMAGENET1K_V3", IMAGENET_NORM, "no weights 'IMAGENET1K_V3'"),
+        ("not_a_net", IMAGENET_NORM, "none of: a checkpoint file"),
     ],
 )
-def test_teachers_that_cannot_teach_this_run_are_one_line(spec: str, refusal: str) -> None:
+def test_teachers_that_cannot_teach_this_run_are_one_line(
+    spec: str, norm: tuple, refusal: str
+) -> None:
     cache_torchvision_weights("resnet18")
     with pytest.raises(UserError, match=refusal):
-        build_teacher(spec, 10, DIGITS, DIGITS_NORM)
+        build_teacher(spec, 10, DIGITS, norm)
 
 
 def test_a_checkpoint_teacher_must_share_classes_and_normalization(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ off the LightningModule's module tree: its weights are never in a checkpoint, DD
 or sync it (each rank runs its own copy), and a copy of the model (the EMA's) shares it.
 """
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,25 @@ class Teacher:
         return (1 - self.alpha) * losses + self.alpha * soft
 
 
+def check_normalization(
+    spec: str, mean: Sequence[float] | None, std: Sequence[float] | None, run: tuple | None
+) -> None:
+    """A teacher sees the student's batch: it must have been trained on images normalized alike
+    (`run`: the run's mean and std; None where either is unknown)."""
+    if run is None or mean is None or std is None:
+        return
+    same = all(
+        math.isclose(a, b, abs_tol=1e-3)
+        for a, b in zip([*mean, *std], [*run[0], *run[1]], strict=True)
+    )
+    if not same:
+        raise UserError(
+            f"The teacher {spec} was trained on images normalized by mean {list(mean)}, std "
+            f"{list(std)}; this run uses {list(run[0])}, {list(run[1])}: set data.mean and "
+            "data.std to the teacher's."
+        )
+
+
 def build_teacher(
     spec: str, num_classes: int, class_names: list[str], mean_std: tuple | None
 ) -> nn.Module:
@@ -75,12 +96,7 @@ def build_teacher(
 
         teacher = load_classifier(spec)
         theirs = teacher.hparams.get("preprocessing") or {}
-        if mean_std and (theirs.get("mean"), theirs.get("std")) not in ((None, None), mean_std):
-            raise UserError(
-                f"The teacher {spec} was trained on images normalized by mean "
-                f"{theirs.get('mean')}, std {theirs.get('std')}; this run uses {mean_std[0]}, "
-                f"{mean_std[1]}: set data.mean and data.std to the teacher's."
-            )
+        check_normalization(spec, theirs.get("mean"), theirs.get("std"), mean_std)
         if teacher.class_names != class_names:
             raise UserError(
                 f"The teacher {spec} predicts {teacher.class_names[:5]}..., this run's classes are "
@@ -98,6 +114,9 @@ def build_teacher(
                 "the Hugging Face cache here, or distil from one of our checkpoints."
             ) from err
         classes = net.num_classes
+        check_normalization(
+            spec, net.pretrained_cfg.get("mean"), net.pretrained_cfg.get("std"), mean_std
+        )
     else:
         import torchvision
 
@@ -109,7 +128,10 @@ def build_teacher(
                 f"model.distill.teacher={spec!r} is none of: a checkpoint file (.ckpt), a "
                 "torchvision model name (resnet50, regnet_y_16gf[:WEIGHTS]), timm/<name>."
             )
-        classes = len(torchvision_weights(name, weights or "DEFAULT").meta["categories"])
+        entry = torchvision_weights(name, weights or "DEFAULT")
+        classes = len(entry.meta["categories"])
+        preprocess = entry.transforms()
+        check_normalization(spec, preprocess.mean, preprocess.std, mean_std)
         net = torchvision.models.get_model(name, weights=None, num_classes=classes)
         net.load_state_dict(download_torchvision(name, weights or "DEFAULT"))
     if classes != num_classes:
