@@ -168,3 +168,20 @@ def test_decode_auto_picks_the_device_only_with_a_hardware_jpeg_decoder(
             assert choose_decode("auto", gpu) == expected
         assert "data.decode=auto" in caplog.text  # the log says which was chosen, and why
         assert ("on cuda:0" in caplog.text) == (expected == "device")
+
+
+@pytest.mark.parametrize(
+    "options", [{"augment": "cifar"}, {"augment": "standard", "auto_augment": "timm:v0"}]
+)
+def test_auto_decodes_in_the_workers_what_the_device_cannot_augment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict
+) -> None:
+    """On a GPU with a hardware decoder `auto` picks the device, unless the preset's crop or
+    the policy only runs in the workers: then the workers decode, where data.decode=device
+    is refused."""
+    from imgcls.data import device_decode
+
+    monkeypatch.setattr(device_decode, "choose_decode", lambda decode, device: "device")
+    root = write_class_tree(tmp_path, ["a", "b"], per_class=4)
+    assert not FolderDataModule(root=str(root), decode="auto", **options).decodes_on_device()
+    assert FolderDataModule(root=str(root), decode="auto", augment="standard").decodes_on_device()

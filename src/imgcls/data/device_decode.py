@@ -167,7 +167,14 @@ class DecodePlaceChoice:
             return False
         device = self.device
         if self._decode_place is None or self._decode_place[0] != device:
-            self._decode_place = (device, choose_decode(self.decode, device))
+            place = choose_decode(self.decode, device)
+            if place == "device" and self.decode == "auto" and not self._device_can_augment():
+                log.info(
+                    f"data.decode=auto: photos are decoded in the loader workers (data.augment="
+                    f"{self.augment} with data.auto_augment={self.pipeline.policy} runs there)"
+                )
+                place = "cpu"
+            self._decode_place = (device, place)
         on_device = self._decode_place[1] == "device"
         if on_device and self.pipeline.device_crop is NO_DEVICE_CROP:
             able = [
@@ -183,6 +190,12 @@ class DecodePlaceChoice:
                 "images: use data.decode=cpu, or a policy that also runs on the device."
             )
         return on_device
+
+    def _device_can_augment(self) -> bool:
+        """Whether the device can do the workers' part: the preset's crop and the policy."""
+        pipeline = self.pipeline
+        no_policy = pipeline.policy is None or pipeline.device_policy is not None
+        return pipeline.device_crop is not NO_DEVICE_CROP and no_policy
 
 
 def choose_decode(decode: str, device: torch.device) -> str:
