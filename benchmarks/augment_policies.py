@@ -13,10 +13,10 @@ import argparse
 import time
 
 import torch
-from paired import paired_repeats, ratio_line, spread
 
 from imgcls.data.device_augment import RandomErasingBatch
 from imgcls.data.policies import POLICIES, DevicePolicy
+from paired import paired_repeats, ratio_line, spread
 
 
 def timed(step, device: torch.device, batches: int) -> float:
