@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from imgcls.models.optim import build_optimizer
 from imgcls.models.zoo import build_net
-from imgcls.train import train
+from imgcls.train import preprocessing_of_weights, train
 from imgcls.utils.compose import compose_config, instantiate
 from imgcls.utils.config_resolve import derived_values
 
@@ -99,8 +99,12 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 STATED_DIFFERENCES: dict[str, dict[str, Any]] = {
     # ours keeps every 1-D parameter from decay, the fc bias too; torchvision only norm layers'
     "resnet50_imagenet_tv2": {"no decay on": "norm layers, biases"},
-    # torch's LinearLR cannot start at 0: the first step is at 1e-3 x lr
-    "finetune_vit_folder": {"warm-up start factor": 1e-3},
+    "finetune_vit_folder": {
+        # torch's LinearLR cannot start at 0: the first step is at 1e-3 x lr
+        "warm-up start factor": 1e-3,
+        # timm's weights say crop_pct 0.9: 224 / 0.9 (pretrained weights bring their own)
+        "eval resize": 248,
+    },
 }
 
 
@@ -134,7 +138,7 @@ def as_run(experiment: str, devices: int) -> dict[str, Any]:
         output_dir=Path("/nowhere"),
     )
     settled = derived_values(cfg)
-    data = instantiate(cfg.data)
+    data = instantiate(cfg.data, **preprocessing_of_weights(cfg))  # as train.py builds it
     pipeline = data.pipeline
     opt, sched = cfg.optimizer, cfg.scheduler
     net_cfg = {**OmegaConf.to_container(cfg.model.net), "pretrained": False}
