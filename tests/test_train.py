@@ -133,6 +133,7 @@ def test_default_run_reaches_95_percent_and_leaves_a_complete_run_dir(
         "pretrained": False,
         "weights_path": None,
         "head_init": "default",
+        "drop_path_rate": None,
     }
     assert hparams["preprocessing"] == {
         "resize": 32,
