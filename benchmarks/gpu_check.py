@@ -14,7 +14,9 @@ table, and the rest go on. In order of what matters most:
    (benchmarks/cifar10_time_to_accuracy.py);
 4. the ImageNet-photo feed (benchmarks/input_pipeline.py): the loader with decode=cpu and
    decode=device, and resnet50_imagenet trained with whatever decode=auto picks, eager and
-   compiled (the compiled loop of 2 runs last, on the compiler's warm caches).
+   compiled (the compiled loop of 2 runs last, on the compiler's warm caches);
+5. what the augmentation policies cost batched on the device, 256 images at 224 px, against
+   torchvision's per image (benchmarks/augment_policies.py).
 Sized to end within 7 minutes on one H100/H200 with 16 cores; `--budget` seconds on, no step
 starts, and at `--deadline` seconds a step still running is stopped (the table always comes out
 inside a 10-minute command). The table and every step's output go to $OUT (or logs/gpu_check/).
@@ -112,6 +114,8 @@ CIFAR_ACC, CIFAR_TIME = r"cifar10_fast: test accuracy ([\d.]+)", r"training time
 LOADER = r"decode={}\), original photos:\s+([\d,]+)"
 TRAINED = r"resnet50_imagenet{} \(decode=[^)]*\), \d+ epochs: ([\d,]+) img/s"
 WAITED = r"resnet50_imagenet{} \(decode=[^)]*\), .*data wait ([\d.]+)%"
+POLICY_MS = r"{} +batched ([\d.,]+) "
+POLICY_RATIO = r"{} +batched .*ratio batched/per_image=([\d.]+)"
 
 
 def steps(smoke: bool, cifar: Path, photos: Path) -> list[Step]:
@@ -124,6 +128,7 @@ def steps(smoke: bool, cifar: Path, photos: Path) -> list[Step]:
         loops = [("fast_cifar", [*toy, "--batch", "32"], 0.9)]
         cifar_options = ["--seeds", "1", "--minutes", "0.2"]
         feed = ["--samples", "64", "--batch", "16", "--epochs", "2", "--workers", "1"]
+        policies = ["--size", "32", "--batch", "8", "--batches", "1", "--repeats", "1"]
         tests = []
     else:
         r50 = ["--net", "resnet50", "--size", "224", "--batch", "256", "--steps", "24"]
@@ -140,6 +145,7 @@ def steps(smoke: bool, cifar: Path, photos: Path) -> list[Step]:
         workers = str(max(1, (os.cpu_count() or 2) - 1))
         feed = ["--samples", "5120", "--batch", "256", "--epochs", "3", "--workers", workers]
         feed += ["--train-compiled"]
+        policies = ["--size", "224", "--batch", "256", "--batches", "3", "--repeats", "3"]
         tests = ["-n", "4"]
     made = [
         Step(
@@ -198,6 +204,25 @@ def steps(smoke: bool, cifar: Path, photos: Path) -> list[Step]:
                 ),
             ],
             needs=str(photos),
+        )
+    )
+    made.append(
+        Step(
+            "augmentation policies on the device",
+            [*python, "benchmarks/augment_policies.py", "--device", device, *policies],
+            120,
+            [
+                *(
+                    Target(f"{name} batched, ms per batch", POLICY_MS.format(name), None, "{:.1f}")
+                    for name in ("ta_wide", "randaugment", "augmix")
+                ),
+                Target(
+                    "randaugment: batched / torchvision per image, speed",
+                    POLICY_RATIO.format("randaugment"),
+                    None,
+                    "{:.2f}",
+                ),
+            ],
         )
     )
     # last: the photo feed's compiled run has filled the compiler's caches by then
