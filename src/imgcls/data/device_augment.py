@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcls.utils.machine import DeviceConstants
+
 # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 LUMA = torch.tensor((0.299, 0.587, 0.114), dtype=torch.float64)
 # RGB -> YIQ: hue is a rotation of the (I, Q) chroma plane
@@ -115,17 +117,8 @@ class ColorJitterBatch(nn.Module):
             saturation,
             hue,
         )
-        self._constants: dict[tuple[torch.device, torch.dtype], tuple[Tensor, ...]] = {}
-
-    def constants(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
-        """Luma, RGB -> YIQ and back, on `device`: copied there once (a copy from the host in
-        every step would make the host wait for the device)."""
-        key = (device, dtype)
-        if key not in self._constants:
-            self._constants[key] = tuple(
-                t.to(device, dtype) for t in (LUMA, RGB_TO_YIQ, YIQ_TO_RGB)
-            )
-        return self._constants[key]
+        # luma, RGB -> YIQ and back
+        self._constants = DeviceConstants(LUMA, RGB_TO_YIQ, YIQ_TO_RGB)
 
     def _factors(self, n: int, spread: float, device: torch.device) -> Tensor:
         return _uniform(n, max(0.0, 1 - spread), 1 + spread, device)
@@ -133,7 +126,7 @@ class ColorJitterBatch(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         n, device, dtype = images.shape[0], images.device, images.dtype
         eye = torch.eye(3, device=device, dtype=dtype).expand(n, 3, 3)
-        luma, to_yiq, from_yiq = self.constants(device, dtype)
+        luma, to_yiq, from_yiq = self._constants.on(device, dtype)
         gray = luma.expand(3, 3)  # x -> its luma in every channel
         b = self._factors(n, self.brightness, device).to(dtype).view(n, 1, 1)
         c = self._factors(n, self.contrast, device).to(dtype).view(n, 1, 1)

@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from imgcls.utils.errors import UserError
+from imgcls.utils.machine import DeviceConstants
 
 # torchvision's luma weights (rgb_to_grayscale)
 LUMA = (0.2989, 0.587, 0.114)
@@ -49,21 +50,16 @@ class OpSpace:
             None if (m := fn(num_bins, height, width)) is None else m.float()
             for fn, _ in space.values()
         ]
-        # (ops, bins) magnitudes on the host; moved to the device once (`table`)
-        self._host = torch.stack([b if b is not None else torch.zeros(num_bins) for b in self.bins])
-        self._signed = torch.tensor(self.signed)
-        self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}
-
-    def table(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(ops, bins) magnitudes and (ops,) signed flags on `device`, copied there once."""
-        if device not in self._on:
-            self._on[device] = (self._host.to(device), self._signed.to(device))
-        return self._on[device]
+        # (ops, bins) magnitudes and (ops,) signed flags
+        self.tables = DeviceConstants(
+            torch.stack([b if b is not None else torch.zeros(num_bins) for b in self.bins]),
+            torch.tensor(self.signed),
+        )
 
     def magnitudes(self, op: Tensor, bin_index: Tensor) -> Tensor:
         """Each image's magnitude for its operation `op` at `bin_index`, its sign drawn where
         the operation is signed (a fair coin, as torchvision)."""
-        table, signed = self.table(op.device)
+        table, signed = self.tables.on(op.device)
         magnitude = table[op, bin_index]
         flip = signed[op] & (torch.rand(op.shape, device=op.device) < 0.5)
         return torch.where(flip, -magnitude, magnitude)
@@ -76,7 +72,8 @@ class PolicyOps(nn.Module):
     def __init__(self, space: OpSpace, interpolation: str = "nearest") -> None:
         super().__init__()
         self.space, self.interpolation = space, interpolation
-        self._blur: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        # Sharpness's smoothing: 1s around a 5, over 13
+        self._blur = DeviceConstants(torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13)
 
     def forward(self, images: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
         index = {name: i for i, name in enumerate(self.space.names)}
@@ -121,12 +118,9 @@ class PolicyOps(nn.Module):
         if name == "Contrast":
             return _gray(images).mean(dim=(1, 2, 3), keepdim=True).expand_as(images)
         # Sharpness: a 3x3 smoothing inside, the one-pixel border as it was
-        key = (images.device, images.dtype)
-        if key not in self._blur:
-            kernel = torch.ones(3, 3, dtype=images.dtype, device=images.device)
-            kernel[1, 1] = 5
-            self._blur[key] = (kernel / 13).expand(images.shape[1], 1, 3, 3).contiguous()
-        blurred = F.conv2d(images, self._blur[key], groups=images.shape[1]).round()
+        (kernel,) = self._blur.on(images.device, images.dtype)
+        channels = images.shape[1]
+        blurred = F.conv2d(images, kernel.expand(channels, 1, 3, 3), groups=channels).round()
         out = images.clone()
         out[..., 1:-1, 1:-1] = blurred
         return out
@@ -276,17 +270,26 @@ def worker_policy(name: str, magnitude: int | None, num_ops: int | None, crop: i
     return v2.Compose([v2.ToPILImage(), policy, v2.PILToTensor()])
 
 
+def workers_only(name: str) -> UserError:
+    """The one line for a policy that runs in the loader workers only, asked of the device."""
+    return UserError(
+        f"data.auto_augment={name} is timm's PIL policy, for images decoded in the loader "
+        f"workers: for data held or decoded on the device pick one of {', '.join(POLICIES)}, "
+        "or decode in the workers (data.decode=cpu)."
+    )
+
+
+def device_policy(name: str, magnitude: int | None, num_ops: int | None) -> "DevicePolicy | None":
+    """The policy batched on the device, or None for timm's (workers only)."""
+    return None if name.startswith(TIMM_PREFIX) else DevicePolicy(name, magnitude, num_ops)
+
+
 class DevicePolicy(nn.Module):
     """A policy of `POLICIES` per image on a batch. `magnitude`: RandAugment's bin (of 31) or
     AugMix's severity (1-10); `num_ops`: RandAugment's operations per image."""
 
     def __init__(self, name: str, magnitude: int | None = None, num_ops: int | None = None) -> None:
         super().__init__()
-        if name.startswith(TIMM_PREFIX):
-            raise UserError(
-                f"data.auto_augment={name} is timm's PIL policy, for images read in loader "
-                f"workers: on the device pick one of {', '.join(POLICIES)}."
-            )
         # torchvision's transform: its operation table, bins, sub-policies and settings
         self.reference = POLICIES[name](magnitude, num_ops)
         self.space = type(self.reference)._AUGMENTATION_SPACE
@@ -295,14 +298,15 @@ class DevicePolicy(nn.Module):
             self.num_bins = 10
             names = list(self.space)
             sub = self.reference._policies  # ((op, probability, bin or None), (op, ...)) each
-            self.sub_op = torch.tensor([[names.index(o) for o, _, _ in p] for p in sub])
-            self.sub_p = torch.tensor([[q for _, q, _ in p] for p in sub])
-            self.sub_bin = torch.tensor([[b or 0 for _, _, b in p] for p in sub])
+            self.sub_policies = DeviceConstants(
+                torch.tensor([[names.index(o) for o, _, _ in p] for p in sub]),
+                torch.tensor([[q for _, q, _ in p] for p in sub]),
+                torch.tensor([[b or 0 for _, _, b in p] for p in sub]),
+            )
         elif isinstance(self.reference, v2.AugMix):
             self.num_bins = self.reference._PARAMETER_MAX
         self.interpolation = "bilinear" if isinstance(self.reference, v2.AugMix) else "nearest"
         self._ops: dict[tuple[int, int], PolicyOps] = {}
-        self._tables: dict[torch.device, tuple[Tensor, ...]] = {}
 
     def ops(self, height: int, width: int) -> PolicyOps:
         if (height, width) not in self._ops:  # translations are in pixels of this size
@@ -329,7 +333,7 @@ class DevicePolicy(nn.Module):
                 images = step(images, uniform_op(), fixed)
             return images
         if isinstance(reference, v2.AutoAugment):
-            sub_op, sub_p, sub_bin = self.tables(device)
+            sub_op, sub_p, sub_bin = self.sub_policies.on(device)
             pick = torch.randint(len(sub_op), (n,), device=device)
             for j in range(2):
                 apply = torch.rand(n, device=device) <= sub_p[pick, j]
@@ -349,11 +353,3 @@ class DevicePolicy(nn.Module):
                 aug = step(aug, torch.where(depth > d, uniform_op(), -1), severity)
             mix = mix + weights[:, chain].view(n, 1, 1, 1) * aug
         return mix.clamp(0, 255)
-
-    def tables(self, device: torch.device) -> tuple[Tensor, ...]:
-        """AutoAugment's sub-policies on `device`, copied there once."""
-        if device not in self._tables:
-            self._tables[device] = tuple(
-                t.to(device) for t in (self.sub_op, self.sub_p, self.sub_bin)
-            )
-        return self._tables[device]

@@ -25,3 +25,20 @@ def to_device_async(
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class DeviceConstants:
+    """Small host-made tensors a batched op needs on whatever device its batch is on (a colour
+    matrix, a lookup table): copied to each (device, dtype) once, at first use. A copy from the
+    host in every step would make the host wait for the device."""
+
+    def __init__(self, *tensors: Tensor) -> None:
+        self.host = tensors
+        self._copies: dict[tuple[torch.device, torch.dtype | None], tuple[Tensor, ...]] = {}
+
+    def on(self, device: torch.device, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
+        """The tensors on `device`, in `dtype` (None: each its own)."""
+        key = (device, dtype)
+        if key not in self._copies:
+            self._copies[key] = tuple(t.to(device, dtype or t.dtype) for t in self.host)
+        return self._copies[key]
