@@ -41,6 +41,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from imgcls.data.decode import BadImageError, decode_any, parse_header
 from imgcls.data.files import PATH_TEXT, shown
+from imgcls.data.policies import workers_only
 from imgcls.data.transforms import NO_DEVICE_CROP, PRESETS
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -185,10 +186,7 @@ class DecodePlaceChoice:
                 f"not: use one of {', '.join(able)}, or data.decode=cpu."
             )
         if on_device and self.pipeline.policy and self.pipeline.device_policy is None:
-            raise UserError(
-                f"data.auto_augment={self.pipeline.policy} runs in the loader workers on decoded "
-                "images: use data.decode=cpu, or a policy that also runs on the device."
-            )
+            raise workers_only(self.pipeline.policy)
         return on_device
 
     def _device_can_augment(self) -> bool:

@@ -35,7 +35,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from imgcls.data.device_augment import ColorJitterBatch, RandomAffineBatch, RandomErasingBatch
-from imgcls.data.policies import TIMM_PREFIX, DevicePolicy, check_policy, worker_policy
+from imgcls.data.policies import check_policy, device_policy, worker_policy, workers_only
 from imgcls.utils.errors import UserError
 
 RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop area range
@@ -197,13 +197,11 @@ def build_pipeline(
     erasing = build_erasing(
         chosen.random_erasing if random_erasing is None else random_erasing, random_erasing_mode
     )
-    on_device = None
-    if policy and not policy.startswith(TIMM_PREFIX):
-        on_device = DevicePolicy(policy, auto_augment_magnitude, auto_augment_ops)
+    on_device = device_policy(policy, auto_augment_magnitude, auto_augment_ops) if policy else None
     if in_memory:
         fixed = None if resize == eval_crop == native_size else eval_transform
         if policy and on_device is None:
-            DevicePolicy(policy)  # says in one line that the policy is for workers only
+            raise workers_only(policy)
         steps = [m for m in (chosen.in_memory(crop) or fixed, on_device) if m is not None]
         train_device = nn.Sequential(*steps) if len(steps) > 1 else next(iter(steps), None)
         return Pipeline(None, None, train_device, fixed, crop, resize, eval_crop, erasing=erasing)
