@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcls.data.input_contract import InputContract
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -103,6 +104,20 @@ def build_teacher(
                 f"{class_names[:5]}...: a teacher must know the same classes in the same order."
             )
         return teacher.net
+    name, _, weights = spec.partition(":")
+    net_config = {"name": spec, "pretrained": True} if spec.startswith("timm/") else None
+    if net_config is None:
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise UserError(
+                f"model.distill.teacher={spec!r} is none of: a checkpoint file (.ckpt), a "
+                "torchvision model name (resnet50, regnet_y_16gf[:WEIGHTS]), timm/<name>."
+            )
+        net_config = {"name": name, "weights": weights or "DEFAULT"}
+    contract = InputContract.of_weights(net_config)  # the weights' own normalization
+    if contract is not None:
+        check_normalization(spec, contract.mean, contract.std, mean_std)
     if spec.startswith("timm/"):
         import timm
 
@@ -114,26 +129,12 @@ def build_teacher(
                 "the Hugging Face cache here, or distil from one of our checkpoints."
             ) from err
         classes = net.num_classes
-        check_normalization(
-            spec, net.pretrained_cfg.get("mean"), net.pretrained_cfg.get("std"), mean_std
-        )
     else:
-        import torchvision
-
         from imgcls.models.pretrained import download_torchvision, torchvision_weights
 
-        name, _, weights = spec.partition(":")
-        if name not in torchvision.models.list_models(module=torchvision.models):
-            raise UserError(
-                f"model.distill.teacher={spec!r} is none of: a checkpoint file (.ckpt), a "
-                "torchvision model name (resnet50, regnet_y_16gf[:WEIGHTS]), timm/<name>."
-            )
-        entry = torchvision_weights(name, weights or "DEFAULT")
-        classes = len(entry.meta["categories"])
-        preprocess = entry.transforms()
-        check_normalization(spec, preprocess.mean, preprocess.std, mean_std)
+        classes = len(torchvision_weights(name, net_config["weights"]).meta["categories"])
         net = torchvision.models.get_model(name, weights=None, num_classes=classes)
-        net.load_state_dict(download_torchvision(name, weights or "DEFAULT"))
+        net.load_state_dict(download_torchvision(name, net_config["weights"]))
     if classes != num_classes:
         raise UserError(
             f"The teacher {spec} predicts {classes} classes, this run has {num_classes}: distil "
