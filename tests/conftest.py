@@ -57,6 +57,22 @@ def command_exit(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int | str | N
     return run
 
 
+@pytest.fixture
+def command(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
+    """command(main, *argv) -> what a command's entry point returns, run in this process on
+    `argv` as a user's shell starts it (Hydra writes its .hydra/ record as for a real run); the
+    worker's own logging is put back after the test."""
+
+    def run(main: Callable[[], object], *argv: str) -> object:
+        monkeypatch.setattr(sys, "argv", list(argv))
+        root = logging.getLogger()
+        monkeypatch.setattr(root, "handlers", root.handlers[:])
+        monkeypatch.setattr(root, "level", root.level)
+        return main()
+
+    return run
+
+
 @pytest.fixture(scope="session", autouse=True)
 def offline_weight_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Pretrained weights come from a session cache that tests fill (data_factory's

@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 
 from imgcls.models.optim import build_optimizer
 from imgcls.models.zoo import build_net
-from imgcls.train import preprocessing_of_weights, train
-from imgcls.utils.compose import compose_config, instantiate
+from imgcls.settle import data_values
+from imgcls.train import train
+from imgcls.utils.compose import compose_config, instantiate, set_in_struct
 from imgcls.utils.config_resolve import derived_values
 
 # DeiT's training of a ViT (its Table 9), which MAE's fine-tuning takes over whole
@@ -138,7 +139,9 @@ def as_run(experiment: str, devices: int) -> dict[str, Any]:
         output_dir=Path("/nowhere"),
     )
     settled = derived_values(cfg)
-    data = instantiate(cfg.data, **preprocessing_of_weights(cfg))  # as train.py builds it
+    for key, value in data_values(cfg, None).items():  # as settle.py writes them for train.py
+        set_in_struct(cfg, key, value)
+    data = instantiate(cfg.data)
     pipeline = data.pipeline
     opt, sched = cfg.optimizer, cfg.scheduler
     net_cfg = {**OmegaConf.to_container(cfg.model.net), "pretrained": False}

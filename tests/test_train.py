@@ -192,3 +192,18 @@ def test_ema_checkpoints_hold_the_averaged_weights_that_were_tested(
     eval_cfg = make_cfg(f"ckpt_path={best}", config_name="eval", run_dir=tmp_path / "eval")
     eval_metrics, _ = evaluate(eval_cfg)
     assert eval_metrics["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+def test_eval_preprocesses_as_the_checkpoint_was_trained(make_cfg, tmp_path: Path) -> None:
+    """A run normalized with its own statistics, evaluated with the data config's defaults: the
+    checkpoint's input contract (mean, std, sizes) decides, so eval gives the run's own test
+    metrics (and its saved config says what it used)."""
+    stats = ["data.mean=[0.6,0.5,0.4]", "data.std=[0.1,0.2,0.3]"]
+    metrics, _ = train(make_cfg(*QUICK, FOUR_BATCHES, "trainer.max_epochs=1", *stats))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    cfg = make_cfg(f"ckpt_path={best}", config_name="eval", run_dir=tmp_path / "eval")
+    evaluated, _ = evaluate(cfg)
+    for name in ("test/acc", "test/loss"):
+        assert evaluated[name] == pytest.approx(metrics[name], abs=1e-6), name
+    assert list(cfg.data.mean) == pytest.approx([0.6, 0.5, 0.4])
+    assert list(cfg.data.std) == pytest.approx([0.1, 0.2, 0.3])

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on the test split: `python eval.py ckpt_path=...` or `imgcls-eval`.
 
 The model (architecture, class names) comes from the checkpoint; the data from the `data` group,
-which must be the dataset the model was trained on (checked by class names).
+which must be the dataset the model was trained on (checked by class names), preprocessed as the
+checkpoint was trained (its input contract: settle.py).
 """
 
 from typing import Any
@@ -9,9 +10,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imgcls.models.loading import load_classifier
+from imgcls.settle import settle
 from imgcls.task import task_main
 from imgcls.utils.compose import instantiate, instantiate_each
-from imgcls.utils.config_checks import check_values
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
@@ -24,10 +25,10 @@ log = get_logger(__name__)
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if not cfg.get("ckpt_path"):
         raise UserError("eval needs a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt")
-    check_values(cfg)
+    settle(cfg)  # the checkpoint's input contract and labels into the data config
     configure_numerics(cfg)
     model = load_classifier(cfg.ckpt_path)
-    datamodule = instantiate(cfg.data, multilabel=model.multilabel)
+    datamodule = instantiate(cfg.data)
     if model.class_names != datamodule.class_names:
         raise UserError(
             f"The checkpoint was trained on {model.hparams.num_classes} classes "

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from imgcls.data.input_contract import InputContract
 from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
 from imgcls.models.zoo import PRETRAINED_KEYS, build_net
+from imgcls.settle import settle
 from imgcls.task import task_main
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -101,6 +102,7 @@ def checkpoint_metrics(checkpoint: dict[str, Any], ckpt_path: Path) -> dict[str,
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
+    settle(cfg)
     if not cfg.get("ckpt_path"):
         raise UserError("export needs ckpt_path=<run>/checkpoints/best.ckpt")
     if cfg.format not in FILE_NAMES:

@@ -28,6 +28,7 @@ from imgcls.data.input_contract import InputContract
 from imgcls.data.loaders import auto_workers
 from imgcls.data.transforms import resize_center_crop
 from imgcls.models.loading import load_classifier
+from imgcls.settle import settle
 from imgcls.task import task_main
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -107,6 +108,7 @@ def checkpoint_contract(saved: dict[str, Any], cfg: DictConfig) -> InputContract
 
 @torch.inference_mode()
 def predict(cfg: DictConfig) -> list[Prediction]:
+    settle(cfg)
     if not cfg.get("ckpt_path") or not cfg.get("input"):
         raise UserError("predict needs ckpt_path=<run>/checkpoints/best.ckpt and input=PATH.")
     if cfg.output_format not in OUTPUT_FORMATS:

@@ -13,7 +13,6 @@
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -24,14 +23,14 @@ from imgcls.utils import cluster, ddp_hydra
 from imgcls.utils.config_hints import with_key_hints
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
-from imgcls.utils.rich_utils import print_config_tree
 from imgcls.utils.run_record import run_recorded
 
 log = get_logger(__name__)
 
 
 def apply_extras(cfg: DictConfig) -> None:
-    """The optional start-of-run chores named in `configs/extras`."""
+    """The optional start-of-run chores named in `configs/extras` (the config tree is printed
+    once the run has settled its config: settle.py)."""
     extras = cfg.get("extras")
     if not extras:
         return
@@ -41,8 +40,6 @@ def apply_extras(cfg: DictConfig) -> None:
         raise UserError(
             "This run has no tags and extras.enforce_tags is on: add e.g. tags=[baseline]."
         )
-    if extras.get("print_config"):
-        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
 
 
 def finish_wandb_run() -> None:

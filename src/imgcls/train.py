@@ -14,7 +14,6 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from imgcls.data.input_contract import InputContract
 from imgcls.settle import settle
 from imgcls.task import task_main
 from imgcls.utils.compose import instantiate, instantiate_each
@@ -31,8 +30,7 @@ log = get_logger(__name__)
 def build_components(cfg: DictConfig) -> dict[str, Any]:
     """Datamodule, model, callbacks, loggers and trainer, in the order each needs the last."""
     log.info(f"Data: {cfg.data._target_}")
-    multilabel = cfg.model.get("task") == "multilabel"  # multi-hot targets from the source
-    datamodule = instantiate(cfg.data, multilabel=multilabel, **preprocessing_of_weights(cfg))
+    datamodule = instantiate(cfg.data)
     log.info(f"Model: {cfg.model._target_} ({cfg.model.net.name})")
     model = instantiate(
         cfg.model,
@@ -65,24 +63,6 @@ def without_logger_callbacks(callbacks: list[Any], loggers: list[Any]) -> list[A
     for callback in needing:
         log.info(f"No logger: {type(callback).__name__} left out")
     return [c for c in callbacks if c not in needing]
-
-
-def preprocessing_of_weights(cfg: DictConfig) -> dict[str, Any]:
-    """Pretrained weights bring their own eval resize / crop and normalization; the train crop
-    follows the eval crop unless the data config sets it."""
-    contract = InputContract.of_weights(OmegaConf.to_container(cfg.model.net, resolve=True))
-    if contract is None:
-        return {}
-    data = {
-        "eval_resize": contract.resize,
-        "eval_crop": contract.crop,
-        "mean": list(contract.mean),
-        "std": list(contract.std),
-    }
-    if cfg.data.get("train_crop") is None:
-        data["train_crop"] = contract.crop
-    log.info(f"Data preprocessing follows the pretrained weights: {data}")
-    return data
 
 
 def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:

@@ -19,6 +19,7 @@ from imgcls.data.decode import BadImageError, read_rgb
 from imgcls.data.files import PATH_TEXT, shown
 from imgcls.data.folder import FolderDataModule
 from imgcls.data.loaders import auto_workers
+from imgcls.settle import settle
 from imgcls.task import task_main
 from imgcls.utils.compose import instantiate
 from imgcls.utils.errors import UserError
@@ -48,6 +49,7 @@ def find_problems(datamodule: FolderDataModule) -> list[tuple[str, str]]:
 
 
 def verify(cfg: DictConfig) -> list[tuple[str, str]]:
+    settle(cfg)
     datamodule = instantiate(cfg.data)
     if not isinstance(datamodule, FolderDataModule):
         raise UserError(f"{cfg.data._target_} is not read from image files: nothing to verify.")

@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import Callback
 from imgcls.data.input_contract import InputContract
 from imgcls.models.pretrained import find_head, read_state_dict
 from imgcls.models.zoo import build_net
-from imgcls.train import build_components, preprocessing_of_weights, train
+from imgcls.settle import data_values
+from imgcls.train import build_components, train
 from imgcls.utils.errors import UserError
 from tests.data_factory import cache_torchvision_weights, write_class_tree
 
@@ -174,4 +175,4 @@ def test_the_input_contract_follows_the_weights(make_cfg, tmp_path: Path) -> Non
     timm_net = {"name": "timm/convnext_tiny.fb_in1k", "pretrained": True}
     assert InputContract.of_weights(timm_net) == InputContract(256, 224, *imagenet)
     cfg = make_cfg(*folder_overrides(tmp_path), "model=resnet50", "model.net.weights=IMAGENET1K_V2")
-    assert preprocessing_of_weights(cfg)["train_crop"] == 224
+    assert data_values(cfg, None)["data.train_crop"] == 224

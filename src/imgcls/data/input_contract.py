@@ -45,9 +45,18 @@ class InputContract:
 
     @classmethod
     def of_weights(cls, net: Mapping[str, Any]) -> "InputContract | None":
-        """The contract pretrained weights were trained with (a `model.net` config), or None for
-        a net from scratch or from a local file (the data config decides then)."""
+        """The contract pretrained weights were trained with (a `model.net` config): torchvision's
+        or timm's, or that of one of our checkpoints named by `weights_path`; None for a net from
+        scratch or from a plain state_dict file (the data config decides then)."""
         name, weights = net.get("name", ""), net.get("weights")
+        path = net.get("weights_path")
+        if path and str(path).endswith(".ckpt"):
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                preprocessing = saved["hyper_parameters"]["preprocessing"]
+                return cls.from_dict(preprocessing)
+            except Exception:  # not one of ours: read_state_dict says what is wrong with it
+                return None
         if weights and not name.startswith("timm/"):
             from imgcls.models.pretrained import torchvision_weights
 
