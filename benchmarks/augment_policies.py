@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from imgcls.data.device_augment import RandomErasingBatch
-from imgcls.data.policies import POLICIES, DevicePolicy
+from imgcls.data.augmentation.batched import RandomErasingBatch
+from imgcls.data.augmentation.policies import POLICIES, DevicePolicy
 from paired import paired_repeats, ratio_line, spread
 
 

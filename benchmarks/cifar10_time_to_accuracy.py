@@ -29,8 +29,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from imgcls.run.compose import compose_config
 from imgcls.train import train
-from imgcls.utils.compose import compose_config
 
 RECIPES = {"Caffe's CIFAR10-quick (cifar10_quick)": "cifar10_quick", "cifar10_fast": "cifar10_fast"}
 CIFAR_STATS = ["data.mean=[0.4914,0.4822,0.4465]", "data.std=[0.2470,0.2435,0.2616]"]

@@ -43,14 +43,14 @@ from torchvision import transforms as v1
 
 from imgcls import REPO_ROOT
 from imgcls.data.datamodule import ImageDataModule
-from imgcls.data.decode import parse_header
-from imgcls.data.device_decode import DECODE_PLACES, choose_decode
-from imgcls.data.files import list_images
-from imgcls.data.imagenet import ImageNetDataModule
-from imgcls.data.shards import ShardsDataModule, write_shards
+from imgcls.data.decoding.device import DECODE_PLACES, choose_decode
+from imgcls.data.decoding.images import parse_header
+from imgcls.data.sources.files import list_images
+from imgcls.data.sources.imagenet import ImageNetDataModule
+from imgcls.data.sources.shards import ShardsDataModule, write_shards
 from imgcls.prepare import prepare
+from imgcls.run.compose import compose_config
 from imgcls.train import train
-from imgcls.utils.compose import compose_config
 from imgcls.utils.machine import available_cpus
 from paired import paired_repeats, ratio_line, spread
 

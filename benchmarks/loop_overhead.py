@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.models.zoo import build_net
+from imgcls.run.compose import compose_config, instantiate
 from imgcls.train import build_components
-from imgcls.utils.compose import compose_config, instantiate
 from paired import paired_repeats, ratio_line, spread
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

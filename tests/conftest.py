@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from imgcls.utils.compose import compose_config
+from imgcls.run.compose import compose_config
 from imgcls.utils.machine import available_cpus
 
 # Quiet and quick: no config tree, no live progress bar in captured output.

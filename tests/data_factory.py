@@ -15,8 +15,8 @@ from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from imgcls.models.pretrained import torchvision_weights
+from imgcls.run.compose import compose_config
 from imgcls.train import train
-from imgcls.utils.compose import compose_config
 
 PALETTE = (
     (220, 40, 40),
@@ -233,8 +233,8 @@ def write_label_csv(root: Path, per_class: int = 20) -> Path:
 
 def write_shard_set(root: Path, classes: Sequence[str] = ("a", "b"), per_class: int = 10) -> Path:
     """root/shards: a class tree of photos written as LitData shards (data=shards)."""
-    from imgcls.data.folder import FolderDataModule
-    from imgcls.data.shards import write_shards
+    from imgcls.data.sources.folder import FolderDataModule
+    from imgcls.data.sources.shards import write_shards
 
     photos = write_class_tree(root / "photos", classes, per_class)
     source = FolderDataModule(root=str(photos), artifacts_dir=str(root / "shards"))

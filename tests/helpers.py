@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from imgcls import REPO_ROOT
-from imgcls.utils.compose import compose_config
+from imgcls.run.compose import compose_config
 
 # a command line's run without the config tree and the live progress bar in captured output
 CLI_QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null"]

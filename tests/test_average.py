@@ -15,7 +15,7 @@ from imgcls.utils.errors import UserError
 
 @pytest.fixture(scope="module")
 def run_with_every_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imgcls.utils.compose import compose_config
+    from imgcls.run.compose import compose_config
 
     tmp = tmp_path_factory.mktemp("average")
     cfg = compose_config(

@@ -38,15 +38,15 @@ NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
 # Data sources that read files, by target: a tiny stand-in is written for them, and the key
 # that points at it.
 DATA_ON_DISK = {
-    "imgcls.data.cifar.CIFAR10DataModule": ("root", lambda root: write_cifar(root, 10)),
-    "imgcls.data.cifar.CIFAR100DataModule": ("root", lambda root: write_cifar(root, 100)),
-    "imgcls.data.folder.FolderDataModule": (
+    "imgcls.data.sources.cifar.CIFAR10DataModule": ("root", lambda root: write_cifar(root, 10)),
+    "imgcls.data.sources.cifar.CIFAR100DataModule": ("root", lambda root: write_cifar(root, 100)),
+    "imgcls.data.sources.folder.FolderDataModule": (
         "root",
         lambda root: write_class_tree(root, ["a", "b"], 10),
     ),
-    "imgcls.data.imagenet.ImageNetDataModule": ("root", write_imagenet),
-    "imgcls.data.csv_source.CsvDataModule": ("csv", write_label_csv),
-    "imgcls.data.shards.ShardsDataModule": ("root", write_shard_set),
+    "imgcls.data.sources.imagenet.ImageNetDataModule": ("root", write_imagenet),
+    "imgcls.data.sources.csv_source.CsvDataModule": ("csv", write_label_csv),
+    "imgcls.data.sources.shards.ShardsDataModule": ("root", write_shard_set),
 }
 
 

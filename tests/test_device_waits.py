@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from imgcls.run.compose import compose_config
 from imgcls.train import train
-from imgcls.utils.compose import compose_config
 from tests.data_factory import write_cifar, write_class_tree, write_label_csv, write_photo_kinds
 from tests.device_waits import DeviceWaitTrace, StepTrace
 from tests.helpers import decoded_on_device

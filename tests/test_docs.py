@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from imgcls import CONFIG_DIR, REPO_ROOT
-from imgcls.data.transforms import PRESETS
+from imgcls.data.augmentation.presets import PRESETS
 
 SRC = REPO_ROOT / "src"
 ARCHITECTURE = (REPO_ROOT / "docs" / "ARCHITECTURE.md").read_text()

@@ -16,10 +16,10 @@ from PIL import Image
 
 from imgcls.models.loading import load_classifier
 from imgcls.models.pretrained import read_state_dict
+from imgcls.run.compose import compose_config
+from imgcls.run.record import run_recorded
 from imgcls.train import build_components, main, train
-from imgcls.utils.compose import compose_config
 from imgcls.utils.errors import UserError
-from imgcls.utils.run_record import run_recorded
 from tests.helpers import CLI_QUIET, run_cli
 
 # 6 full steps per epoch (1,257 training digits, batches of 200, the last partial one

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.data.decode import BadImageError, read_rgb
-from imgcls.data.files import PATH_TEXT
-from imgcls.data.folder import FolderDataModule
-from imgcls.data.imagenet import class_names_of
+from imgcls.data.decoding.images import BadImageError, read_rgb
+from imgcls.data.sources.folder import FolderDataModule
+from imgcls.data.sources.imagenet import class_names_of
 from imgcls.models.loading import load_classifier
 from imgcls.predict import predict
+from imgcls.run.compose import set_in_struct
+from imgcls.run.hints import key_hints
+from imgcls.run.record import run_recorded
 from imgcls.train import main, train
-from imgcls.utils.compose import set_in_struct
-from imgcls.utils.config_hints import key_hints
 from imgcls.utils.errors import UserError
-from imgcls.utils.run_record import run_recorded
+from imgcls.utils.paths import PATH_TEXT
 from imgcls.verify import verify
 from tests.data_factory import write_class_tree, write_image
 from tests.helpers import CLI_QUIET, fake_trainer, processes_mentioning, run_cli

@@ -1,7 +1,7 @@
 """The private Lightning names imgcls relies on where Lightning has no public way: each test
 fails, loudly, on a Lightning version that renames one (then the owning module needs updating).
 
-- utils/ddp_hydra.py replaces the launcher's Hydra child command and its process observer;
+- run/ddp_hydra.py replaces the launcher's Hydra child command and its process observer;
 - callbacks/nonfinite.py reads ModelCheckpoint's step interval;
 - callbacks/lr_monitor.py repeats LearningRateMonitor._extract_stats with host values;
 - callbacks/model_checkpoint.py reads ModelCheckpoint's last saved step;
@@ -94,11 +94,11 @@ def test_the_per_step_sigterm_broadcast_preemption_replaces_is_still_called_by_n
 
 
 def test_litdata_still_builds_its_object_store_client_from_the_options_shards_extend() -> None:
-    """data/shards.py adds allow_http to LitData's obstore client options (an http endpoint,
+    """data/sources/shards.py adds allow_http to LitData's obstore client options (an http endpoint,
     a local MinIO or the tests' server, fails without it)."""
     from litdata.streaming import downloader
 
-    import imgcls.data.shards  # noqa: F401  (sets it)
+    import imgcls.data.sources.shards  # noqa: F401  (sets it)
 
     assert downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] is True
     assert "client_options=_OBSTORE_CLIENT_OPTIONS" in inspect.getsource(downloader)

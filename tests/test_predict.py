@@ -64,8 +64,8 @@ def test_predict_matches_the_model_on_its_own_eval_pipeline(
     options = [f"ckpt_path={trained_folder}", f"input={listing}", "output_format=json"]
     predictions = predict(compose_task("predict", tmp_path, *options))
     model = load_classifier(trained_folder)
-    from imgcls.data.decode import read_rgb
-    from imgcls.data.transforms import resize_center_crop
+    from imgcls.data.augmentation.presets import resize_center_crop
+    from imgcls.data.decoding.images import read_rgb
 
     pixels = resize_center_crop(52, 48)(read_rgb(image)).float()[None]
     mean = torch.tensor(model.hparams.preprocessing["mean"]).view(1, 3, 1, 1)

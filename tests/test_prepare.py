@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.decode import parse_header, read_rgb
-from imgcls.data.folder import FolderDataModule
+from imgcls.data.decoding.images import parse_header, read_rgb
+from imgcls.data.sources.folder import FolderDataModule
 from imgcls.prepare import SKIPPED_FILE, main, prepare
 
 _y, _x = np.mgrid[0:600, 0:800]

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 from imgcls.models.optim import build_optimizer
 from imgcls.models.zoo import build_net
-from imgcls.settle import data_values
+from imgcls.run.compose import compose_config, instantiate, set_in_struct
+from imgcls.run.derived import derived_values
+from imgcls.run.settle import data_values
 from imgcls.train import train
-from imgcls.utils.compose import compose_config, instantiate, set_in_struct
-from imgcls.utils.config_resolve import derived_values
 
 # DeiT's training of a ViT (its Table 9), which MAE's fine-tuning takes over whole
 DEIT_REGULARIZATION = {
@@ -139,7 +139,7 @@ def as_run(experiment: str, devices: int) -> dict[str, Any]:
         output_dir=Path("/nowhere"),
     )
     settled = derived_values(cfg)
-    for key, value in data_values(cfg, None).items():  # as settle.py writes them for train.py
+    for key, value in data_values(cfg, None).items():  # as run/settle.py writes them for train.py
         set_in_struct(cfg, key, value)
     data = instantiate(cfg.data)
     pipeline = data.pipeline

@@ -14,12 +14,12 @@ import torch
 import yaml
 
 from imgcls import REPO_ROOT
-from imgcls.data.digits import DigitsDataModule
-from imgcls.data.fake import FakeDataModule
+from imgcls.data.sources.digits import DigitsDataModule
+from imgcls.data.sources.fake import FakeDataModule
+from imgcls.run.dirs import LOCK_FILE, held, unique_dir
+from imgcls.run.record import run_recorded
 from imgcls.train import train
 from imgcls.utils.errors import UserError
-from imgcls.utils.run_dirs import LOCK_FILE, held, unique_dir
-from imgcls.utils.run_record import run_recorded
 from tests.helpers import CLI_QUIET, fake_trainer
 from tests.test_hostile import snapshot
 
@@ -255,7 +255,7 @@ def test_each_job_of_a_process_gets_its_own_wandb_run(
     make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sweep jobs run one after another in one process; task_main ends each job's run."""
-    from imgcls.task import finish_wandb_run
+    from imgcls.run.task import finish_wandb_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -293,7 +293,7 @@ def test_ckpt_path_last_resumes_a_run_started_with_no_overrides(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`python train.py`, then `python train.py ckpt_path=last`: the README's own advice."""
-    from imgcls import resume
+    from imgcls.run import resume
 
     runs = tmp_path / "train" / "runs"
     ckpt = run_with_last_ckpt(runs, "plain", [])
@@ -309,7 +309,7 @@ def test_other_ddp_ranks_do_not_see_their_rank_0_holding_the_run(
     """Every rank settles the command again, a resume included, while rank 0 holds the dir."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from imgcls.utils.run_dirs import holder
+    from imgcls.run.dirs import holder
 
     run = tmp_path / "run"
     with held(run):  # rank 0, training in it

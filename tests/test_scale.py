@@ -12,12 +12,12 @@ import torchvision
 
 from imgcls import CONFIG_DIR
 from imgcls.callbacks.progressive_resize import resolution_at
-from imgcls.data.digits import DigitsDataModule
+from imgcls.data.sources.digits import DigitsDataModule
 from imgcls.models.classifier import ImageClassifier
 from imgcls.models.loading import load_classifier
 from imgcls.models.nets.fast_cifar import FastCifar
+from imgcls.run.derived import device_count, scaled_lr
 from imgcls.train import train
-from imgcls.utils.config_resolve import device_count, scaled_lr
 from imgcls.utils.errors import UserError
 from tests.data_factory import (
     cache_torchvision_weights,

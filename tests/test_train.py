@@ -9,7 +9,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from imgcls.callbacks.ema import HostCountedEMA
 from imgcls.eval import evaluate
-from imgcls.task import apply_extras
+from imgcls.run.task import apply_extras
 from imgcls.train import metric_value, train
 from imgcls.utils.errors import UserError
 

@@ -2,7 +2,7 @@
 
 The model (architecture, class names) comes from the checkpoint; the data from the `data` group,
 which must be the dataset the model was trained on (checked by class names), preprocessed as the
-checkpoint was trained (its input contract: settle.py).
+checkpoint was trained (its input contract: run/settle.py).
 """
 
 from typing import Any
@@ -10,14 +10,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from imgcls.models.loading import load_classifier
-from imgcls.settle import settle
-from imgcls.task import task_main
-from imgcls.utils.compose import instantiate, instantiate_each
+from imgcls.run.compose import instantiate, instantiate_each
+from imgcls.run.numerics import configure_numerics, nondeterministic_ops_explained
+from imgcls.run.record import save_metrics, scalar_metrics
+from imgcls.run.settle import settle
+from imgcls.run.task import task_main
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
-from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
 from imgcls.utils.rich_utils import print_metrics_table
-from imgcls.utils.run_record import save_metrics, scalar_metrics
 
 log = get_logger(__name__)
 

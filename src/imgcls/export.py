@@ -19,11 +19,11 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from imgcls.data.input_contract import InputContract
+from imgcls.input_contract import InputContract
 from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
 from imgcls.models.zoo import PRETRAINED_KEYS, build_net
-from imgcls.settle import settle
-from imgcls.task import task_main
+from imgcls.run.settle import settle
+from imgcls.run.task import task_main
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.rich_utils import print_metrics_table

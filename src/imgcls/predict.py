@@ -21,17 +21,18 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
+from imgcls.data.augmentation.presets import resize_center_crop
 from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
-from imgcls.data.decode import IMAGE_SUFFIXES, BadImageError, read_rgb
-from imgcls.data.files import PATH_TEXT, list_images, shown
-from imgcls.data.input_contract import InputContract
+from imgcls.data.decoding.images import IMAGE_SUFFIXES, BadImageError, read_rgb
 from imgcls.data.loaders import auto_workers
-from imgcls.data.transforms import resize_center_crop
+from imgcls.data.sources.files import list_images
+from imgcls.input_contract import InputContract
 from imgcls.models.loading import load_classifier
-from imgcls.settle import settle
-from imgcls.task import task_main
+from imgcls.run.settle import settle
+from imgcls.run.task import task_main
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
+from imgcls.utils.paths import PATH_TEXT, shown
 
 log = get_logger(__name__)
 OUTPUT_FORMATS = ("csv", "json")

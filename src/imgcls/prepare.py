@@ -14,7 +14,7 @@ renamed when whole, so a killed run resumes where it stopped (files already ther
 Unreadable files are skipped and listed in DST/skipped_files.txt. It ends by printing the
 `data.root=DST` to train with.
 
-With `--format shards`, DST is the dataset as LitData shards instead (data/shards.py): SRC's
+With `--format shards`, DST is the dataset as LitData shards instead (data/sources/shards.py): SRC's
 splits, carved as `data=<--source>` carves them with `--split-seed`, each written to
 DST/<split>/ (index.json and chunks of images, each shrunk as above or, with --as-is, the file's
 bytes), with DST/meta.json (classes, sizes) and DST/split.csv. A split already written is kept;
@@ -23,53 +23,21 @@ one cut off midway continues when run again with the same --workers. It ends by 
 """
 
 import argparse
-import io
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from imgcls.data.decode import BadImageError, parse_header
-from imgcls.data.files import PATH_TEXT, list_images, shown
+from imgcls.data.decoding.images import BAD_IMAGE_ERRORS, shrunk_jpeg
+from imgcls.data.sources.files import list_images
 from imgcls.utils.errors import UserError
 from imgcls.utils.machine import available_cpus
+from imgcls.utils.paths import PATH_TEXT, shown
 
 SKIPPED_FILE = "skipped_files.txt"
-# what reading or re-encoding a file that is no image raises
-BAD_IMAGE_ERRORS = (BadImageError, OSError, ValueError, SyntaxError)
-
-
-def target_size(width: int, height: int, short_side: int | None, long_side: int | None) -> tuple:
-    """(width, height) after shrinking to the bound; unchanged when already within it."""
-    scale = 1.0
-    if short_side:
-        scale = min(scale, short_side / min(width, height))
-    if long_side:
-        scale = min(scale, long_side / max(width, height))
-    return (max(1, round(width * scale)), max(1, round(height * scale)))
-
-
-def shrunk_jpeg(data: bytes, short_side: int | None, long_side: int | None, quality: int) -> bytes:
-    """An image file's bytes as a plain RGB JPEG within the bound: the bytes themselves where
-    they already are one. Raises BadImageError (or OSError, ValueError) for what is no image."""
-    header = parse_header(data)  # raises for what is not an image
-    size = target_size(*header.size, short_side, long_side)
-    plain = header.format == "JPEG" and header.mode == "RGB" and not header.progressive
-    if plain and header.orientation in (None, 1) and size == header.size:
-        return data  # already as small and as plain as asked: copied, not re-encoded
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", size)  # decode JPEGs at a reduced scale where possible
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        size = target_size(*image.size, short_side, long_side)
-        if size != image.size:
-            image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=quality)
-        return buffer.getvalue()
 
 
 def prepare_one(
@@ -134,9 +102,9 @@ def prepare(
 
 def source_module(src: Path, source: str, multilabel: bool, split_seed: int, dst: Path) -> Any:
     """The data module whose splits the shards hold: SRC as training would read it."""
-    from imgcls.data.csv_source import CsvDataModule
-    from imgcls.data.folder import FolderDataModule
-    from imgcls.data.imagenet import ImageNetDataModule
+    from imgcls.data.sources.csv_source import CsvDataModule
+    from imgcls.data.sources.folder import FolderDataModule
+    from imgcls.data.sources.imagenet import ImageNetDataModule
 
     if source == "auto":
         source = "csv" if src.suffix.lower() == ".csv" else "folder"
@@ -151,7 +119,7 @@ def source_module(src: Path, source: str, multilabel: bool, split_seed: int, dst
 
 
 def prepare_shards(args: argparse.Namespace, short_side: int | None) -> None:
-    from imgcls.data.shards import write_shards
+    from imgcls.data.sources.shards import write_shards
 
     dst = args.dst.expanduser().resolve()
     try:

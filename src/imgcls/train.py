@@ -14,15 +14,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from imgcls.settle import settle
-from imgcls.task import task_main
-from imgcls.utils.compose import instantiate, instantiate_each
+from imgcls.run.compose import instantiate, instantiate_each
+from imgcls.run.dirs import held
+from imgcls.run.numerics import configure_numerics, nondeterministic_ops_explained
+from imgcls.run.record import Preempted, save_metrics, scalar_metrics
+from imgcls.run.settle import settle
+from imgcls.run.task import task_main
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
-from imgcls.utils.numerics import configure_numerics, nondeterministic_ops_explained
 from imgcls.utils.rich_utils import print_metrics_table
-from imgcls.utils.run_dirs import held
-from imgcls.utils.run_record import Preempted, save_metrics, scalar_metrics
 
 log = get_logger(__name__)
 

@@ -15,14 +15,14 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imgcls.data.decode import BadImageError, read_rgb
-from imgcls.data.files import PATH_TEXT, shown
-from imgcls.data.folder import FolderDataModule
+from imgcls.data.decoding.images import BadImageError, read_rgb
 from imgcls.data.loaders import auto_workers
-from imgcls.settle import settle
-from imgcls.task import task_main
-from imgcls.utils.compose import instantiate
+from imgcls.data.sources.folder import FolderDataModule
+from imgcls.run.compose import instantiate
+from imgcls.run.settle import settle
+from imgcls.run.task import task_main
 from imgcls.utils.errors import UserError
+from imgcls.utils.paths import PATH_TEXT, shown
 
 
 def problem(path: str) -> str | None:

@@ -17,7 +17,7 @@ from imgcls.train import train
 
 def hand_logits(cfg, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The logits of a split, image by image, outside Lightning: (logits, labels, class names)."""
-    from imgcls.utils.compose import instantiate
+    from imgcls.run.compose import instantiate
 
     model = load_classifier(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)

@@ -9,11 +9,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from imgcls import CONFIG_DIR
-from imgcls.data.digits import DigitsDataModule
-from imgcls.data.fake import FakeDataModule
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
-from imgcls.data.input_contract import InputContract
 from imgcls.data.loaders import ShardedOrderSampler, build_loader
+from imgcls.data.sources.digits import DigitsDataModule
+from imgcls.data.sources.fake import FakeDataModule
+from imgcls.input_contract import InputContract
 from imgcls.utils.errors import UserError
 from tests.helpers import fake_trainer
 
@@ -202,7 +202,7 @@ def test_repeated_augmentation_deals_each_images_copies_to_different_ranks(
 def test_repeated_augmentation_is_refused_where_it_cannot_repeat(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="a whole number"):
         DigitsDataModule(repeated_aug=0)
-    from imgcls.data.shards import ShardsDataModule
+    from imgcls.data.sources.shards import ShardsDataModule
 
     with pytest.raises(UserError, match="streamed shards"):
         ShardsDataModule(root=str(tmp_path), repeated_aug=3)

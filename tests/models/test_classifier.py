@@ -9,7 +9,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 from torchmetrics.classification import MulticlassF1Score
 
-from imgcls.data.folder import FolderDataModule
+from imgcls.data.sources.folder import FolderDataModule
 from imgcls.models.classifier import ImageClassifier, accuracy_metrics, balanced_class_weights
 from imgcls.utils.errors import UserError
 from tests.data_factory import write_class_tree

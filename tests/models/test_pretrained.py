@@ -9,10 +9,10 @@ import torch
 import torchvision
 from lightning.pytorch.callbacks import Callback
 
-from imgcls.data.input_contract import InputContract
-from imgcls.models.pretrained import find_head, read_state_dict
+from imgcls.input_contract import InputContract
+from imgcls.models.pretrained import find_head, read_state_dict, weights_contract
 from imgcls.models.zoo import build_net
-from imgcls.settle import data_values
+from imgcls.run.settle import data_values
 from imgcls.train import build_components, train
 from imgcls.utils.errors import UserError
 from tests.data_factory import cache_torchvision_weights, write_class_tree
@@ -169,10 +169,10 @@ def test_timm_models_by_name(tmp_path: Path) -> None:
 
 def test_the_input_contract_follows_the_weights(make_cfg, tmp_path: Path) -> None:
     imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    torchvision_v2 = InputContract.of_weights({"name": "resnet50", "weights": "IMAGENET1K_V2"})
+    torchvision_v2 = weights_contract({"name": "resnet50", "weights": "IMAGENET1K_V2"})
     assert torchvision_v2 == InputContract(232, 224, *imagenet)
-    assert InputContract.of_weights({"name": "resnet50", "weights": None}) is None
+    assert weights_contract({"name": "resnet50", "weights": None}) is None
     timm_net = {"name": "timm/convnext_tiny.fb_in1k", "pretrained": True}
-    assert InputContract.of_weights(timm_net) == InputContract(256, 224, *imagenet)
+    assert weights_contract(timm_net) == InputContract(256, 224, *imagenet)
     cfg = make_cfg(*folder_overrides(tmp_path), "model=resnet50", "model.net.weights=IMAGENET1K_V2")
     assert data_values(cfg, None)["data.train_crop"] == 224

@@ -2,7 +2,7 @@
 
 A source only says how to build its train/val/test datasets (`build_splits`), what its classes
 are and whether it holds its images in memory. The rest is shared, each part in its own module:
-the augmentation preset (data/transforms.py), the loaders and their orders (data/loaders.py,
+the augmentation preset (data/augmentation/presets.py), the loaders and their orders (data/loaders.py,
 data/in_memory.py), and what a batch goes through on the device (data/device_batch.py). Datasets
 yield uint8 CHW images; batches travel to the device as uint8 and are decoded, augmented,
 normalized and mixed there, in `on_after_batch_transfer`. The data path of a run, in order:
@@ -19,11 +19,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from imgcls.data.augmentation.presets import Pipeline, build_pipeline
 from imgcls.data.device_batch import DeviceBatchTransform, batch_mix, is_encoded
 from imgcls.data.in_memory import DeviceResidency, IndexedBatches
-from imgcls.data.input_contract import InputContract
 from imgcls.data.loaders import auto_workers, build_loader
-from imgcls.data.transforms import Pipeline, build_pipeline
+from imgcls.input_contract import InputContract
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.seeding import reseed
@@ -69,7 +69,7 @@ class ImageDataModule(LightningDataModule, ABC):
     `sampler`: random (each training image once an epoch) or balanced (each class equally
     often, drawn with replacement); `repeated_aug`: each drawn image that many times in a row,
     differently augmented, the epoch as long as without (data/in_memory.ShardedOrder).
-    `auto_augment`, `random_erasing` and their options: see data/transforms.py. `multilabel`
+    `auto_augment`, `random_erasing` and their options: see data/augmentation/presets.py. `multilabel`
     (set from model.task): labels are multi-hot rows, for the sources that have several labels
     per image.
     """

@@ -3,9 +3,9 @@
 A loaded batch arrives on the device as uint8 images (4x less to copy than float32), or, with
 `data.decode=device`, as the files' bytes. Training batches are then:
 1. decoded and cropped as the preset's workers would have (`data.decode=device`: nvjpeg on a
-   GPU, data/device_decode.py),
-2. augmented by the preset's batched, per-image-random device half (data/device_augment.py),
-   and by the policy (data/policies.py) where the workers did not apply it,
+   GPU, data/decoding/device.py),
+2. augmented by the preset's batched, per-image-random device half (data/augmentation/batched.py),
+   and by the policy (data/augmentation/policies.py) where the workers did not apply it,
 3. scaled to the progressive-resizing resolution of the epoch, where one is set,
 4. normalized by the run's InputContract (the mean and std saved in its checkpoints),
 5. partly erased (RandomErasing per image, where asked),
@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from imgcls.data.device_decode import DeviceCrops, EncodedBatch, decode_batch
-from imgcls.data.input_contract import InputContract
-from imgcls.data.transforms import Pipeline
+from imgcls.data.augmentation.crops import DeviceCrops
+from imgcls.data.augmentation.presets import Pipeline
+from imgcls.data.decoding.device import EncodedBatch, decode_batch
+from imgcls.input_contract import InputContract
 from imgcls.utils.errors import UserError
 from imgcls.utils.machine import to_device_async
 

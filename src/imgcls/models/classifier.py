@@ -107,7 +107,7 @@ class ImageClassifier(LightningModule):
     label per image (`task=multiclass`: softmax, cross-entropy, accuracy) or several
     (`task=multilabel`: a sigmoid per class, binary cross-entropy, mAP, a threshold per class).
     Freezing the backbone is callbacks.FrozenBackbone's; test-time augmentation is
-    models/tta.py's; the lr a run uses is settled with its config (settle.py)."""
+    models/tta.py's; the lr a run uses is settled with its config (run/settle.py)."""
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imgcls.data.input_contract import InputContract
+from imgcls.models.pretrained import weights_contract
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -115,7 +115,7 @@ def build_teacher(
                 "torchvision model name (resnet50, regnet_y_16gf[:WEIGHTS]), timm/<name>."
             )
         net_config = {"name": name, "weights": weights or "DEFAULT"}
-    contract = InputContract.of_weights(net_config)  # the weights' own normalization
+    contract = weights_contract(net_config)  # the weights' own normalization
     if contract is not None:
         check_normalization(spec, contract.mean, contract.std, mean_std)
     if spec.startswith("timm/"):

@@ -14,7 +14,7 @@ block, `imgcls`, and are consumed here:
   the stem lowest; no decay on 1-D parameters and on what the net names (position embeddings,
   class token). For timm nets, whose blocks timm knows (`group_matcher`);
 - optimizer `imgcls.scale_lr` / `reference_batch`: settled with the config, before training
-  (utils/config_resolve.py);
+  (run/derived.py);
 - under 16-mixed precision the optimizer is torch's fused one where it exists (no host read of
   the GradScaler's state per step), unless the config sets `fused` / `foreach` or clips
   gradients;

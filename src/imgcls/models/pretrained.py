@@ -12,6 +12,8 @@ that does not fit means the weights belong to another architecture, and the run 
   torchvision reference checkpoint (`{"model": ...}`) or one of our own checkpoints.
 """
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -20,6 +22,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from imgcls.input_contract import InputContract
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -136,3 +139,32 @@ def load_pretrained(net: nn.Module, state: dict[str, Tensor], head: str, source:
         f"Loaded {len(fits)} pretrained tensors from {source}"
         + (f"; new head {head!r} for this run's classes" if replaced else "")
     )
+
+
+def weights_contract(net: Mapping[str, Any]) -> InputContract | None:
+    """The input contract pretrained weights were trained with (a `model.net` config):
+    torchvision's weight transforms, timm's pretrained config, or the contract of one of our
+    checkpoints named by `weights_path`; None for a net from scratch or from a plain state_dict
+    file (the data config decides then)."""
+    name, weights, path = net.get("name", ""), net.get("weights"), net.get("weights_path")
+    if path and str(path).endswith(".ckpt"):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return InputContract.from_dict(saved["hyper_parameters"]["preprocessing"])
+        except Exception:  # not one of ours: read_state_dict says what is wrong with it
+            return None
+    if weights and not name.startswith("timm/"):
+        preset = torchvision_weights(name, weights).transforms()
+        return InputContract(preset.resize_size[0], preset.crop_size[0], preset.mean, preset.std)
+    if name.startswith("timm/") and net.get("pretrained"):
+        import timm
+        from timm.data import resolve_data_config
+
+        pretrained = timm.models.get_pretrained_cfg(name.removeprefix("timm/"))
+        if pretrained is None:
+            return None
+        resolved = resolve_data_config(pretrained_cfg=pretrained.to_dict())
+        crop = resolved["input_size"][-1]
+        resize = math.floor(crop / resolved["crop_pct"])
+        return InputContract(resize, crop, tuple(resolved["mean"]), tuple(resolved["std"]))
+    return None

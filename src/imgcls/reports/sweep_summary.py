@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from imgcls.utils.run_record import STATUS_FILE
+from imgcls.run.record import STATUS_FILE
 
 SUMMARY_FILE = "summary.csv"
 # learning rates per param group are curves, not results

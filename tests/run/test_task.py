@@ -1,0 +1,85 @@
+"""run/task.py: the commands as users type them, where only a real process shows the behaviour:
+DDP's second process, Hydra's multirun, and what a mistake prints."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcls.eval import main as eval_main
+from tests.helpers import CLI_QUIET, dirs_under, processes_mentioning, run_cli
+
+FAST = ["model=cifar_quick", "trainer.max_epochs=2", *CLI_QUIET]
+
+
+def assert_ok(result) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.slow(seconds=25)
+def test_a_ddp_sweep_job_learns_counting_each_test_image_once_and_a_dead_rank_fails_its_job(
+    tmp_path: Path,
+) -> None:
+    """Two jobs of two processes each, in one sweep process. The first trains in its own dir, a
+    log per rank, and counts each of 359 test images once (DistributedSampler would pad them to
+    360, one counted twice). The second starts its two processes after it, and its rank 1 dies
+    at its first step: that job fails, the sweep ends, no process is left. A single DDP run's
+    dir: tests/test_scale.py."""
+    grid = [
+        "-m",
+        "seed=1,2",
+        "trainer=ddp_sim",
+        "+callbacks.fault._target_=tests.faults.FailOnRank",
+        "+callbacks.fault.rank=1",
+        "+callbacks.fault.seed=2",  # only the second job's rank 1 dies
+        "+callbacks.fault.run_seed=${seed}",
+        "data.test_fraction=0.1995",  # 359 of the 1,797 digits
+        *FAST,
+        f"paths.log_dir={tmp_path}",
+    ]
+    result = run_cli("train.py", grid)
+    assert result.returncode == 1, result.stderr[-3000:]  # one job failed
+    assert not processes_mentioning(tmp_path)
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.csv"]
+    assert {p.name for p in (tmp_path / "train").iterdir()} == {"multiruns"}  # no stray runs/
+    for job, seed in (("0", "1"), ("1", "2")):
+        assert f"seed={seed}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
+    statuses = [json.loads((sweep / j / "status.json").read_text()) for j in ("0", "1")]
+    assert [s["status"] for s in statuses] == ["completed", "failed"]
+    assert "DDP process died" in statuses[1]["error"]
+
+    done = sweep / "0"
+    assert dirs_under(done) == {".hydra", "checkpoints", "tensorboard", "csv"}
+    assert (done / "train.log").is_file()
+    assert (done / "train_rank1.log").is_file()
+    metrics = json.loads((done / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.3  # 2 epochs of 2 x 64 images per step; chance is 0.1
+    ckpt = torch.load(done / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["epoch"] in (0, 1)
+    with open(done / "per_class.csv", newline="") as f:
+        assert sum(int(row["support"]) for row in csv.DictReader(f)) == 359
+    right = metrics["test/acc"] * 359
+    assert right == pytest.approx(round(right), abs=1e-3)  # a whole number of the 359
+    assert "sync_dist=True" not in result.stderr  # no warning for values already synced
+
+
+@pytest.mark.slow
+def test_a_mistake_met_in_a_run_is_one_line_from_the_installed_command(tmp_path: Path) -> None:
+    """`imgcls-train`, the console script `pip install` made, as a user types it."""
+    args = ["model.net.name=resnet5O", f"paths.log_dir={tmp_path}", *FAST]
+    result = run_cli("imgcls-train", args)
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "Unknown model.net.name='resnet5O'. Did you mean resnet50" in out
+    assert "Traceback" not in out
+
+
+def test_the_eval_command_answers_help(command_exit, capsys: pytest.CaptureFixture) -> None:
+    """imgcls-eval is installed, and its entry point (in this process) shows its config."""
+    assert (Path(sys.executable).parent / "imgcls-eval").is_file()
+    assert command_exit(eval_main, "imgcls-eval", "--help") in (0, None)
+    assert "ckpt_path" in capsys.readouterr().out
