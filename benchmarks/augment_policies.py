@@ -1,4 +1,4 @@
-"""What an augmentation policy (data.auto_augment) and RandomErasing cost per batch on the device,
+"""What an augmentation policy (data.augment.policy) and RandomErasing cost per batch on the device,
 against torchvision's own policy applied image by image (what a loader worker does per image).
 
     python benchmarks/augment_policies.py                       # CIFAR-sized: 128 x 32 px

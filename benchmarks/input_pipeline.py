@@ -102,7 +102,11 @@ def on_device(dm: ImageDataModule, device: torch.device) -> ImageDataModule:
 def imgcls_rate(
     root: Path, args: argparse.Namespace, device: torch.device, decode: str, shards: bool = False
 ) -> float:
-    loader_args = {"batch_size": args.batch, "num_workers": args.workers, "augment": "standard"}
+    loader_args = {
+        "batch_size": args.batch,
+        "num_workers": args.workers,
+        "augment": {"preset": "standard"},
+    }
     if shards:
         dm = ShardsDataModule(root=str(root), decode=decode, **loader_args)
     else:
@@ -129,10 +133,16 @@ def open_seconds(root: Path, device: torch.device, shards: bool) -> float:
     (shards), building the splits, starting the loader."""
     start = time.perf_counter()
     if shards:
-        dm = ShardsDataModule(root=str(root), batch_size=64, num_workers=0, augment="standard")
+        dm = ShardsDataModule(
+            root=str(root), batch_size=64, num_workers=0, augment={"preset": "standard"}
+        )
     else:
         dm = ImageNetDataModule(
-            root=str(root), batch_size=64, num_workers=0, augment="standard", artifacts_dir=None
+            root=str(root),
+            batch_size=64,
+            num_workers=0,
+            augment={"preset": "standard"},
+            artifacts_dir=None,
         )
     next(iter(on_device(dm, device).train_dataloader()))
     return time.perf_counter() - start

@@ -58,7 +58,7 @@ def test_a_rank_with_less_than_a_batch_of_files_still_trains(tmp_path: Path) -> 
 def test_optuna_with_ddp_leaves_no_process_and_its_trial_its_status(tmp_path: Path) -> None:
     search = [
         "hparams_search=digits_optuna",
-        "hydra.sweeper.n_trials=1",  # a DDP job after another in one sweep: tests/test_task.py
+        "hydra.sweeper.n_trials=1",  # a DDP job after another in one sweep: tests/run/test_task.py
         "trainer=ddp_sim",
         *CLI_QUICK,
         f"paths.log_dir={tmp_path}",
@@ -220,7 +220,7 @@ def test_more_cpu_processes_than_cpus_is_refused(make_cfg) -> None:
 def test_a_log_dir_that_cannot_be_made_is_one_line(tmp_path: Path, command_exit) -> None:
     """Met while Hydra makes the run dir, before any job: the command's own entry point, in this
     process, exits with the one line (Python prints it and exits with code 1; a mistake met
-    inside a job: tests/test_task.py)."""
+    inside a job: tests/run/test_task.py)."""
     (tmp_path / "a_file").touch()
     message = str(command_exit(main, "train.py", f"paths.log_dir={tmp_path}/a_file/logs"))
     assert message.startswith(f"UserError: cannot make a run dir in {tmp_path}/a_file/logs")

@@ -145,7 +145,7 @@ def test_balanced_sampler_needs_known_labels() -> None:
     fake.setup()
     with pytest.raises(UserError, match=r"data\.sampler=balanced needs a data source"):
         fake.train_dataloader()
-    with pytest.raises(UserError, match=r"data\.sampler='bogus' is not one of random, balanced"):
+    with pytest.raises(UserError, match=r"Unknown data\.sampler='bogus'. Options: random, balanced"):
         FakeDataModule(sampler="bogus")
 
 
@@ -201,11 +201,11 @@ def test_repeated_augmentation_deals_each_images_copies_to_different_ranks(
 
 def test_repeated_augmentation_is_refused_where_it_cannot_repeat(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="a whole number"):
-        DigitsDataModule(repeated_aug=0)
+        DigitsDataModule(augment={"repeats": 0})
     from imgcls.data.sources.shards import ShardsDataModule
 
     with pytest.raises(UserError, match="streamed shards"):
-        ShardsDataModule(root=str(tmp_path), repeated_aug=3)
+        ShardsDataModule(root=str(tmp_path), augment={"repeats": 3})
 
 
 def test_a_rank_with_less_than_a_batch_still_trains() -> None:
@@ -283,7 +283,7 @@ def test_each_rank_augments_the_copies_repeated_augmentation_sends_it_its_own_wa
     labels = torch.arange(4)
     outs = []
     for rank in (0, 1, 0):
-        dm = DigitsDataModule(auto_augment="ta_wide", random_erasing=0.5, repeated_aug=2)
+        dm = DigitsDataModule(augment={"policy": "ta_wide", "erasing": 0.5, "repeats": 2})
         dm.trainer = fake_trainer(world_size=2, rank=rank)
         dm.trainer.global_step = 7
         dm.run_seed = 3

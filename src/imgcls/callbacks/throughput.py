@@ -67,5 +67,5 @@ class Throughput(Callback):
             log.warning(
                 f"Data-bound: the training loop waited for data {wait_share:.0%} of epoch "
                 f"{trainer.current_epoch}. More data.num_workers, data.in_memory=true for small "
-                "images, or a lighter data.augment would speed it up."
+                "images, or a lighter data.augment.preset would speed it up."
             )

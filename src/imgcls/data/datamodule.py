@@ -2,7 +2,7 @@
 
 A source only says how to build its train/val/test datasets (`build_splits`), what its classes
 are and whether it holds its images in memory. The rest is shared, each part in its own module:
-the augmentation preset (data/augmentation/presets.py), the loaders and their orders (data/loaders.py,
+the augmentation (data/augmentation/), the loaders and their orders (data/loaders.py,
 data/in_memory.py), and what a batch goes through on the device (data/device_batch.py). Datasets
 yield uint8 CHW images; batches travel to the device as uint8 and are decoded, augmented,
 normalized and mixed there, in `on_after_batch_transfer`. The data path of a run, in order:
@@ -10,7 +10,7 @@ normalized and mixed there, in `on_after_batch_transfer`. The data path of a run
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,18 +19,23 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from imgcls.data.augmentation.presets import Pipeline, build_pipeline
+from imgcls.data.augmentation.presets import Augmentation, Pipeline, build_pipeline
 from imgcls.data.device_batch import DeviceBatchTransform, batch_mix, is_encoded
 from imgcls.data.in_memory import DeviceResidency, IndexedBatches
 from imgcls.data.loaders import auto_workers, build_loader
 from imgcls.input_contract import InputContract
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
+from imgcls.utils.registry import Registry
 from imgcls.utils.seeding import reseed
 
 log = get_logger(__name__)
 
-SAMPLERS = ("random", "balanced")
+# how training images are drawn (`data.sampler`): each image's weight in the draw, or None for
+# a permutation (each image once an epoch)
+SAMPLERS: Registry[Callable[["ImageDataModule", Dataset], torch.Tensor | None]] = Registry(
+    "data.sampler"
+)
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
@@ -67,11 +72,10 @@ class ImageDataModule(LightningDataModule, ABC):
     `num_workers: auto` gives file-based data a worker budget from the CPU count per device and
     in-memory data none (its augmentation runs on the device).
     `sampler`: random (each training image once an epoch) or balanced (each class equally
-    often, drawn with replacement); `repeated_aug`: each drawn image that many times in a row,
-    differently augmented, the epoch as long as without (data/in_memory.ShardedOrder).
-    `auto_augment`, `random_erasing` and their options: see data/augmentation/presets.py. `multilabel`
-    (set from model.task): labels are multi-hot rows, for the sources that have several labels
-    per image.
+    often, drawn with replacement: SAMPLERS). `augment`: the `data.augment` node, whole
+    (data/augmentation/presets.Augmentation); the train crop and eval sizes beside it are the
+    input contract's. `multilabel` (settled from model.task): labels are multi-hot rows, for the
+    sources that have several labels per image.
     """
 
     #: True where build_splits returns images already decoded into memory at one size, as
@@ -94,24 +98,16 @@ class ImageDataModule(LightningDataModule, ABC):
         prefetch_factor: int = 2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        augment: str = "none",
+        augment: Augmentation | Mapping[str, Any] | None = None,
         train_crop: int | None = None,
         eval_resize: int | None = None,
         eval_crop: int | None = None,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
         sampler: str = "random",
         multilabel: bool = False,
-        auto_augment: str | None = None,
-        auto_augment_magnitude: int | None = None,
-        auto_augment_ops: int | None = None,
-        random_erasing: float | None = None,
-        random_erasing_mode: str = "const",
-        repeated_aug: int = 1,
     ) -> None:
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise UserError(f"data.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}.")
+        self.augmentation = Augmentation.of(augment)
+        SAMPLERS[sampler]
         if multilabel and not self.supports_multilabel:
             raise UserError(
                 f"model.task=multilabel needs labels per image, which {type(self).__name__} does "
@@ -122,21 +118,8 @@ class ImageDataModule(LightningDataModule, ABC):
                 "data.sampler=balanced draws each class equally often, which images with several "
                 "labels cannot be: use model.class_weights=balanced (positives weighed) instead."
             )
-        if not (isinstance(repeated_aug, int) and repeated_aug >= 1):
-            raise UserError(
-                f"data.repeated_aug={repeated_aug!r} is how many times each training image is "
-                "seen per epoch: a whole number, 1 (off) or more."
-            )
         self.sampler = sampler
         self.multilabel = multilabel
-        self.repeated_aug = repeated_aug
-        self.policy_options = {
-            "auto_augment": auto_augment,
-            "auto_augment_magnitude": auto_augment_magnitude,
-            "auto_augment_ops": auto_augment_ops,
-            "random_erasing": random_erasing,
-            "random_erasing_mode": random_erasing_mode,
-        }
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -145,10 +128,7 @@ class ImageDataModule(LightningDataModule, ABC):
         self.prefetch_factor = prefetch_factor
         self.mean = tuple(mean)
         self.std = tuple(std)
-        self.augment = augment
         self.crop_sizes = (train_crop, eval_resize, eval_crop)
-        self.mixup_alpha = mixup_alpha
-        self.cutmix_alpha = cutmix_alpha
         self.splits: Splits | None = None
         # the run's seed, taken at setup (after the run seeded every RNG): on_before_batch_transfer
         self.run_seed: int | None = None
@@ -180,11 +160,7 @@ class ImageDataModule(LightningDataModule, ABC):
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
             self._pipeline = build_pipeline(
-                self.augment,
-                self.in_memory,
-                *self.crop_sizes,
-                native_size=self.native_size,
-                **self.policy_options,
+                self.augmentation, self.in_memory, *self.crop_sizes, self.native_size
             )
         return self._pipeline
 
@@ -193,7 +169,8 @@ class ImageDataModule(LightningDataModule, ABC):
         """What a batch goes through on the device (data/device_batch.py): the one object
         callbacks change (progressive resizing) or read (the mix)."""
         if self._device_batch is None:
-            mix = batch_mix(self.mixup_alpha, self.cutmix_alpha, self.num_classes)
+            augmentation = self.augmentation
+            mix = batch_mix(augmentation.mixup_alpha, augmentation.cutmix_alpha, self.num_classes)
             self._device_batch = DeviceBatchTransform(
                 self.pipeline, self.contract, mix, self.bad_images_file
             )
@@ -262,26 +239,15 @@ class ImageDataModule(LightningDataModule, ABC):
             self.batch_size if train else self.eval_batch_size,
             train,
             held,
-            self._balanced_weights(dataset) if train and self.sampler == "balanced" else None,
+            SAMPLERS[self.sampler](self, dataset) if train else None,
             rank,
             world_size,
             workers,
             self.persistent_workers,
             self.prefetch_factor,
             pin_memory=self.pin_memory and self.device.type == "cuda",
-            repeats=self.repeated_aug if train else 1,
+            repeats=self.augmentation.repeats if train else 1,
         )
-
-    def _balanced_weights(self, dataset: Dataset) -> torch.Tensor:
-        """Each image's weight in a class-balanced draw: 1 / its class's count."""
-        labels = dataset_labels(dataset)
-        if labels is None:
-            raise UserError(
-                f"data.sampler=balanced needs a data source that knows its labels; "
-                f"{type(self).__name__} makes them as it goes: use data.sampler=random."
-            )
-        counts = torch.bincount(labels, minlength=self.num_classes)
-        return 1.0 / counts[labels].double()
 
     def _held_bytes(self) -> int:
         splits = self.splits.train, self.splits.val, self.splits.test
@@ -345,3 +311,19 @@ class ImageDataModule(LightningDataModule, ABC):
             if seen >= count:
                 break
         return torch.cat(batches)
+
+
+SAMPLERS.add("random", lambda datamodule, dataset: None)
+
+
+@SAMPLERS.register("balanced")
+def balanced_draw(datamodule: ImageDataModule, dataset: Dataset) -> torch.Tensor:
+    """Each image's weight in a class-balanced draw: 1 / its class's count."""
+    labels = dataset_labels(dataset)
+    if labels is None:
+        raise UserError(
+            f"data.sampler=balanced needs a data source that knows its labels; "
+            f"{type(datamodule).__name__} makes them as it goes: use data.sampler=random."
+        )
+    counts = torch.bincount(labels, minlength=datamodule.num_classes)
+    return 1.0 / counts[labels].double()

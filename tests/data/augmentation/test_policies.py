@@ -15,7 +15,7 @@ from imgcls.data.augmentation.policies import (
     PolicyOps,
     worker_policy,
 )
-from imgcls.data.augmentation.presets import build_pipeline
+from imgcls.data.augmentation.presets import Augmentation, build_pipeline
 from imgcls.utils.errors import UserError
 from tests.device_waits import DeviceWaitTrace
 
@@ -99,36 +99,36 @@ def test_randaugment_magnitude_and_ops_reach_torchvision() -> None:
 @pytest.mark.parametrize(
     ("options", "refusal"),
     [
-        ({"auto_augment": "randaug"}, "Unknown data.auto_augment='randaug'"),
-        ({"auto_augment": "ta_wide", "auto_augment_magnitude": 5}, "has no magnitude"),
-        ({"auto_augment": "randaugment", "auto_augment_magnitude": 31}, r"range \[0, 30\]"),
-        ({"auto_augment": "augmix", "auto_augment_ops": 2}, "applies to randaugment"),
-        ({"auto_augment_magnitude": 9}, "tune a policy"),
-        ({"random_erasing": 1.5}, "a probability"),
-        ({"random_erasing": 0.2, "random_erasing_mode": "rand"}, "const, pixel"),
+        ({"policy": "randaug"}, "Unknown data.augment.policy='randaug'"),
+        ({"policy": "ta_wide", "policy_magnitude": 5}, "has no magnitude"),
+        ({"policy": "randaugment", "policy_magnitude": 31}, r"range \[0, 30\]"),
+        ({"policy": "augmix", "policy_ops": 2}, "applies to randaugment"),
+        ({"policy_magnitude": 9}, "tune a policy"),
+        ({"erasing": 1.5}, "a probability"),
+        ({"erasing": 0.2, "erasing_mode": "rand"}, "const, pixel"),
     ],
 )
 def test_options_a_policy_cannot_take_are_one_line(options: dict, refusal: str) -> None:
     with pytest.raises(UserError, match=refusal):
-        build_pipeline("standard", in_memory=False, **options)
+        Augmentation("standard", **options)
 
 
 def test_timm_policies_are_for_workers_only() -> None:
     with pytest.raises(UserError, match="timm's PIL policy"):
-        build_pipeline("cifar", True, native_size=32, auto_augment="timm:rand-m9-mstd0.5-inc1")
+        build_pipeline(
+            Augmentation("cifar", policy="timm:rand-m9-mstd0.5-inc1"), True, None, None, None, 32
+        )
 
 
 def test_presets_name_their_policy_and_erasing_and_none_turns_them_off() -> None:
-    recipe = build_pipeline("torchvision_recipe", in_memory=False)
+    recipe = build_pipeline(Augmentation("torchvision_recipe"), in_memory=False)
     assert recipe.policy == "ta_wide"
     assert isinstance(recipe.device_policy, DevicePolicy)
     assert recipe.erasing.p == 0.1
     assert recipe.train_worker(torch.zeros(3, 300, 400, dtype=torch.uint8)).shape == (3, 176, 176)
-    off = build_pipeline(
-        "torchvision_recipe", in_memory=False, auto_augment="none", random_erasing=0
-    )
+    off = build_pipeline(Augmentation("torchvision_recipe", policy="none", erasing=0), False)
     assert off.policy is off.device_policy is off.erasing is None
-    held = build_pipeline("cifar", in_memory=True, native_size=32, auto_augment="augmix")
+    held = build_pipeline(Augmentation("cifar", policy="augmix"), in_memory=True, native_size=32)
     assert [type(m).__name__ for m in held.train_device] == ["RandomAffineBatch", "DevicePolicy"]
 
 

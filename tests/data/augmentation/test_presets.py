@@ -5,7 +5,7 @@ import torch
 from torchvision.transforms import v2
 
 from imgcls.data.augmentation.batched import ColorJitterBatch, RandomAffineBatch
-from imgcls.data.augmentation.presets import PRESETS, build_pipeline
+from imgcls.data.augmentation.presets import PRESETS, Augmentation, build_pipeline
 from imgcls.data.sources.digits import DigitsDataModule
 from imgcls.models.classifier import ImageClassifier
 from imgcls.utils.errors import UserError
@@ -15,7 +15,7 @@ PHOTO = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_worker_side_gives_uint8_at_the_preset_sizes(preset: str) -> None:
-    pipeline = build_pipeline(preset, in_memory=False)
+    pipeline = build_pipeline(Augmentation(preset), in_memory=False)
     train, evaluated = pipeline.train_worker(PHOTO), pipeline.eval_worker(PHOTO)
     assert train.dtype == evaluated.dtype == torch.uint8
     assert train.shape == (3, pipeline.train_crop, pipeline.train_crop)
@@ -28,18 +28,18 @@ def test_worker_side_gives_uint8_at_the_preset_sizes(preset: str) -> None:
 
 
 def test_preset_sizes_follow_the_recipes() -> None:
-    recipe = build_pipeline("torchvision_recipe", in_memory=False)
+    recipe = build_pipeline(Augmentation("torchvision_recipe"), in_memory=False)
     assert (recipe.train_crop, recipe.eval_resize, recipe.eval_crop) == (176, 232, 224)
-    cifar = build_pipeline("cifar", in_memory=False)
+    cifar = build_pipeline(Augmentation("cifar"), in_memory=False)
     assert (cifar.train_crop, cifar.eval_resize, cifar.eval_crop) == (32, 32, 32)
     custom = build_pipeline(
-        "standard", in_memory=False, train_crop=128, eval_resize=160, eval_crop=144
+        Augmentation("standard"), in_memory=False, train_crop=128, eval_resize=160, eval_crop=144
     )
     assert custom.eval_worker(PHOTO).shape == (3, 144, 144)
 
 
 def test_classic_imagenet_puts_colour_and_rotation_on_the_device() -> None:
-    pipeline = build_pipeline("classic_imagenet", in_memory=False)
+    pipeline = build_pipeline(Augmentation("classic_imagenet"), in_memory=False)
     names = [type(m).__name__ for m in pipeline.train_device]
     assert names == ["RandomAffineBatch", "ColorJitterBatch"]
     batch = torch.rand(4, 3, 224, 224) * 255
@@ -51,7 +51,7 @@ def test_classic_imagenet_puts_colour_and_rotation_on_the_device() -> None:
 
 @pytest.mark.parametrize("preset", ["none", "standard", "cifar", "cifar_light", "classic_imagenet"])
 def test_in_memory_presets_run_on_the_device_at_native_size(preset: str) -> None:
-    pipeline = build_pipeline(preset, in_memory=True, native_size=32)
+    pipeline = build_pipeline(Augmentation(preset), in_memory=True, native_size=32)
     assert pipeline.train_worker is None
     assert pipeline.eval_device is None  # 32 px stays 32 px: nothing to do at eval
     batch = torch.rand(8, 3, 32, 32) * 255
@@ -60,8 +60,10 @@ def test_in_memory_presets_run_on_the_device_at_native_size(preset: str) -> None
 
 
 def test_unknown_preset_is_a_clear_error() -> None:
-    with pytest.raises(UserError, match="Presets: none, standard"):
-        build_pipeline("fancy", in_memory=False)
+    with pytest.raises(
+        UserError, match=r"Unknown data\.augment\.preset='fancy'.*Options: none, standard"
+    ):
+        Augmentation("fancy")
 
 
 def test_affine_identity_and_exact_integer_shifts() -> None:
@@ -84,9 +86,11 @@ def test_cifar_light_crops_are_views_of_the_mirror_padded_image() -> None:
     shifts = [padded[:, i : i + 32, j : j + 32] for i in range(5) for j in range(5)]
     views = {view.numpy().tobytes() for shift in shifts for view in (shift, shift.flip(-1))}
     torch.manual_seed(0)
-    device = build_pipeline("cifar_light", in_memory=True, native_size=32).train_device
+    device = build_pipeline(
+        Augmentation("cifar_light"), in_memory=True, native_size=32
+    ).train_device
     device_crops = list(device(image[None].float().repeat(64, 1, 1, 1)).round())
-    worker = build_pipeline("cifar_light", in_memory=False).train_worker
+    worker = build_pipeline(Augmentation("cifar_light"), in_memory=False).train_worker
     worker_crops = [worker(image).float() for _ in range(64)]
     for crops in (device_crops, worker_crops):
         seen = {crop.numpy().tobytes() for crop in crops}
@@ -118,7 +122,7 @@ def test_colour_jitter_per_image_matches_torchvision_brightness() -> None:
 
 
 def test_mixup_cutmix_give_soft_targets_and_the_model_learns_from_them() -> None:
-    dm = DigitsDataModule(batch_size=16, mixup_alpha=0.4, cutmix_alpha=1.0)
+    dm = DigitsDataModule(batch_size=16, augment={"mixup_alpha": 0.4, "cutmix_alpha": 1.0})
     dm.setup()
     images, labels = next(iter(dm.train_dataloader()))
 

@@ -57,7 +57,9 @@ def test_a_batch_decodes_as_the_workers_would_and_drops_what_cannot(
 def test_training_with_device_decoding_on_real_files(make_cfg, tmp_path: Path, augment) -> None:
     root = write_class_tree(tmp_path / "photos", ["cat", "dog", "fox"], per_class=8)
     (root / "cat" / "empty.jpg").write_bytes(b"")  # a bad file among them
-    cfg = make_cfg(*decoded_on_device(root), f"data.augment={augment}", "trainer.max_epochs=2")
+    cfg = make_cfg(
+        *decoded_on_device(root), f"data.augment.preset={augment}", "trainer.max_epochs=2"
+    )
     metrics, objects = train(cfg)
     assert objects["datamodule"].decodes_on_device()
     assert objects["trainer"].global_step == 4

@@ -60,7 +60,9 @@ def test_one_label_per_image_with_splits_carved_and_bad_rows_left_out(
 def test_several_labels_per_image_are_multi_hot_rows(tmp_path: Path) -> None:
     rows = ["a.png,cat;dog,train", "b.png,dog person,train", "c.png,person,val", "d.png,cat,test"]
     listing = write_listing(tmp_path, rows)
-    datamodule = CsvDataModule(csv=str(listing), multilabel=True, augment="none", num_workers=0)
+    datamodule = CsvDataModule(
+        csv=str(listing), multilabel=True, augment={"preset": "none"}, num_workers=0
+    )
     datamodule.setup()
     assert datamodule.class_names == ["cat", "dog", "person"]
     labels = torch.stack([label for _, label in datamodule.splits.train.samples])

@@ -13,21 +13,23 @@ from tests.data_factory import write_class_tree
 
 def test_device_decoding_refuses_presets_it_cannot_crop(tmp_path: Path) -> None:
     root = write_class_tree(tmp_path, ["a", "b"], per_class=4)
-    dm = FolderDataModule(root=str(root), decode="device", augment="cifar")
-    with pytest.raises(UserError, match=r"augment=cifar.*data\.decode=cpu"):
+    dm = FolderDataModule(root=str(root), decode="device", augment={"preset": "cifar"})
+    with pytest.raises(UserError, match=r"preset=cifar.*data\.decode=cpu"):
         dm.setup()
 
 
 @pytest.mark.parametrize(
-    "options", [{"augment": "cifar"}, {"augment": "standard", "auto_augment": "timm:v0"}]
+    "augment", [{"preset": "cifar"}, {"preset": "standard", "policy": "timm:v0"}]
 )
 def test_auto_decodes_in_the_workers_what_the_device_cannot_augment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, augment: dict
 ) -> None:
     """On a GPU with a hardware decoder `auto` picks the device, unless the preset's crop or
     the policy only runs in the workers: then the workers decode, where data.decode=device
     is refused."""
     monkeypatch.setattr(decode_place, "choose_decode", lambda decode, device: "device")
     root = write_class_tree(tmp_path, ["a", "b"], per_class=4)
-    assert not FolderDataModule(root=str(root), decode="auto", **options).decodes_on_device()
-    assert FolderDataModule(root=str(root), decode="auto", augment="standard").decodes_on_device()
+    assert not FolderDataModule(root=str(root), decode="auto", augment=augment).decodes_on_device()
+    assert FolderDataModule(
+        root=str(root), decode="auto", augment={"preset": "standard"}
+    ).decodes_on_device()

@@ -111,7 +111,9 @@ def test_folder_errors_name_the_expected_layout(tmp_path: Path) -> None:
 
 def test_folder_in_memory_decodes_once_into_a_tensor(tmp_path: Path) -> None:
     write_class_tree(tmp_path, ["a", "b"], per_class=10)
-    dm = FolderDataModule(root=str(tmp_path), in_memory=True, augment="cifar", num_workers=0)
+    dm = FolderDataModule(
+        root=str(tmp_path), in_memory=True, augment={"preset": "cifar"}, num_workers=0
+    )
     dm.setup()
     images, labels = dm.splits.train.tensors
     assert images.shape == (14, 3, 32, 32)
@@ -123,7 +125,11 @@ def test_folder_in_memory_decodes_once_into_a_tensor(tmp_path: Path) -> None:
 def test_folder_files_dataset_applies_the_preset(tmp_path: Path) -> None:
     write_class_tree(tmp_path, ["a", "b"], per_class=10)
     dm = FolderDataModule(
-        root=str(tmp_path), augment="standard", train_crop=24, eval_resize=40, eval_crop=32
+        root=str(tmp_path),
+        augment={"preset": "standard"},
+        train_crop=24,
+        eval_resize=40,
+        eval_crop=32,
     )
     dm.setup()
     assert dm.splits.train[0][0].shape == (3, 24, 24)
@@ -133,7 +139,7 @@ def test_folder_files_dataset_applies_the_preset(tmp_path: Path) -> None:
 def test_a_folder_says_at_start_what_would_surprise(tmp_path: Path, caplog) -> None:
     root = write_class_tree(tmp_path / "photos", ["cat", "dog"], per_class=15)  # 40 x 30 px
     write_class_tree(root, ["rare"], per_class=1)
-    datamodule = FolderDataModule(root=str(root), augment="standard")  # 224 px crops
+    datamodule = FolderDataModule(root=str(root), augment={"preset": "standard"})  # 224 px crops
     with caplog.at_level("WARNING"):
         datamodule.setup()
     assert "The val split has no image of 1 class(es) (rare)" in caplog.text
@@ -147,7 +153,7 @@ def test_training_on_a_folder_skips_and_lists_bad_files(make_cfg, tmp_path: Path
     cfg = make_cfg(
         "data=folder",
         f"data.root={root}",
-        "data.augment=cifar",
+        "data.augment.preset=cifar",
         "data.batch_size=16",
         "data.num_workers=0",
         "model=cifar_quick",

@@ -31,7 +31,7 @@ RUN = [
     "data.eval_crop=32",
     "data.batch_size=16",
     "data.num_workers=1",
-    "data.augment=standard",
+    "data.augment.preset=standard",
     "model=cifar_quick",
     "trainer.max_epochs=2",
     "trainer.deterministic=true",
@@ -105,8 +105,8 @@ def test_a_run_killed_mid_epoch_resumes_at_the_same_image(shards: Path, tmp_path
     the uninterrupted run got: the loader's place in the shards came back with the
     checkpoint, not the epoch's start."""
     # no random crops: the loader workers' random streams are not kept in a checkpoint
-    args = [*RUN, f"data.root={shards}", "test=false", "data.augment=none"]
-    record = "+callbacks.record._target_=tests.data.test_shards.RecordBatches"
+    args = [*RUN, f"data.root={shards}", "test=false", "data.augment.preset=none"]
+    record = "+callbacks.record._target_=tests.data.sources.test_shards.RecordBatches"
     whole = [*args, record, f"+callbacks.record.path={tmp_path}/whole.txt"]
     train(compose_config("train", [*whole, f"paths.log_dir={tmp_path}/whole"], tmp_path / "w"))
     again = [*args, record, f"+callbacks.record.path={tmp_path}/killed.txt"]

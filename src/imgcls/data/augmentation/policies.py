@@ -28,6 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from imgcls.utils.errors import UserError
 from imgcls.utils.machine import DeviceConstants
+from imgcls.utils.registry import Registry
 
 # torchvision's luma weights (rgb_to_grayscale)
 LUMA = (0.2989, 0.587, 0.114)
@@ -190,21 +191,27 @@ def _autoaugment(policy: str) -> Callable[[int | None, int | None], v2.Transform
     return lambda magnitude, num_ops: v2.AutoAugment(v2.AutoAugmentPolicy(policy))
 
 
-# name -> (magnitude, num_ops) -> torchvision's transform, its defaults where given None
-POLICIES: dict[str, Callable[[int | None, int | None], v2.Transform]] = {
-    "ta_wide": lambda magnitude, num_ops: v2.TrivialAugmentWide(),
-    "randaugment": lambda magnitude, num_ops: v2.RandAugment(
-        num_ops=2 if num_ops is None else num_ops, magnitude=9 if magnitude is None else magnitude
-    ),
-    "autoaugment_imagenet": _autoaugment("imagenet"),
-    "autoaugment_cifar10": _autoaugment("cifar10"),
-    "autoaugment_svhn": _autoaugment("svhn"),
-    "augmix": lambda magnitude, num_ops: v2.AugMix(severity=3 if magnitude is None else magnitude),
-}
 # timm's policies by its config string (DeiT's "rand-m9-mstd0.5-inc1"): PIL, workers only
 TIMM_PREFIX = "timm:"
-MAGNITUDES = {"randaugment": (0, 30), "augmix": (1, 10)}  # what data.auto_augment_magnitude means
-OPS = ("randaugment",)  # the policies data.auto_augment_ops applies to
+# name -> (magnitude, num_ops) -> torchvision's transform, its defaults where given None
+POLICIES: Registry[Callable[[int | None, int | None], v2.Transform]] = Registry(
+    "data.augment.policy",
+    more=f"{TIMM_PREFIX}<timm config string> ({TIMM_PREFIX}rand-m9-mstd0.5-inc1)",
+)
+POLICIES.add("ta_wide", lambda magnitude, num_ops: v2.TrivialAugmentWide())
+POLICIES.add(
+    "randaugment",
+    lambda magnitude, num_ops: v2.RandAugment(
+        num_ops=2 if num_ops is None else num_ops, magnitude=9 if magnitude is None else magnitude
+    ),
+)
+for _dataset in ("imagenet", "cifar10", "svhn"):
+    POLICIES.add(f"autoaugment_{_dataset}", _autoaugment(_dataset))
+POLICIES.add(
+    "augmix", lambda magnitude, num_ops: v2.AugMix(severity=3 if magnitude is None else magnitude)
+)
+MAGNITUDES = {"randaugment": (0, 30), "augmix": (1, 10)}  # what policy_magnitude means
+OPS = ("randaugment",)  # the policies policy_ops applies to
 
 
 def check_policy(name: str | None, magnitude: int | None, num_ops: int | None) -> None:
@@ -212,37 +219,34 @@ def check_policy(name: str | None, magnitude: int | None, num_ops: int | None) -
     if name is None:
         if magnitude is not None or num_ops is not None:
             raise UserError(
-                "data.auto_augment_magnitude and data.auto_augment_ops tune a policy: set "
-                f"data.auto_augment to one of {', '.join(POLICIES)} (or leave them null)."
+                "data.augment.policy_magnitude and policy_ops tune a policy: set "
+                f"data.augment.policy to one of {', '.join(POLICIES)} (or leave them null)."
             )
         return
     if name.startswith(TIMM_PREFIX):
         if magnitude is not None or num_ops is not None:
             raise UserError(
-                f"data.auto_augment={name} carries its own magnitude and ops in timm's string "
-                "(rand-m9-n2-...): leave data.auto_augment_magnitude and _ops null."
+                f"data.augment.policy={name} carries its own magnitude and ops in timm's string "
+                "(rand-m9-n2-...): leave data.augment.policy_magnitude and policy_ops null."
             )
         return
-    if name not in POLICIES:
-        raise UserError(
-            f"Unknown data.auto_augment={name!r}: one of {', '.join(POLICIES)}, or "
-            f"{TIMM_PREFIX}<timm config string> such as {TIMM_PREFIX}rand-m9-mstd0.5-inc1."
-        )
+    POLICIES[name]
     if magnitude is not None:
         if name not in MAGNITUDES:
             raise UserError(
-                f"data.auto_augment={name} has no magnitude to set (data.auto_augment_magnitude "
-                f"applies to {', '.join(MAGNITUDES)}): leave it null."
+                f"data.augment.policy={name} has no magnitude to set (policy_magnitude applies "
+                f"to {', '.join(MAGNITUDES)}): leave it null."
             )
         low, high = MAGNITUDES[name]
         if not low <= magnitude <= high:
             raise UserError(
-                f"data.auto_augment_magnitude={magnitude} is out of {name}'s range [{low}, {high}]."
+                f"data.augment.policy_magnitude={magnitude} is out of {name}'s range "
+                f"[{low}, {high}]."
             )
     if num_ops is not None and (name not in OPS or num_ops < 1):
         raise UserError(
-            f"data.auto_augment_ops={num_ops} applies to randaugment (1 or more ops per image), "
-            f"not {name}: leave it null."
+            f"data.augment.policy_ops={num_ops} applies to randaugment (1 or more ops per "
+            f"image), not {name}: leave it null."
         )
 
 
@@ -266,16 +270,22 @@ def worker_policy(name: str, magnitude: int | None, num_ops: int | None, crop: i
     try:
         policy = make(config, hparams)
     except Exception as err:
-        raise UserError(f"timm cannot read data.auto_augment={name!r}: {err}") from err
+        raise UserError(f"timm cannot read data.augment.policy={name!r}: {err}") from err
     return v2.Compose([v2.ToPILImage(), policy, v2.PILToTensor()])
 
 
-def workers_only(name: str) -> UserError:
-    """The one line for a policy that runs in the loader workers only, asked of the device."""
+def workers_only(name: str, held: bool = False) -> UserError:
+    """The one line for a policy that runs in the loader workers only, asked of the device: for
+    data held in memory (`held`) or photos decoded on the device."""
+    instead = (
+        "or, for files, read them in the workers (data.in_memory=false)"
+        if held
+        else "or decode in the workers (data.decode=cpu)"
+    )
+    where = "held in memory" if held else "decoded on the device"
     return UserError(
-        f"data.auto_augment={name} is timm's PIL policy, for images decoded in the loader "
-        f"workers: for data held or decoded on the device pick one of {', '.join(POLICIES)}, "
-        "or decode in the workers (data.decode=cpu)."
+        f"data.augment.policy={name} is timm's PIL policy, for images decoded in the loader "
+        f"workers: for data {where} pick one of {', '.join(POLICIES)}, {instead}."
     )
 
 

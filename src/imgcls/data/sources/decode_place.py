@@ -35,8 +35,9 @@ class DecodePlaceChoice:
             place = choose_decode(self.decode, device)
             if place == "device" and self.decode == "auto" and not self._device_can_augment():
                 log.info(
-                    f"data.decode=auto: photos are decoded in the loader workers (data.augment="
-                    f"{self.augment} with data.auto_augment={self.pipeline.policy} runs there)"
+                    "data.decode=auto: photos are decoded in the loader workers (data.augment."
+                    f"preset={self.augmentation.preset} with policy {self.pipeline.policy} runs "
+                    "there)"
                 )
                 place = "cpu"
             self._decode_place = (device, place)
@@ -46,7 +47,8 @@ class DecodePlaceChoice:
                 name for name, make in PRESETS.items() if make().device_crop is not NO_DEVICE_CROP
             ]
             raise UserError(
-                f"data.decode=device crops on the device, which data.augment={self.augment} does "
+                f"data.decode=device crops on the device, which data.augment.preset="
+                f"{self.augmentation.preset} does "
                 f"not: use one of {', '.join(able)}, or data.decode=cpu."
             )
         if on_device and self.pipeline.policy and self.pipeline.device_policy is None:

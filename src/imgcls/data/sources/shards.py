@@ -152,9 +152,9 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
                 "data.sampler=balanced draws from a list of every image, which streamed shards "
                 "are not: use model.class_weights=balanced, or data=folder / data=csv."
             )
-        if self.repeated_aug > 1:
+        if self.augmentation.repeats > 1:
             raise UserError(
-                "data.repeated_aug repeats images of a list of every image, which streamed "
+                "data.augment.repeats repeats images of a list of every image, which streamed "
                 "shards are not: use data=folder / data=csv for repeated augmentation."
             )
         self.root = root if is_remote(root) else str(Path(root).expanduser())
