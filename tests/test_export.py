@@ -20,7 +20,9 @@ def test_every_export_format_round_trips(trained_folder: Path, tmp_path: Path, f
     out = tmp_path / "export"
     assert card["check"]["max_abs_logit_diff"] <= 1e-3
     assert card["classes"] == FOLDER_CLASSES
-    assert card["temperature"] == pytest.approx(float(load_classifier(trained_folder).temperature))
+    assert card["temperature"] == pytest.approx(
+        float(load_classifier(trained_folder).objective.temperature)
+    )
     assert card["temperature"] != 1.0
     assert card["input"]["crop"] == 48
     assert card["input"]["resize"] == 52

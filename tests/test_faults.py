@@ -152,7 +152,7 @@ def test_nan_loss_stops_naming_step_lr_and_the_good_checkpoint(
             loss = self.criterion(logits, labels)
             return loss * float("nan") if trainer.global_step >= 4 else loss
 
-    model.criterion = NaNFromStep5(model.criterion)
+    model.objective.criterion = NaNFromStep5(model.objective.criterion)
     with pytest.raises(UserError, match=r"NaN or infinite at step 5 .*lr 0\.0\d+.*last\.ckpt"):
         trainer.fit(model, datamodule=objects["datamodule"])
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

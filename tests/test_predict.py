@@ -70,9 +70,9 @@ def test_predict_matches_the_model_on_its_own_eval_pipeline(
     pixels = resize_center_crop(52, 48)(read_rgb(image)).float()[None]
     mean = torch.tensor(model.hparams.preprocessing["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.hparams.preprocessing["std"]).view(1, 3, 1, 1)
-    assert float(model.temperature) != 1.0  # fitted: the probabilities are its
+    assert float(model.objective.temperature) != 1.0  # fitted: the probabilities are its
     with torch.inference_mode():
-        probs = (model((pixels / 255 - mean) / std) / model.temperature).softmax(1)[0]
+        probs = (model((pixels / 255 - mean) / std) / model.objective.temperature).softmax(1)[0]
     top = probs.topk(3)
     assert predictions[0].classes == [FOLDER_CLASSES[i] for i in top.indices.tolist()]
     assert predictions[0].probabilities == pytest.approx(top.values.tolist(), abs=1e-5)

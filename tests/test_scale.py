@@ -129,7 +129,7 @@ def test_linear_lr_scaling() -> None:
 
 def test_lr_follows_the_global_batch_and_the_config_records_it(make_cfg) -> None:
     linear = ["optimizer.imgcls.scale_lr=linear", "data.batch_size=32", "scheduler=none"]
-    cfg = make_cfg("debug=fdr", *linear, "+trainer.accumulate_grad_batches=2")
+    cfg = make_cfg("debug=fdr", *linear, "trainer.accumulate_grad_batches=2")
     _, objects = train(cfg)
     lr = 0.1 * 32 * 2 / 256
     assert objects["trainer"].optimizers[0].param_groups[0]["lr"] == pytest.approx(lr)

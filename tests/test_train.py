@@ -81,8 +81,8 @@ def test_resume_continues_epoch_count(make_cfg, tmp_path: Path) -> None:
     weights = saved["hyper_parameters"]["class_weights"]
     assert len(weights) == 10
     assert len(set(weights)) > 1
-    assert saved["state_dict"]["criterion.weight"].tolist() == pytest.approx(weights)
-    assert resumed["model"].criterion.weight.tolist() == pytest.approx(weights)
+    assert saved["state_dict"]["objective.criterion.weight"].tolist() == pytest.approx(weights)
+    assert resumed["model"].objective.criterion.weight.tolist() == pytest.approx(weights)
     assert not (tmp_path / "resumed" / "checkpoints").exists()
 
 

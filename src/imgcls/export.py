@@ -160,18 +160,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             **contract.as_dict(),
         },
         "task": hparams.get("task", "multiclass"),
-        **(
-            {
-                "output": "logits, one per class (sigmoid for each label's probability; a label "
-                "is present where it reaches its class's threshold)",
-                "thresholds": dict(zip(model.class_names, model.thresholds.tolist(), strict=True)),
-            }
-            if model.multilabel
-            else {
-                "output": "logits, one per class (softmax(logits / temperature) for probabilities)",
-                "temperature": float(model.temperature),
-            }
-        ),
+        **model.objective.card(model.class_names),
         "metrics": checkpoint_metrics(checkpoint, ckpt_path),
         "check": {"max_abs_logit_diff": diff, "tolerance": cfg.check_tolerance},
     }

@@ -2,8 +2,10 @@
 
 Evaluation resizes the short side to `resize`, centre-crops `crop` x `crop`, and normalizes the
 [0, 255] pixels with `mean` and `std` (given for [0, 1]). The data config decides it for a net
-trained from scratch; pretrained weights bring their own (models/pretrained.weights_contract). It travels in every checkpoint (`as_dict`), so predict, export and
-the pictures in TensorBoard use exactly what training used.
+trained from scratch; pretrained weights bring their own (models/pretrained.weights_contract).
+It travels in every checkpoint (`as_dict`), so eval, predict, export and the pictures in
+TensorBoard use exactly what training used (run/settle.py). It sits at the package's ground
+floor: data and models both read it.
 """
 
 from collections.abc import Mapping
@@ -12,6 +14,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+# torchvision's ImageNet statistics: the default for photos and for pretrained backbones.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,10 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from imgcls.data.augmentation.presets import resize_center_crop
-from imgcls.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
 from imgcls.data.decoding.images import IMAGE_SUFFIXES, BadImageError, read_rgb
 from imgcls.data.loaders import auto_workers
 from imgcls.data.sources.files import list_images
-from imgcls.input_contract import InputContract
+from imgcls.input_contract import IMAGENET_MEAN, IMAGENET_STD, InputContract
 from imgcls.models.loading import load_classifier
 from imgcls.run.settle import settle
 from imgcls.run.task import task_main
@@ -136,18 +135,14 @@ def predict(cfg: DictConfig) -> list[Prediction]:
         logits = model.eval_logits(images, tta_flip=cfg.tta_flip or None)
         probs, indices = model.probabilities(logits).sort(dim=1, descending=True)
         # one label per image: the top k; several: every label at or above its threshold
-        listed = (
-            probs >= model.thresholds[indices]
-            if model.multilabel
-            else torch.arange(probs.shape[1], device=device) < top_k
-        ).cpu()
+        listed = model.objective.listed(probs, indices, top_k).cpu()
         probs, indices = probs.cpu(), indices.cpu()
         for i, error in enumerate(errors):
             path = str(paths[done + i])
             if error:
                 predictions.append(Prediction(path, error=error))
             else:
-                kept = listed[i] if model.multilabel else listed
+                kept = listed[i]
                 classes = [names[j] for j in indices[i][kept].tolist()]
                 predictions.append(Prediction(path, classes, probs[i][kept].tolist()))
         done += len(errors)

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from imgcls.models.distill import teacher_for
 from imgcls.run.compose import instantiate, instantiate_each
 from imgcls.run.dirs import held
 from imgcls.run.numerics import configure_numerics, nondeterministic_ops_explained
@@ -41,6 +42,8 @@ def build_components(cfg: DictConfig) -> dict[str, Any]:
         optimizer=cfg.optimizer,
         scheduler=cfg.get("scheduler"),
     )
+    if cfg.get("train"):  # a frozen teacher to distil from (model.distill), never saved
+        model.teacher = teacher_for(cfg.model.get("distill"), model)
     loggers = instantiate_each(cfg.get("logger"))
     callbacks = without_logger_callbacks(instantiate_each(cfg.get("callbacks")), loggers)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -96,7 +96,7 @@ def test_report_matches_a_hand_computation(make_cfg, tmp_path: Path) -> None:
     assert metrics["test/acc"] == pytest.approx((confusion.trace() / confusion.sum()).item())
 
     # the temperature: the checkpoint's is the one that best fits the validation split's logits
-    temperature = float(load_classifier(cfg.ckpt_path).temperature)
+    temperature = float(load_classifier(cfg.ckpt_path).objective.temperature)
     val_logits, val_labels, _ = hand_logits(cfg, "val")
     assert temperature == pytest.approx(float(fit_temperature(val_logits, val_labels)), rel=1e-3)
     assert temperature != pytest.approx(1.0, abs=0.05)

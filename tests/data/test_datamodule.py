@@ -145,7 +145,9 @@ def test_balanced_sampler_needs_known_labels() -> None:
     fake.setup()
     with pytest.raises(UserError, match=r"data\.sampler=balanced needs a data source"):
         fake.train_dataloader()
-    with pytest.raises(UserError, match=r"Unknown data\.sampler='bogus'. Options: random, balanced"):
+    with pytest.raises(
+        UserError, match=r"Unknown data\.sampler='bogus'. Options: random, balanced"
+    ):
         FakeDataModule(sampler="bogus")
 
 

@@ -63,7 +63,7 @@ def test_a_student_learns_from_our_checkpoint_which_never_enters_its_own(
     assert not teacher.net.training
     assert copy.deepcopy(model).teacher is teacher  # the EMA's copy shares it
     written = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    kept = ("net.", "val_", "criterion", "temperature")
+    kept = ("net.", "objective.")
     assert all(k.startswith(kept) for k in written["state_dict"])
     assert len([k for k in written["state_dict"] if k.startswith("net.")]) == len(state)
     assert written["hyper_parameters"]["distill"]["teacher"] == str(ckpt)
@@ -74,20 +74,23 @@ IMAGENET_NORM = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 @pytest.mark.parametrize(
-    ("spec", "norm", "refusal"),
+    ("spec", "classes", "norm", "refusal"),
     [
-        ("resnet18", IMAGENET_NORM, "predicts 1000 classes, this run has 10"),
-        ("resnet18", DIGITS_NORM, r"normalized by mean \[0.485"),
-        ("resnet18:IMAGENET1K_V3", IMAGENET_NORM, "no weights 'IMAGENET1K_V3'"),
-        ("not_a_net", IMAGENET_NORM, "none of: a checkpoint file"),
+        # what no setting fixes is said first: the classes, then the normalization
+        ("resnet18", 10, DIGITS_NORM, "predicts 1000 classes, this run has 10"),
+        ("resnet18", 1000, DIGITS_NORM, r"normalized by mean \[0.485"),
+        ("resnet18:IMAGENET1K_V3", 1000, IMAGENET_NORM, "no weights 'IMAGENET1K_V3'"),
+        ("resnt18", 10, IMAGENET_NORM, r"Unknown model\.distill\.teacher='resnt18'.*resnet18"),
+        ("lenet", 10, IMAGENET_NORM, "our nets have no pretrained weights"),
     ],
 )
 def test_teachers_that_cannot_teach_this_run_are_one_line(
-    spec: str, norm: tuple, refusal: str
+    spec: str, classes: int, norm: tuple, refusal: str
 ) -> None:
     cache_torchvision_weights("resnet18")
+    names = DIGITS if classes == 10 else [f"c{i}" for i in range(classes)]
     with pytest.raises(UserError, match=refusal):
-        build_teacher(spec, 10, DIGITS, norm)
+        build_teacher(spec, classes, names, norm)
 
 
 def test_a_checkpoint_teacher_must_share_classes_and_normalization(tmp_path: Path) -> None:

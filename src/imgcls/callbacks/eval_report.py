@@ -29,7 +29,8 @@ from torch import Tensor
 from imgcls.callbacks.tensorboard_images import add_figure
 from imgcls.models.calibration import ReliabilityBins
 from imgcls.models.confusion import ConfusionMatrix, per_class_scores
-from imgcls.models.multilabel import PerClassScores
+from imgcls.models.objectives import MulticlassObjective, MultilabelObjective
+from imgcls.models.objectives.multilabel import PerClassScores
 from imgcls.reports.plots import (
     close_figure,
     confusion_figure,
@@ -77,24 +78,19 @@ class ConfidentMistakes:
 
 
 class EvaluationReport(Callback):
+    """The test split's report, by the model's task: TestReport for one label per image,
+    MultilabelReport for several (REPORTS)."""
+
     def __init__(self, output_dir: str, misclassified: int = 16) -> None:
         """`misclassified`: how many of the most confidently wrong images to show (0: none)."""
         self.output_dir = Path(output_dir)
         self.misclassified = misclassified
-        self.confusion: ConfusionMatrix | None = None
-        self.mistakes = ConfidentMistakes(misclassified)
-        # of the softmax ("raw") and of the calibrated probabilities (where calibrated)
-        self.reliability: dict[str, ReliabilityBins] = {}
-        self.per_label: PerClassScores | None = None  # several labels per image
+        self.report: TestReport | MultilabelReport | None = None
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.multilabel:
-            self.per_label = PerClassScores(pl_module.hparams.num_classes).to(pl_module.device)
-            return
-        self.confusion = ConfusionMatrix(pl_module.hparams.num_classes).to(pl_module.device)
-        self.mistakes = ConfidentMistakes(self.misclassified)
-        kinds = ["raw", "calibrated"] if float(pl_module.temperature) != 1.0 else ["raw"]
-        self.reliability = {kind: ReliabilityBins().to(pl_module.device) for kind in kinds}
+        objective = pl_module.objective
+        make = REPORTS[type(objective)]
+        self.report = make(objective, self.output_dir, self.misclassified).to(pl_module.device)
 
     def on_test_batch_end(
         self,
@@ -106,49 +102,53 @@ class EvaluationReport(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         images, labels = batch
-        logits = outputs["logits"]
-        if pl_module.multilabel:
-            self.per_label.update(logits, labels)
-            return
-        self.confusion.update(logits, labels)
-        for kind, bins in self.reliability.items():
-            bins.update(pl_module.calibrated(logits) if kind == "calibrated" else logits, labels)
-        if trainer.is_global_zero:
-            self.mistakes.update(images, logits, labels)
+        self.report.update(images, outputs["logits"], labels, trainer.is_global_zero)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.multilabel:
-            self.per_label.thresholds = pl_module.thresholds
-            scores = {k: v.cpu() for k, v in self.per_label.compute().items()}  # every rank
-            self.per_label.reset()
-            self.write_per_label(pl_module.class_names, scores, pl_module.thresholds.cpu())
-            return
-        confusion = self.confusion.compute().cpu()  # synced over devices: every rank takes part
-        self.confusion.reset()
-        calibration = {}
-        for kind, bins in self.reliability.items():
-            calibration[kind] = {k: v.cpu() for k, v in bins.compute().items()}
-            bins.reset()
-            name = "test/ece" if kind == "raw" else "test/ece_calibrated"
-            pl_module.log(name, calibration[kind]["ece"].float())  # the same on every rank
-        self.write(trainer, pl_module.class_names, confusion)
-        self.write_calibration(trainer, calibration, float(pl_module.temperature))
+        for name, value in self.report.finish(trainer, pl_module.class_names).items():
+            pl_module.log(name, value)  # the same on every rank
 
-    @rank_zero_only
-    def write_per_label(
-        self, names: list[str], scores: dict[str, Tensor], thresholds: Tensor
-    ) -> None:
-        """Several labels per image: each class's average precision, and its precision, recall
-        and F1 at its threshold."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        columns = ("ap", "precision", "recall", "f1")
-        with open(self.output_dir / "per_class.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["class", "support", *columns, "threshold"])
-            for i, name in enumerate(names):
-                values = [scores[c][i].item() for c in columns] + [thresholds[i].item()]
-                writer.writerow([name, int(scores["support"][i]), *(f"{v:.6f}" for v in values)])
-        log.info(f"Evaluation report: {self.output_dir}/per_class.csv (average precision by class)")
+
+class TestReport:
+    """One label per image: per-class scores, the confusion matrix, the most confidently wrong
+    images, and the reliability of the probabilities (of the softmax, "raw", and of the
+    calibrated ones where the model has a temperature)."""
+
+    def __init__(self, objective: MulticlassObjective, output_dir: Path, misclassified: int):
+        self.objective, self.output_dir = objective, output_dir
+        self.confusion = ConfusionMatrix(objective.num_classes)
+        self.mistakes = ConfidentMistakes(misclassified)
+        self.temperature = float(objective.temperature)
+        kinds = ["raw", "calibrated"] if self.temperature != 1.0 else ["raw"]
+        self.reliability = {kind: ReliabilityBins() for kind in kinds}
+
+    def to(self, device: torch.device) -> "TestReport":
+        self.confusion.to(device)
+        for bins in self.reliability.values():
+            bins.to(device)
+        return self
+
+    def update(self, images: Tensor, logits: Tensor, labels: Tensor, rank_zero: bool) -> None:
+        self.confusion.update(logits, labels)
+        for kind, bins in self.reliability.items():
+            calibrated = self.objective.calibrated(logits) if kind == "calibrated" else logits
+            bins.update(calibrated, labels)
+        if rank_zero:  # the wrong images are those seen by rank 0
+            self.mistakes.update(images, logits, labels)
+
+    def finish(self, trainer: L.Trainer, names: list[str]) -> dict[str, Tensor]:
+        """Write the report; the values to log. Every rank takes part (synced over devices)."""
+        confusion = self.confusion.compute().cpu()
+        calibration = {
+            kind: {k: v.cpu() for k, v in bins.compute().items()}
+            for kind, bins in self.reliability.items()
+        }
+        self.write(trainer, names, confusion)
+        self.write_calibration(trainer, calibration, self.temperature)
+        return {
+            "test/ece" if kind == "raw" else "test/ece_calibrated": values["ece"].float()
+            for kind, values in calibration.items()
+        }
 
     @rank_zero_only
     def write_calibration(
@@ -214,3 +214,45 @@ class EvaluationReport(Callback):
             f"Evaluation report: {self.output_dir}/per_class.csv, confusion.csv/.png, "
             "calibration.csv, reliability.png"
         )
+
+
+class MultilabelReport:
+    """Several labels per image: each class's support, average precision, and precision,
+    recall and F1 at its threshold."""
+
+    def __init__(self, objective: MultilabelObjective, output_dir: Path, misclassified: int):
+        self.objective, self.output_dir = objective, output_dir
+        self.per_label = PerClassScores(objective.num_classes)
+
+    def to(self, device: torch.device) -> "MultilabelReport":
+        self.per_label.to(device)
+        return self
+
+    def update(self, images: Tensor, logits: Tensor, labels: Tensor, rank_zero: bool) -> None:
+        self.per_label.update(logits, labels)
+
+    def finish(self, trainer: L.Trainer, names: list[str]) -> dict[str, Tensor]:
+        self.per_label.thresholds = self.objective.thresholds
+        scores = {k: v.cpu() for k, v in self.per_label.compute().items()}  # every rank
+        self.write_per_label(names, scores, self.objective.thresholds.cpu())
+        return {}
+
+    @rank_zero_only
+    def write_per_label(
+        self, names: list[str], scores: dict[str, Tensor], thresholds: Tensor
+    ) -> None:
+        """Several labels per image: each class's average precision, and its precision, recall
+        and F1 at its threshold."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        columns = ("ap", "precision", "recall", "f1")
+        with open(self.output_dir / "per_class.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["class", "support", *columns, "threshold"])
+            for i, name in enumerate(names):
+                values = [scores[c][i].item() for c in columns] + [thresholds[i].item()]
+                writer.writerow([name, int(scores["support"][i]), *(f"{v:.6f}" for v in values)])
+        log.info(f"Evaluation report: {self.output_dir}/per_class.csv (average precision by class)")
+
+
+# the report of each task's objective
+REPORTS = {MulticlassObjective: TestReport, MultilabelObjective: MultilabelReport}

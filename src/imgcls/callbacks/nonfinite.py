@@ -1,7 +1,7 @@
 """Stop at a NaN or infinite training loss soon after it happens, and say where.
 
-The model notes each step's loss on the device without a host read (ImageClassifier.
-note_if_nonfinite) and refuses to write a checkpoint once one was not finite, with or without
+The model notes each step's loss on the device without a host read (models/divergence.py)
+and refuses to write a checkpoint once one was not finite, with or without
 this callback. This callback reads the note sooner: every `check_every_n_steps` steps, at every
 step that writes a checkpoint, before each validation (whose end writes last.ckpt) and at the
 end of each epoch, always before the checkpoint callbacks run (Lightning orders those last), and
@@ -53,5 +53,5 @@ class NonFiniteLossStop(Callback):
         return False
 
     def check(self, pl_module: L.LightningModule) -> None:
-        pl_module.raise_if_diverged(self._lrs)
+        pl_module.divergence.raise_if_diverged(pl_module.trainer, self._lrs)
         self._lrs.clear()

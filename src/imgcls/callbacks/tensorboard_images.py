@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
 from imgcls.models.confusion import ConfusionMatrix
+from imgcls.models.objectives import MulticlassObjective
 from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure
 
 
@@ -39,12 +40,7 @@ class TrainingBatchGrid(Callback):
             return
         self.logged = True
         images, labels = batch[0][: self.max_images], batch[1][: self.max_images]
-        classes = pl_module.class_names
-        if pl_module.multilabel:  # every label at least half present (MixUp / CutMix)
-            names = ["+".join(classes[c] for c in row.nonzero()) for row in labels.cpu() >= 0.5]
-        else:  # MixUp / CutMix: name the dominant class
-            indices = labels.argmax(dim=1) if labels.ndim == 2 else labels
-            names = [classes[i] for i in indices.tolist()]
+        names = pl_module.objective.target_names(labels, pl_module.class_names)
         datamodule = trainer.datamodule
         pixels = datamodule.contract.denormalize(images.detach())
         fig = image_grid_figure(pixels, names, "training batch, augmented (as the net sees it)")
@@ -57,7 +53,7 @@ class ValidationConfusion(Callback):
         self.confusion: ConfusionMatrix | None = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.multilabel:  # no one predicted class to count
+        if not isinstance(pl_module.objective, MulticlassObjective):  # no one class to count
             self.confusion = None
             return
         num_classes = pl_module.hparams.num_classes

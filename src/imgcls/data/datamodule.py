@@ -10,7 +10,7 @@ normalized and mixed there, in `on_after_batch_transfer`. The data path of a run
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,40 +22,13 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from imgcls.data.augmentation.presets import Augmentation, Pipeline, build_pipeline
 from imgcls.data.device_batch import DeviceBatchTransform, batch_mix, is_encoded
 from imgcls.data.in_memory import DeviceResidency, IndexedBatches
-from imgcls.data.loaders import auto_workers, build_loader
-from imgcls.input_contract import InputContract
+from imgcls.data.loaders import SAMPLERS, auto_workers, build_loader, dataset_labels
+from imgcls.input_contract import IMAGENET_MEAN, IMAGENET_STD, InputContract
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
-from imgcls.utils.registry import Registry
 from imgcls.utils.seeding import reseed
 
 log = get_logger(__name__)
-
-# how training images are drawn (`data.sampler`): each image's weight in the draw, or None for
-# a permutation (each image once an epoch)
-SAMPLERS: Registry[Callable[["ImageDataModule", Dataset], torch.Tensor | None]] = Registry(
-    "data.sampler"
-)
-
-
-def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
-    """A split's labels without reading an image (class indices, or multi-hot rows): held in
-    memory, or listed with the files; None for a dataset that makes its labels as it goes
-    (data=fake)."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1]
-    samples = getattr(dataset, "samples", None)
-    if samples is None:
-        return None
-    labels = [label for _, label in samples]
-    if labels and isinstance(labels[0], torch.Tensor):
-        return torch.stack(labels)
-    return torch.tensor(labels, dtype=torch.long)
-
-
-# torchvision's ImageNet statistics: the default for photos and for pretrained backbones.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -311,19 +284,3 @@ class ImageDataModule(LightningDataModule, ABC):
             if seen >= count:
                 break
         return torch.cat(batches)
-
-
-SAMPLERS.add("random", lambda datamodule, dataset: None)
-
-
-@SAMPLERS.register("balanced")
-def balanced_draw(datamodule: ImageDataModule, dataset: Dataset) -> torch.Tensor:
-    """Each image's weight in a class-balanced draw: 1 / its class's count."""
-    labels = dataset_labels(dataset)
-    if labels is None:
-        raise UserError(
-            f"data.sampler=balanced needs a data source that knows its labels; "
-            f"{type(datamodule).__name__} makes them as it goes: use data.sampler=random."
-        )
-    counts = torch.bincount(labels, minlength=datamodule.num_classes)
-    return 1.0 / counts[labels].double()

@@ -7,17 +7,25 @@
 - Images held in memory: batches indexed out of the tensors where they live (data/in_memory.py),
   in the same orders, with no worker and no per-sample collate.
 A process drops its last partial training batch only when it has a full one besides.
+
+Which images a training epoch draws is the sampler's (`data.sampler`, SAMPLERS): a permutation
+(random: each image once), or a class-balanced draw with replacement (balanced: each class
+equally often, an epoch as many draws as images).
 """
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
+from imgcls.utils.errors import UserError
 from imgcls.utils.machine import available_cpus
+from imgcls.utils.registry import Registry
 
 
 def auto_workers(devices: int = 1) -> int:
@@ -90,3 +98,37 @@ def build_loader(
         pin_memory=pin_memory,
         collate_fn=getattr(dataset, "collate_fn", None),
     )
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
+    """A split's labels without reading an image (class indices, or multi-hot rows): held in
+    memory, or listed with the files; None for a dataset that makes its labels as it goes
+    (data=fake)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1]
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return None
+    labels = [label for _, label in samples]
+    if labels and isinstance(labels[0], torch.Tensor):
+        return torch.stack(labels)
+    return torch.tensor(labels, dtype=torch.long)
+
+
+# how training images are drawn (`data.sampler`): each image's weight in the draw, or None for
+# a permutation (each image once an epoch)
+SAMPLERS: Registry[Callable[[Any, Dataset], torch.Tensor | None]] = Registry("data.sampler")
+SAMPLERS.add("random", lambda datamodule, dataset: None)
+
+
+@SAMPLERS.register("balanced")
+def balanced_draw(datamodule: Any, dataset: Dataset) -> torch.Tensor:
+    """Each image's weight in a class-balanced draw: 1 / its class's count."""
+    labels = dataset_labels(dataset)
+    if labels is None:
+        raise UserError(
+            f"data.sampler=balanced needs a data source that knows its labels; "
+            f"{type(datamodule).__name__} makes them as it goes: use data.sampler=random."
+        )
+    counts = torch.bincount(labels, minlength=datamodule.num_classes)
+    return 1.0 / counts[labels].double()

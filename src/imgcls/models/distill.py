@@ -1,5 +1,8 @@
 """Knowledge distillation (Hinton et al. 2015): a trained teacher's softened predictions as a second
-target, `model.distill.teacher=<our checkpoint | torchvision name[:weights] | timm/<name>>`.
+target, `model.distill.teacher=<our checkpoint | torchvision name[:weights] | timm/<name>>` (the
+names the zoo knows, models/zoo.pretrained_net). The objective's per-image losses are blended
+with the teacher's term (`Teacher.losses`); the entry point that trains builds the teacher and
+hands it to the model (`teacher_for`), so the model never imports this module.
 
 The loss per image is `(1 - alpha) * the usual loss + alpha * T^2 * KL(teacher || student)` on
 logits divided by the temperature T (the T^2 keeps the soft term's gradients at the scale of the
@@ -18,19 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imgcls.models.pretrained import weights_contract
+from imgcls.models.loading import load_classifier
+from imgcls.models.pretrained import torchvision_weights, weights_contract
+from imgcls.models.zoo import pretrained_net, torchvision_models
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 
-def check_distill(alpha: float, temperature: float, multilabel: bool) -> None:
+def check_distill(alpha: float, temperature: float, task: str) -> None:
     if not 0 <= alpha <= 1:
         raise UserError(f"model.distill.alpha={alpha} weighs the teacher's term: in [0, 1].")
     if not temperature > 0:
         raise UserError(f"model.distill.temperature={temperature} must be above 0 (1: plain).")
-    if multilabel:
+    if task != "multiclass":
         raise UserError(
             "model.distill distils one label per image (softmax over classes); with "
             "model.task=multilabel leave model.distill.teacher=null."
@@ -88,65 +93,53 @@ def check_normalization(
 def build_teacher(
     spec: str, num_classes: int, class_names: list[str], mean_std: tuple | None
 ) -> nn.Module:
-    """The teacher's net from our checkpoint, a torchvision name (`regnet_y_16gf`, its DEFAULT
-    weights, or `resnet50:IMAGENET1K_V2`) or `timm/<name>` (timm's pretrained weights), with its
-    own head: it must predict this run's classes. `mean_std`: the run's normalization, which a
-    checkpoint teacher must share (it sees the student's batch)."""
+    """The teacher's net from our checkpoint, or by a name the zoo knows with its pretrained
+    weights (a torchvision name, `regnet_y_16gf` with its DEFAULT weights or
+    `resnet50:IMAGENET1K_V2`; `timm/<name>`), with its own head: what cannot be fixed by a
+    setting is checked first (it must predict this run's classes), then that it was trained on
+    images normalized as this run's (`mean_std`; it sees the student's batch)."""
     if spec.endswith(".ckpt") or Path(spec).is_file():
-        from imgcls.models.loading import load_classifier
-
         teacher = load_classifier(spec)
-        theirs = teacher.hparams.get("preprocessing") or {}
-        check_normalization(spec, theirs.get("mean"), theirs.get("std"), mean_std)
         if teacher.class_names != class_names:
             raise UserError(
                 f"The teacher {spec} predicts {teacher.class_names[:5]}..., this run's classes are "
                 f"{class_names[:5]}...: a teacher must know the same classes in the same order."
             )
+        theirs = teacher.hparams.get("preprocessing") or {}
+        check_normalization(spec, theirs.get("mean"), theirs.get("std"), mean_std)
         return teacher.net
     name, _, weights = spec.partition(":")
-    net_config = {"name": spec, "pretrained": True} if spec.startswith("timm/") else None
-    if net_config is None:
-        import torchvision
-
-        if name not in torchvision.models.list_models(module=torchvision.models):
-            raise UserError(
-                f"model.distill.teacher={spec!r} is none of: a checkpoint file (.ckpt), a "
-                "torchvision model name (resnet50, regnet_y_16gf[:WEIGHTS]), timm/<name>."
-            )
-        net_config = {"name": name, "weights": weights or "DEFAULT"}
+    if not name.startswith("timm/") and name in torchvision_models():
+        weights_classes = torchvision_weights(name, weights or "DEFAULT").meta["categories"]
+        if len(weights_classes) != num_classes:  # before a download: no setting fixes it
+            raise_other_classes(spec, len(weights_classes), num_classes)
+    net, classes = pretrained_net(spec, key="model.distill.teacher")
+    if classes != num_classes:
+        raise_other_classes(spec, classes, num_classes)
+    net_config = (
+        {"name": spec, "pretrained": True}
+        if spec.startswith("timm/")
+        else {"name": name, "weights": weights or "DEFAULT"}
+    )
     contract = weights_contract(net_config)  # the weights' own normalization
     if contract is not None:
         check_normalization(spec, contract.mean, contract.std, mean_std)
-    if spec.startswith("timm/"):
-        import timm
-
-        try:
-            net = timm.create_model(spec.removeprefix("timm/"), pretrained=True)
-        except Exception as err:
-            raise UserError(
-                f"Could not get the teacher {spec} with timm's pretrained weights ({err}): copy "
-                "the Hugging Face cache here, or distil from one of our checkpoints."
-            ) from err
-        classes = net.num_classes
-    else:
-        from imgcls.models.pretrained import download_torchvision, torchvision_weights
-
-        classes = len(torchvision_weights(name, net_config["weights"]).meta["categories"])
-        net = torchvision.models.get_model(name, weights=None, num_classes=classes)
-        net.load_state_dict(download_torchvision(name, net_config["weights"]))
-    if classes != num_classes:
-        raise UserError(
-            f"The teacher {spec} predicts {classes} classes, this run has {num_classes}: distil "
-            "from a teacher trained on this run's classes (one of our checkpoints)."
-        )
     return net
 
 
+def raise_other_classes(spec: str, classes: int, num_classes: int) -> None:
+    raise UserError(
+        f"The teacher {spec} predicts {classes} classes, this run has {num_classes}: distil "
+        "from a teacher trained on this run's classes (one of our checkpoints)."
+    )
+
+
 def teacher_for(cfg: dict[str, Any] | None, model: Any) -> Teacher | None:
-    """The model's teacher per its `distill` config, or None without one."""
+    """The model's teacher per its `model.distill` config (checked first), or None without
+    one. Built by the entry point that trains (train.py), never by the model itself."""
     if not cfg or not cfg.get("teacher"):
         return None
+    check_distill(cfg["alpha"], cfg["temperature"], model.hparams.get("task", "multiclass"))
     preprocessing = model.hparams.get("preprocessing") or {}
     mean_std = None
     if preprocessing.get("mean") is not None:

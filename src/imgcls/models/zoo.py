@@ -1,8 +1,11 @@
-"""A network by name: our own small nets, every torchvision classification model, timm's.
+"""A network by name: our own small nets (models/nets NETS), every torchvision classification
+model, timm's (`timm/<name>`); one "Unknown ... Did you mean" line for any other name.
 
 `build_net("resnet50", num_classes=37)` gives torchvision's ResNet-50 with a 37-way head;
 `build_net("timm/convnext_tiny", 37, pretrained=True)` timm's ConvNeXt. Extra keyword arguments
 go to the model's constructor (`depth=56` for resnet_cifar, `dropout=0.2` for an EfficientNet).
+`pretrained_net("resnet50:IMAGENET1K_V2")` is a net as its pretrained weights come, head and all
+(a teacher to distil from).
 """
 
 import difflib
@@ -12,13 +15,14 @@ from typing import Any
 import torchvision
 from torch import nn
 
-from imgcls.models.nets import OUR_NETS
+from imgcls.models.nets import NETS
 from imgcls.models.pretrained import (
     download_torchvision,
     find_head,
     init_head,
     load_pretrained,
     read_state_dict,
+    torchvision_weights,
 )
 from imgcls.utils.errors import UserError
 
@@ -29,7 +33,19 @@ def torchvision_models() -> list[str]:
 
 
 def available_nets() -> list[str]:
-    return sorted(OUR_NETS) + torchvision_models()
+    return sorted(NETS) + torchvision_models()
+
+
+def source_of(name: str, key: str = "model.net.name") -> str:
+    """Where the net `name` comes from: "timm", "ours" or "torchvision"; one line (naming the
+    config `key`) for a name none of them has."""
+    if name.startswith("timm/"):
+        return "timm"
+    if name in NETS:
+        return "ours"
+    if name in torchvision_models():
+        return "torchvision"
+    raise NETS.unknown(name, among=available_nets(), key=key)
 
 
 def with_cifar_stem(net: nn.Module) -> nn.Module:
@@ -115,16 +131,17 @@ def build_net(
     torchvision's Swin and MaxViT, whose builders fix it themselves)."""
     if drop_path_rate is not None:
         kwargs[drop_path_argument(name, drop_path_rate)] = drop_path_rate
-    if name.startswith("timm/"):
-        net = timm_net(name.removeprefix("timm/"), num_classes, pretrained, **kwargs)
-    elif pretrained:
+    source = source_of(name)
+    if pretrained and source != "timm":
         raise UserError(
             "model.net.pretrained is for timm/ models; torchvision's take "
             "model.net.weights=DEFAULT (or a named set such as IMAGENET1K_V2)."
         )
-    elif name in OUR_NETS:
-        net = OUR_NETS[name](num_classes=num_classes, **kwargs)
-    elif name in torchvision_models():
+    if source == "timm":
+        net = timm_net(name.removeprefix("timm/"), num_classes, pretrained, **kwargs)
+    elif source == "ours":
+        net = NETS[name](num_classes=num_classes, **kwargs)
+    else:
         try:
             net = torchvision.models.get_model(
                 name, weights=None, num_classes=num_classes, **kwargs
@@ -137,13 +154,6 @@ def build_net(
                 f"itself; use timm's (timm/{name.split('_')[0]}_...) or leave it null."
             ) from err
         net = with_cifar_stem(net) if cifar_stem else net
-    else:
-        close = difflib.get_close_matches(name, available_nets(), n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        raise UserError(
-            f"Unknown model.net.name={name!r}.{hint} Our nets: {', '.join(sorted(OUR_NETS))}; "
-            f"torchvision: {', '.join(torchvision_models())}; timm: timm/<name>."
-        )
     head = find_head(net, num_classes)
     if weights and weights_path:
         raise UserError("Pass model.net.weights or model.net.weights_path, not both.")
@@ -155,3 +165,19 @@ def build_net(
         load_pretrained(net, read_state_dict(weights_path), head, str(weights_path))
     init_head(net.get_submodule(head), head_init)
     return net
+
+
+def pretrained_net(spec: str, key: str) -> tuple[nn.Module, int]:
+    """A net as its pretrained weights come, its own head included, and its class count:
+    `timm/<name>` (timm's weights) or a torchvision name, `name:WEIGHTS` for a named set
+    (DEFAULT where none is said). `key`: the config key that named it, for its one line."""
+    name, _, weights = spec.partition(":")
+    source = source_of(name, key)
+    if source == "ours":
+        raise UserError(f"{key}={spec}: our nets have no pretrained weights to start from.")
+    if source == "timm":
+        net = timm_net(name.removeprefix("timm/"), None, pretrained=True)
+        return net, net.num_classes
+    weights = weights or "DEFAULT"
+    classes = len(torchvision_weights(name, weights).meta["categories"])
+    return build_net(name, classes, weights=weights), classes

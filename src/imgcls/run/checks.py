@@ -70,12 +70,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "null, balanced, or a list of numbers > 0, one per class",
     ),
     "model.temperature": (_temperature, "null, fit, or a number > 0"),
-    "model.task": (lambda v: v in ("multiclass", "multilabel"), "multiclass or multilabel"),
     "model.threshold": (
         lambda v: v == "fit" or (_number(0, 1, low_open=True)(v)),
         "fit, or a number in (0, 1)",
     ),
-    "data.sampler": (lambda v: v in ("random", "balanced"), "random or balanced"),
     "trainer.max_epochs": (_epochs, "a whole number >= 1, or -1 for no limit"),
     "trainer.min_epochs": (_optional(_whole(0)), "a whole number >= 0, or null"),
     "trainer.accumulate_grad_batches": (_whole(1), "a whole number >= 1"),

@@ -8,8 +8,9 @@ without changing it (run/settle.py writes them into it, with the rest of what a 
   GPUs);
 - `trainer.deterministic`: cuDNN's autotuner (`trainer.benchmark`) off, as it picks kernels by
   timing them, which differs between runs;
-- `model.task=multilabel`: the checkpoint, early-stopping and sweep metrics left at val/acc(_best)
-  become val/map(_best); a metric the task does not log is refused.
+- `model.task`: the checkpoint, early-stopping and sweep metrics left at another task's headline
+  score (val/acc(_best)) become this task's (val/map(_best)); a score the task does not log is
+  refused (each objective names its scores: models/objectives/).
 """
 
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from imgcls.models.objectives import OBJECTIVES
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -24,21 +26,14 @@ log = get_logger(__name__)
 SCALE_RULES = (None, "none", "linear")
 
 
-# model.task=multilabel has no accuracy: the metrics that pick its checkpoint and that a sweep
-# optimizes, where they are left at the accuracy ones
-MULTILABEL_METRICS = {"val/acc": "val/map", "val/acc_best": "val/map_best"}
+# the task the configs' metrics (val/acc, val/acc_best) are written for
+DEFAULT_TASK = "multiclass"
+# the metrics that pick the checkpoint, stop early and are a sweep's, kept to the model's task
 METRIC_KEYS = (
     "callbacks.model_checkpoint.monitor",
     "callbacks.early_stopping.monitor",
     "optimized_metric",
 )
-
-
-# the validation metrics (and their _best) one task logs and the other does not
-TASK_ONLY_METRICS = {
-    "multiclass": ("val/acc", "val/acc_top5", "val/acc_balanced"),
-    "multilabel": ("val/map", "val/f1_micro"),
-}
 
 
 def derived_values(cfg: DictConfig) -> dict[str, Any]:
@@ -71,22 +66,29 @@ def derived_values(cfg: DictConfig) -> dict[str, Any]:
 
 
 def task_metrics(cfg: DictConfig) -> dict[str, Any]:
-    """The checkpoint, early-stopping and sweep metrics of the model's task: the accuracy
-    defaults become mAP for several labels per image; a metric the task does not log is
+    """The checkpoint, early-stopping and sweep metrics of the model's task: where they are left
+    at the configs' default, the default task's headline (val/acc, val/acc_best), they become
+    this task's (val/map for several labels per image); a score only another task logs is
     refused now rather than after an epoch (or a whole run)."""
-    task = (cfg.get("model") or {}).get("task", "multiclass")
-    other = "multiclass" if task == "multilabel" else "multilabel"
+    task = (cfg.get("model") or {}).get("task", DEFAULT_TASK)
+    ours, default = OBJECTIVES[task], OBJECTIVES[DEFAULT_TASK]
+    others = [objective for name, objective in OBJECTIVES.items() if name != task]
     derived = {}
     for key in METRIC_KEYS:
         value = OmegaConf.select(cfg, key, default=None)
-        if task == "multilabel" and value in MULTILABEL_METRICS:
-            derived[key] = MULTILABEL_METRICS[value]
-            log.info(f"model.task=multilabel: {key}={derived[key]} (it has no {value})")
-        elif isinstance(value, str) and value.removesuffix("_best") in TASK_ONLY_METRICS[other]:
-            ours = ", ".join(TASK_ONLY_METRICS[task])
+        if not isinstance(value, str) or not value.startswith("val/"):
+            continue
+        score, best = value.removeprefix("val/").removesuffix("_best"), value.endswith("_best")
+        if score in ours.scores:
+            continue
+        if score == default.headline:
+            derived[key] = f"val/{ours.headline}" + ("_best" if best else "")
+            log.info(f"model.task={task}: {key}={derived[key]} (it has no {value})")
+        elif any(score in other.scores for other in others):
+            shown = ", ".join(f"val/{name}" for name in ours.scores)
             raise UserError(
-                f"{key}={value} is not logged with model.task={task}: use one of {ours} "
-                "(or val/f1_macro, val/loss; _best for a sweep's optimized_metric)."
+                f"{key}={value} is not logged with model.task={task}: use one of {shown} "
+                "(or val/loss; _best for a sweep's optimized_metric)."
             )
     return derived
 

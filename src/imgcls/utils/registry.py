@@ -46,17 +46,24 @@ class Registry(Mapping[str, T], Generic[T]):
             raise self.unknown(name)
         return self._entries[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def unknown(self, name: object, among: Iterable[str] | None = None) -> UserError:
+    def unknown(
+        self, name: object, among: Iterable[str] | None = None, key: str | None = None
+    ) -> UserError:
         """The one line for a name that is not registered (nor among `among`, where given): the
-        close match, then every option."""
+        close match, then every option. `key`: the config key that named it, where another
+        than the registry's own (a teacher named as a net)."""
         names = list(self._entries) if among is None else list(among)
         close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
         guess = f" Did you mean {' or '.join(close)}?" if close else ""
         more = f"; or {self.more}" if self.more else ""
-        return UserError(f"Unknown {self.key}={name!r}.{guess} Options: {', '.join(names)}{more}.")
+        said = key or self.key
+        return UserError(f"Unknown {said}={name!r}.{guess} Options: {', '.join(names)}{more}.")

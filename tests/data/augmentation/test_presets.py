@@ -139,7 +139,7 @@ def test_mixup_cutmix_give_soft_targets_and_the_model_learns_from_them() -> None
         optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
         label_smoothing=0.1,
     )
-    loss, _ = model._shared_step((mixed, targets), "train")
+    loss, _ = model._step((mixed, targets), "train")
     assert torch.isfinite(loss)
-    acc = model.train_metrics["acc"]
+    acc = model.objective.train_metrics["acc"]
     assert int(acc.tp + acc.fn) == 16  # every image scored, against its dominant class

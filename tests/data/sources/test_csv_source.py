@@ -1,4 +1,5 @@
-"""data/sources/csv_source.py: a CSV of image paths and labels, one or several per image; its bad rows."""
+"""data/sources/csv_source.py: a CSV of image paths and labels, one or several per image; its
+bad rows."""
 
 import csv
 from collections import Counter

@@ -1,5 +1,6 @@
 """Several labels per image (`model.task=multilabel`): one sigmoid per class, its loss, its
-scores, and the threshold at which a label counts as present.
+scores, and the threshold at which a label counts as present (`model.threshold`: a number, or
+`fit`: each class's F1-best threshold on the validation split, refitted at every validation).
 
 The scores are torchmetrics' (mean average precision over classes, F1 micro and macro), computed
 once per epoch from the split's probabilities and targets: its multilabel metric classes check
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.functional.classification import (
     multilabel_average_precision,
     multilabel_f1_score,
@@ -21,8 +22,8 @@ from torchmetrics.functional.classification import (
 from torchmetrics.utilities import dim_zero_cat
 
 from imgcls.models.confusion import ratio
-
-TASKS = ("multiclass", "multilabel")
+from imgcls.models.objectives.base import OBJECTIVES, Objective
+from imgcls.utils.errors import UserError
 
 
 class MultiHotLoss(nn.Module):
@@ -130,3 +131,61 @@ def f1_best_thresholds(probs: Tensor, targets: Tensor) -> Tensor:
         f1 = 2 * p[:-1] * r[:-1] / (p[:-1] + r[:-1]).clamp(min=1e-12)
         best.append(t[f1.argmax()] if positives > 0 and len(t) else torch.tensor(0.5))
     return torch.stack([b.to(probs.device, probs.dtype) for b in best])
+
+
+@OBJECTIVES.register("multilabel")
+class MultilabelObjective(Objective):
+    scores = ("map", "f1_micro", "f1_macro")
+    tracked = ("map", "f1_macro")
+    headline = "map"
+    fitted_on_validation = ("thresholds",)
+    class_weight_name = "pos_weight"
+
+    def check_options(self, temperature: float | str | None, threshold: float | str) -> None:
+        if threshold != "fit" and not (isinstance(threshold, int | float) and 0 < threshold < 1):
+            raise UserError(f"model.threshold={threshold!r} is not allowed: fit, or in (0, 1).")
+        if temperature is not None:
+            raise UserError(
+                "model.temperature scales a softmax; model.task=multilabel has a sigmoid per "
+                "class and a threshold each (model.threshold=fit): set model.temperature=null."
+            )
+
+    def fitted_buffers(self, temperature: float | str | None, threshold: float | str) -> None:
+        self.fit_thresholds = threshold == "fit"
+        start = 0.5 if threshold == "fit" else float(threshold)
+        self.register_buffer("thresholds", torch.full((self.num_classes,), start))
+
+    def make_criterion(self) -> nn.Module:
+        return MultiHotLoss(self.num_classes, self.label_smoothing)
+
+    def make_metrics(self, stage: str) -> MetricCollection | None:
+        if stage == "train":  # MixUp'd multi-hot targets: the loss says enough
+            return None
+        return MetricCollection({"scores": MultilabelScores(self.num_classes)}, prefix=f"{stage}/")
+
+    def prepare_scores(self, stage: str, fit: bool) -> None:
+        """Scored (and, fitting, moved) at the model's thresholds: refitted at validation, never
+        on a sanity check's couple of batches."""
+        scores = getattr(self, f"{stage}_metrics")["scores"]
+        scores.thresholds = self.thresholds
+        scores.fit_thresholds = stage == "val" and self.fit_thresholds and fit
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return logits.float().sigmoid()
+
+    def listed(self, probabilities: Tensor, classes: Tensor, top_k: int) -> Tensor:
+        return probabilities >= self.thresholds[classes]
+
+    def balanced_weights(self, counts: Tensor, total: int) -> list[float]:
+        return balanced_pos_weights(counts, total)  # counts: each class's positives
+
+    def card(self, class_names: list[str]) -> dict[str, Any]:
+        return {
+            "output": "logits, one per class (sigmoid for each label's probability; a label "
+            "is present where it reaches its class's threshold)",
+            "thresholds": dict(zip(class_names, self.thresholds.tolist(), strict=True)),
+        }
+
+    def target_names(self, targets: Tensor, class_names: list[str]) -> list[str]:
+        # every label at least half present (MixUp / CutMix)
+        return ["+".join(class_names[c] for c in row.nonzero()) for row in targets.cpu() >= 0.5]
