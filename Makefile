@@ -46,7 +46,7 @@ format: ## ruff autofix + format
 # hydra-core, omegaconf and antlr4 (a source archive, built here) and the benchmark data.
 GPU_BUNDLE ?= .gpu
 SHARED_DATA ?= ../shared/data
-gpu-bundle: ## here: what make gpu-check needs on a GPU machine, into .gpu/ (README: Contributing)
+gpu-bundle: ## here: what make gpu-check needs on a GPU machine, into .gpu/ (docs/gpu.md: Contributing)
 	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/wheels
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d $(GPU_BUNDLE)/wheels hydra-core==1.3.2 omegaconf==2.3.0
 	$(PY) -m pip wheel --quiet --no-deps -w $(GPU_BUNDLE)/wheels antlr4-python3-runtime==4.9.3

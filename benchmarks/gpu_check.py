@@ -1,7 +1,7 @@
 """The GPU acceptance run: the CUDA tests and every GPU target, measured, in one table.
 
     make gpu-bundle        # where pip and ../shared/data are: wheels + data into .gpu/
-    make gpu-check         # on the GPU machine, with its own python3 (README: Contributing)
+    make gpu-check         # on the GPU machine, with its own python3 (docs/gpu.md: Contributing)
 
 Each step is a subprocess with its own time limit: one that fails or runs out is a row of the
 table, and the rest go on. In order of what matters most:

@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from imgcls.models.classifier import RUN_LENGTH
-from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
+from imgcls.models.loading import classifier_from_checkpoint, classifier_of, read_checkpoint
 from imgcls.utils.atomic_save import AtomicCheckpointIO
 from imgcls.utils.errors import UserError
 
@@ -110,6 +110,9 @@ def average(
     if len(nets) > 1:
         raise UserError(f"The checkpoints in {folder} are of different nets: {sorted(nets)}.")
     newest = chosen[-1][1]
+    layout = classifier_of(newest["hyper_parameters"])  # today's keys, whatever wrote each
+    for _, checkpoint in chosen:
+        layout.on_load_checkpoint(checkpoint)
     merged = {key: newest[key] for key in KEPT if key in newest}
     merged["state_dict"] = average_states([c["state_dict"] for _, c in chosen])
     merged["imgcls_averaged_from"] = [p.name for p, _ in chosen]

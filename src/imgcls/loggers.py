@@ -1,4 +1,5 @@
-"""A CSV logger that continues a resumed run's `metrics.csv` instead of deleting it.
+"""Loggers as a run needs them: a CSV logger that continues a resumed run's `metrics.csv`, and
+MLflow's with its usage telemetry off.
 
 Lightning's CSVLogger deletes an existing `metrics.csv` when it starts ("Previous log files in
 this directory will be deleted"): a run resumed into its own dir would keep only the epochs
@@ -9,9 +10,10 @@ records of those steps are kept, in the order they were written.
 """
 
 import csv
+import os
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
@@ -31,3 +33,12 @@ class ContinuingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = ContinuingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class OfflineMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger; importing mlflow (3.x) otherwise sends a usage request to its
+    telemetry server: off, unless the user's environment says otherwise."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        super().__init__(*args, **kwargs)

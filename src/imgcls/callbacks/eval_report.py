@@ -107,6 +107,7 @@ class EvaluationReport(Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for name, value in self.report.finish(trainer, pl_module.class_names).items():
             pl_module.log(name, value)  # the same on every rank
+        self.report = None  # its metric states and kept images: not held after the test
 
 
 class TestReport:

@@ -18,7 +18,7 @@ per step on CUDA), and its handler broadcasts from inside the signal handler, so
 reaches a node other than rank 0's (a scheduler preempting one node) desynchronizes the
 collectives and the job hangs. Under SLURM its SIGUSR1 handler saves an `hpc_ckpt` in the new
 run's dir, where `ckpt_path=last` does not look, and requeues the job itself; here the job
-script requeues (README: "Train on a cluster"). After the fit (testing), Lightning's handlers
+script requeues (docs/cluster.md). After the fit (testing), Lightning's handlers
 are back.
 """
 

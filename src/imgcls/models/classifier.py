@@ -23,6 +23,7 @@ from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.models.pretrained import find_head
 from imgcls.models.tta import tta_logits
 from imgcls.models.zoo import PRETRAINED_KEYS, build_net
+from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -179,6 +180,12 @@ class ImageClassifier(LightningModule):
         this hook."""
         if self.teacher is not None:
             self.teacher.to(self.device)
+        elif (self.hparams.get("distill") or {}).get("teacher"):
+            raise UserError(
+                "model.distill.teacher is set but this model was given no teacher: build it "
+                "with imgcls.models.distill.teacher_for(cfg.model.distill, model), as train.py "
+                "does, or set model.distill.teacher=null."
+            )
         net, trainer = self.net, self.trainer
         pretrained = any(self.hparams.net.get(key) for key in PRETRAINED_KEYS)
         if not hasattr(net, "init_from_data") or trainer.ckpt_path or pretrained:

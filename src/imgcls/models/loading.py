@@ -46,17 +46,22 @@ def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
     return classifier_from_checkpoint(read_checkpoint(path), path)
 
 
-def classifier_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> ImageClassifier:
-    """The model a read checkpoint holds, on the CPU, rebuilt from its own hyperparameters. Its
-    net is built without pretrained weights (nothing downloads), then gets the checkpoint's."""
-    hparams = dict(checkpoint["hyper_parameters"])
+def classifier_of(hyper_parameters: dict[str, Any]) -> ImageClassifier:
+    """The model a checkpoint's hyperparameters describe, on the CPU, its net built without
+    pretrained weights (nothing downloads) and not yet given the checkpoint's."""
+    hparams = dict(hyper_parameters)
     hparams["net"] = {**hparams["net"], **PRETRAINED_KEYS}
     # settings older versions kept in the model (freezing, sync BatchNorm, head lr) are not
     # the rebuilt model's business: evaluation needs none of them
     known = inspect.signature(ImageClassifier.__init__).parameters
-    hparams = {k: v for k, v in hparams.items() if k in known}
+    return ImageClassifier(**{k: v for k, v in hparams.items() if k in known})
+
+
+def classifier_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> ImageClassifier:
+    """The model a read checkpoint holds, on the CPU, rebuilt from its own hyperparameters, with
+    the checkpoint's weights (read as today's model expects them: models/migration.py)."""
     try:
-        model = ImageClassifier(**hparams)
+        model = classifier_of(checkpoint["hyper_parameters"])
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError, KeyError) as err:

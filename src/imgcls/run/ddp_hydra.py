@@ -76,7 +76,7 @@ def hydra_child_command(local_rank: int) -> tuple[list[str], str]:
     command += [
         "hydra.mode=RUN",
         f'hydra.run.dir="{output_dir}"',
-        # the global rank: this node's first (utils/cluster.claim_rank) plus the local one
+        # the global rank: this node's first (run/cluster.claim_rank) plus the local one
         f"hydra.job.name=${{task_name}}_rank{rank_zero_only.rank + local_rank}",
         "hydra.output_subdir=null",
     ]

@@ -76,7 +76,8 @@ def evaluated_checkpoint(cfg: DictConfig) -> dict[str, Any] | None:
 def data_values(cfg: DictConfig, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
     """What the data gives the model: multi-hot labels where its task has several per image, and
     the input contract of a checkpoint (evaluated or resumed) or else of pretrained weights; the
-    train crop follows the contract's crop unless the data config sets it."""
+    train crop follows pretrained weights' crop unless the data config sets it (a resumed run
+    trains at the crop it was started with: the contract is evaluation's)."""
     if "data" not in cfg:
         return {}
     contract, task = None, (cfg.get("model") or {}).get("task", "multiclass")
@@ -97,7 +98,7 @@ def data_values(cfg: DictConfig, checkpoint: dict[str, Any] | None) -> dict[str,
         "data.mean": list(contract.mean),
         "data.std": list(contract.std),
     }
-    if cfg.data.get("train_crop") is None:
+    if checkpoint is None and cfg.data.get("train_crop") is None:  # a resume keeps its own
         values["data.train_crop"] = contract.crop
     source = "the checkpoint" if checkpoint is not None else "the pretrained weights"
     log.info(f"Data preprocessing follows {source}: {contract.as_dict()}")

@@ -168,6 +168,11 @@ class Augmentation:
         """The node as the config (or a caller) gives it."""
         if node is None or isinstance(node, Augmentation):
             return node or cls()
+        if isinstance(node, str):  # the key before it was a node: data.augment=cifar
+            raise UserError(
+                f"data.augment is a node of augmentation settings: data.augment.preset={node} "
+                "(configs/data/augment/default.yaml lists its keys)."
+            )
         unknown = set(node) - {f.name for f in fields(cls)}
         if unknown:
             keys = ", ".join(f.name for f in fields(cls))
