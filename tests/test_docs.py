@@ -131,6 +131,27 @@ def test_tests_are_laid_out_like_the_package() -> None:
         assert (tests / name).is_file(), name
 
 
+def test_every_module_has_a_test_file_or_names_the_whole_run_that_shows_it() -> None:
+    """The promise of docs/ARCHITECTURE.md's "a test" row: src/imgcls/<path>/<name>.py has
+    tests/<path>/test_<name>.py, or the row names the test file that shows its behaviour."""
+    start = ARCHITECTURE.index("| a test |")
+    row = ARCHITECTURE[start : ARCHITECTURE.index("\n", start)]
+    shown_by = dict(re.findall(r"`([\w/]+\.py)` \(`([\w/]+\.py)`", row))
+    tests, package = REPO_ROOT / "tests", SRC / "imgcls"
+    for path in sorted(package.rglob("*.py")):
+        module = path.relative_to(package)
+        if module.name == "__init__.py":
+            continue
+        beside = tests / module.parent / f"test_{module.name}"
+        folder = (
+            tests / module.parent.parent / f"test_{module.parent.name}.py"
+        )  # nets/ -> test_nets
+        if beside.is_file() or (module.parent != Path(".") and folder.is_file()):
+            continue
+        assert str(module) in shown_by, f"src/imgcls/{module} has no tests/.../test_{module.name}"
+        assert (tests / shown_by[str(module)]).is_file(), shown_by[str(module)]
+
+
 def outside_code(text: str) -> str:
     """The text with its fenced code blocks blanked (lines kept, so line numbers hold)."""
     lines, in_block = text.splitlines(), False

@@ -12,10 +12,8 @@ import pytest
 from imgcls.data.decoding.images import BadImageError, read_rgb
 from imgcls.data.sources.folder import FolderDataModule
 from imgcls.data.sources.imagenet import class_names_of
-from imgcls.models.loading import load_classifier
 from imgcls.predict import predict
 from imgcls.run.compose import set_in_struct
-from imgcls.run.hints import key_hints
 from imgcls.run.record import run_recorded
 from imgcls.train import main, train
 from imgcls.utils.errors import UserError
@@ -211,12 +209,6 @@ def test_values_out_of_range_are_one_line_before_any_work(make_cfg, override, sa
         train(make_cfg(*override.split()))
 
 
-def test_more_cpu_processes_than_cpus_is_refused(make_cfg) -> None:
-    cpus = len(os.sched_getaffinity(0))
-    with pytest.raises(UserError, match=rf"trainer\.devices={cpus + 1} .* at most {cpus}"):
-        train(make_cfg("trainer=ddp_sim", f"trainer.devices={cpus + 1}"))
-
-
 def test_a_log_dir_that_cannot_be_made_is_one_line(tmp_path: Path, command_exit) -> None:
     """Met while Hydra makes the run dir, before any job: the command's own entry point, in this
     process, exits with the one line (Python prints it and exits with code 1; a mistake met
@@ -231,24 +223,6 @@ def test_a_folder_with_one_class_says_so(tmp_path: Path) -> None:
     root = write_class_tree(tmp_path, ["only"], per_class=3)
     with pytest.raises(UserError, match=r"one class folder with images \(only\).*two or more"):
         _ = FolderDataModule(root=str(root)).class_names
-
-
-def test_no_hint_for_a_key_that_exists_with_a_missing_value() -> None:
-    assert key_hints("train", ["data=folder", "data.root=/no/such/dir"]) == []
-    (hint,) = key_hints("train", ["data=folder", "data.rot=/x"])
-    assert hint.startswith("data.rot is not a key. Did you mean data.root?")
-
-
-def test_a_text_file_as_checkpoint_is_named_for_what_it_is(tmp_path: Path) -> None:
-    notes = tmp_path / "notes.ckpt"
-    notes.write_text("my best run was yesterday\n")
-    with pytest.raises(UserError, match="it is not a checkpoint") as err:
-        load_classifier(notes)
-    assert "mmap" not in str(err.value)
-    half = tmp_path / "half.ckpt"
-    half.write_bytes(b"PK\x03\x04" + b"\0" * 20)
-    with pytest.raises(UserError, match="damaged"):
-        load_classifier(half)
 
 
 @pytest.mark.parametrize("keep", [2, 10, 60])

@@ -1,8 +1,8 @@
 """Two nodes on this machine: each a `python train.py` of its own, started with the environment
 a cluster gives it (Lightning's variables typed on each node, torchrun, SLURM's srun), meeting
-over gloo on 127.0.0.1. What docs/cluster.md's "Train on a cluster" section promises is checked here:
-one run dir, one set of checkpoints, the same metrics on every rank, no process left over, and
-a preemption signal on one node saving and stopping the whole job, which then resumes."""
+over gloo on 127.0.0.1. What docs/cluster.md's "Train on a cluster" section promises is checked
+here: one run dir, one set of checkpoints, the same metrics on every rank, no process left over,
+and a preemption signal on one node saving and stopping the whole job, which then resumes."""
 
 import csv
 import json

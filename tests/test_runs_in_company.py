@@ -16,7 +16,7 @@ import yaml
 from imgcls import REPO_ROOT
 from imgcls.data.sources.digits import DigitsDataModule
 from imgcls.data.sources.fake import FakeDataModule
-from imgcls.run.dirs import LOCK_FILE, held, unique_dir
+from imgcls.run.dirs import LOCK_FILE
 from imgcls.run.record import run_recorded
 from imgcls.train import train
 from imgcls.utils.errors import UserError
@@ -62,29 +62,6 @@ def dead_pid() -> int:
 
 
 # -- one dir each -------------------------------------------------------------------------------
-def test_runs_started_in_the_same_second_get_dirs_of_their_own(tmp_path: Path) -> None:
-    made = [unique_dir(str(tmp_path), "2026-01-01_12-00-00") for _ in range(3)]
-    assert [Path(p).name for p in made] == [
-        "2026-01-01_12-00-00",
-        "2026-01-01_12-00-00_2",
-        "2026-01-01_12-00-00_3",
-    ]
-
-
-def test_a_run_dir_is_held_by_one_training_at_a_time(tmp_path: Path) -> None:
-    with held(tmp_path):
-        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-        with (
-            pytest.raises(UserError, match=rf"still being trained \(pid {os.getpid()}"),
-            held(tmp_path),
-        ):
-            pass
-    assert not (tmp_path / LOCK_FILE).exists()
-    lock_for(tmp_path, dead_pid())  # a killed run's lock: taken over
-    with held(tmp_path):
-        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-
-
 # -- resuming the right run ---------------------------------------------------------------------
 def test_ckpt_path_last_takes_the_newest_run_of_the_same_command(
     make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -267,52 +244,3 @@ def test_each_job_of_a_process_gets_its_own_wandb_run(
         ids.append(objects["logger"][0].experiment.id)
         finish_wandb_run()  # what task_main does after every job
     assert ids[0] != ids[1]
-
-
-def test_an_interrupted_run_says_how_to_resume(make_cfg, tmp_path: Path, caplog) -> None:
-    def pressed_ctrl_c() -> None:
-        raise KeyboardInterrupt
-
-    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
-        run_recorded(make_cfg(), pressed_ctrl_c)
-    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "interrupted"
-    assert "resume with the same command and ckpt_path=last" in caplog.text
-
-
-def run_with_last_ckpt(runs: Path, name: str, overrides: list[str]) -> Path:
-    """A finished run as the command line leaves it: its overrides and a last.ckpt."""
-    (runs / name / ".hydra").mkdir(parents=True)
-    (runs / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (runs / name / "checkpoints").mkdir()
-    ckpt = runs / name / "checkpoints" / "last.ckpt"
-    ckpt.write_bytes(b"")
-    return ckpt
-
-
-def test_ckpt_path_last_resumes_a_run_started_with_no_overrides(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`python train.py`, then `python train.py ckpt_path=last`: the README's own advice."""
-    from imgcls.run import resume
-
-    runs = tmp_path / "train" / "runs"
-    ckpt = run_with_last_ckpt(runs, "plain", [])
-    run_with_last_ckpt(runs, "other", ["model=lenet"])
-    os.utime(ckpt, (1, 1))  # the other run's is newer
-    monkeypatch.setattr(resume, "command_overrides", lambda: ["ckpt_path=last"])
-    assert resume.newest_last_checkpoint(runs) == ckpt
-
-
-def test_other_ddp_ranks_do_not_see_their_rank_0_holding_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every rank settles the command again, a resume included, while rank 0 holds the dir."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from imgcls.run.dirs import holder
-
-    run = tmp_path / "run"
-    with held(run):  # rank 0, training in it
-        assert holder(run) is not None
-        monkeypatch.setattr(rank_zero_only, "rank", 1)
-        assert holder(run) is None  # rank 1 resumes into it all the same

@@ -1,5 +1,5 @@
 """Multi-device and speed options: DDP with bf16 and channels_last, compile, lr scaling, sync
-BN, the throughput callback, and every experiment end to end."""
+BN, and every experiment end to end."""
 
 import json
 import math
@@ -11,9 +11,6 @@ import torch
 import torchvision
 
 from imgcls import CONFIG_DIR
-from imgcls.callbacks.progressive_resize import resolution_at
-from imgcls.data.sources.digits import DigitsDataModule
-from imgcls.models.classifier import ImageClassifier
 from imgcls.models.loading import load_classifier
 from imgcls.models.nets.fast_cifar import FastCifar
 from imgcls.run.derived import device_count, scaled_lr
@@ -26,7 +23,7 @@ from tests.data_factory import (
     write_class_tree,
     write_imagenet,
 )
-from tests.helpers import CLI_QUIET, dirs_under, fake_trainer, run_cli
+from tests.helpers import CLI_QUIET, dirs_under, run_cli
 from tests.test_recipes import PUBLISHED
 
 # the recipes copied from a source train on synthetic data in tests/test_recipes.py
@@ -52,51 +49,6 @@ def test_every_experiment_runs_one_batch(make_cfg, tmp_path: Path, experiment: s
         overrides.append("data.batch_size=2")  # a ResNet-50 at 224 px: one batch is enough
     metrics, _ = train(make_cfg(*overrides))
     assert 0 <= metrics["test/acc"] <= 1
-
-
-def test_progressive_resize_schedule_and_device_scaling(make_cfg) -> None:
-    assert [resolution_at(e, 160, 192, 2, 13, 32) for e in (0, 2, 7, 12, 13, 15)] == [
-        160,
-        160,
-        160,
-        160,
-        192,
-        192,
-    ]
-    assert resolution_at(5, 128, 256, 0, 8, 32) == 192
-    dm = DigitsDataModule(batch_size=4)
-
-    dm.trainer = fake_trainer()
-    dm.device_batch.set_train_resolution(24)
-    images, _ = dm.on_after_batch_transfer((torch.zeros(4, 3, 32, 32, dtype=torch.uint8), None), 0)
-    assert images.shape == (4, 3, 24, 24)
-
-
-def test_flip_tta_averages_the_mirror_logits() -> None:
-    torch.manual_seed(0)
-    model = ImageClassifier(
-        net={"name": "lenet"}, num_classes=10, optimizer={}, tta_flip=True
-    ).eval()
-    images = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = (model(images) + model(images.flip(-1))) / 2
-        torch.testing.assert_close(model.eval_logits(images), expected)
-        assert not torch.allclose(model.eval_logits(images), model(images))
-
-
-def test_shift_tta_weighs_the_shifted_views_like_airbench() -> None:
-    torch.manual_seed(0)
-    model = ImageClassifier(
-        net={"name": "lenet"}, num_classes=10, optimizer={}, tta_flip=True, tta_shift=1
-    ).eval()
-    images = torch.randn(2, 3, 32, 32)
-    padded = torch.nn.functional.pad(images, [1, 1, 1, 1], mode="reflect")
-    up_left, down_right = padded[..., :32, :32], padded[..., 2:, 2:]
-    assert torch.equal(up_left[..., 1:, 1:], images[..., :31, :31])
-    with torch.no_grad():
-        flip_mean = [(model(x) + model(x.flip(-1))) / 2 for x in (images, up_left, down_right)]
-        expected = flip_mean[0] / 2 + (flip_mean[1] + flip_mean[2]) / 4
-        torch.testing.assert_close(model.eval_logits(images), expected)
 
 
 @pytest.mark.parametrize("callbacks", [[], ["~callbacks"]], ids=["default callbacks", "none"])
@@ -137,13 +89,6 @@ def test_lr_follows_the_global_batch_and_the_config_records_it(make_cfg) -> None
     assert cfg.optimizer.imgcls.scale_lr is None  # scaled once, not again from this config
     with pytest.raises(UserError, match="null or 'linear'"):
         train(make_cfg("debug=fdr", "optimizer.imgcls.scale_lr=sqrt"))
-
-
-def test_throughput_is_logged_per_epoch(make_cfg) -> None:
-    cfg = make_cfg("model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=4")
-    metrics, _ = train(cfg)
-    assert metrics["perf/images_per_sec"] > 0
-    assert 0 <= metrics["perf/data_wait_share"] <= 1
 
 
 def test_channels_last_and_bf16_train_on_cpu(make_cfg) -> None:

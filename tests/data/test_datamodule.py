@@ -1,16 +1,15 @@
-"""The base DataModule (loaders, device-side normalization) and the digits and fake sources."""
+"""The base DataModule: its loaders, device-side normalization and per-step augmentation
+randomness (the sources' own splits: tests/data/sources/)."""
 
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from imgcls import CONFIG_DIR
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
-from imgcls.data.loaders import ShardedOrderSampler, build_loader
+from imgcls.data.loaders import ShardedOrderSampler
 from imgcls.data.sources.digits import DigitsDataModule
 from imgcls.data.sources.fake import FakeDataModule
 from imgcls.input_contract import InputContract
@@ -23,49 +22,6 @@ def digits() -> DigitsDataModule:
     dm = DigitsDataModule(batch_size=32)
     dm.setup()
     return dm
-
-
-def labels_of(dataset) -> torch.Tensor:
-    return dataset.tensors[1]
-
-
-def test_digits_split_sizes_are_stratified_and_disjoint(digits: DigitsDataModule) -> None:
-    train, val, test = (digits.splits.train, digits.splits.val, digits.splits.test)
-    assert (len(train), len(val), len(test)) == (1257, 180, 360)
-    for split in (train, val, test):
-        share = torch.bincount(labels_of(split), minlength=10).float() / len(split)
-        assert share.min() > 0.08
-        assert share.max() < 0.12
-    images = [s.tensors[0].flatten(1) for s in (train, val, test)]
-    # no image of one split appears in another (the scans have no exact duplicates across splits)
-    rows = {tuple(r.tolist()) for r in images[0]}
-    assert not any(tuple(r.tolist()) in rows for r in images[2])
-
-
-def test_digits_split_is_reproducible_and_seeded() -> None:
-    a, b, c = DigitsDataModule(), DigitsDataModule(), DigitsDataModule(split_seed=1)
-    for dm in (a, b, c):
-        dm.setup()
-    assert torch.equal(labels_of(a.splits.test), labels_of(b.splits.test))
-    assert not torch.equal(a.splits.test.tensors[0], c.splits.test.tensors[0])
-
-
-def test_digits_images_are_uint8_32px_rgb(digits: DigitsDataModule) -> None:
-    image, label = digits.splits.train[0]
-    assert image.dtype == torch.uint8
-    assert image.shape == (3, 32, 32)
-    assert torch.equal(image[0], image[1])
-    assert 0 <= int(label) <= 9
-    assert int(image.max()) > 200  # the 0..16 scans are rescaled to the full 0..255 range
-    assert digits.class_names == [str(d) for d in range(10)]
-    assert digits.num_classes == 10
-
-
-def test_digits_config_statistics_match_the_train_split(digits: DigitsDataModule) -> None:
-    cfg = OmegaConf.load(CONFIG_DIR / "data" / "digits.yaml")
-    pixels = digits.splits.train.tensors[0].float() / 255
-    assert cfg.mean[0] == pytest.approx(pixels.mean().item(), abs=0.005)
-    assert cfg.std[0] == pytest.approx(pixels.std().item(), abs=0.005)
 
 
 def test_normalize_matches_the_textbook_formula() -> None:
@@ -114,93 +70,6 @@ def test_in_memory_batches_are_indexed_in_the_samplers_order(digits: DigitsDataM
     assert torch.equal(labels_in(1), torch.cat([labels for _, labels in reference]))
 
 
-def test_balanced_sampler_draws_classes_equally_by_seed_and_epoch_in_shares() -> None:
-    """190 images of class 0, 10 of class 1: each epoch draws as many images, the classes about
-    equally often, a function of (seed, epoch); under DDP each rank takes its share of the one
-    draw, the same from files (a DataLoader) as from memory."""
-    labels = torch.cat([torch.zeros(190), torch.ones(10)]).long()
-    images = torch.arange(200).view(200, 1, 1, 1).expand(200, 3, 1, 1).to(torch.uint8)
-    dataset = TensorDataset(images, labels)
-    weights = 1.0 / torch.bincount(labels)[labels].double()
-    torch.manual_seed(7)
-
-    def drawn(in_memory: bool, rank: int, epoch: int) -> torch.Tensor:
-        held = (images, labels) if in_memory else None
-        loader = build_loader(dataset, 20, True, held, weights, rank=rank, world_size=2)
-        loader.sampler.set_epoch(epoch)  # as Lightning does
-        return torch.cat([batch_labels for _, batch_labels in loader])
-
-    for epoch in (0, 1):
-        shares = [drawn(True, rank, epoch) for rank in (0, 1)]
-        assert all(len(share) == 100 for share in shares)
-        for rank in (0, 1):
-            assert torch.equal(drawn(False, rank, epoch), shares[rank])
-        assert 70 <= int(torch.cat(shares).sum()) <= 130  # class 1: ~100 of 200, not 10
-    assert not torch.equal(drawn(True, 0, 0), drawn(True, 0, 1))
-    assert torch.equal(drawn(True, 0, 1), drawn(True, 0, 1))
-
-
-def test_balanced_sampler_needs_known_labels() -> None:
-    fake = FakeDataModule(sampler="balanced", batch_size=8, num_workers=0)
-    fake.setup()
-    with pytest.raises(UserError, match=r"data\.sampler=balanced needs a data source"):
-        fake.train_dataloader()
-    with pytest.raises(
-        UserError, match=r"Unknown data\.sampler='bogus'. Options: random, balanced"
-    ):
-        FakeDataModule(sampler="bogus")
-
-
-def test_digits_k_folds_keep_the_test_split_and_validate_on_each_fold_once() -> None:
-    folds = [DigitsDataModule(folds=5, fold=i) for i in range(5)]
-    for dm in folds:
-        dm.setup()
-    tests = [labels_of(dm.splits.test) for dm in folds]
-    assert all(torch.equal(t, tests[0]) for t in tests)
-    vals = [dm.splits.val.tensors[0] for dm in folds]
-    assert sum(len(v) for v in vals) == len(folds[0].splits.train) + len(vals[0])
-    assert all(len(v) in (287, 288) for v in vals)  # 1,438 non-test images / 5
-    counts = torch.stack([torch.bincount(labels_of(dm.splits.val), minlength=10) for dm in folds])
-    spread = counts.max(dim=0).values - counts.min(dim=0).values
-    assert int(spread.max()) <= 1  # each class dealt evenly over the folds
-
-
-@pytest.mark.parametrize(("size", "world"), [(10, 2), (11, 2), (7, 3), (5, 1)])
-def test_in_memory_shards_cover_the_data_like_distributed_sampler(size: int, world: int) -> None:
-    shards = [ShardedOrder(size, True, seed=3, rank=r, world_size=world) for r in range(world)]
-    for shard in shards:
-        shard.set_epoch(2)
-    indices = [shard.indices() for shard in shards]
-    assert len({len(i) for i in indices}) == 1  # every rank steps as often
-    assert set(torch.cat(indices).tolist()) == set(range(size))
-    reference = DistributedSampler(range(size), world, 0, shuffle=False)
-    assert len(indices[0]) == len(reference)  # padded to a multiple of the world size
-
-
-@pytest.mark.parametrize(("world", "repeats"), [(1, 3), (2, 3), (4, 2)])
-def test_repeated_augmentation_deals_each_images_copies_to_different_ranks(
-    world: int, repeats: int
-) -> None:
-    """torchvision's RASampler: each image `repeats` times in a row, dealt out by rank, the
-    epoch as long as without repeats."""
-    size = 60
-    shards = [ShardedOrder(size, True, 3, r, world, repeats=repeats) for r in range(world)]
-    plain = ShardedOrder(size, True, 3, 0, world)
-    indices = [shard.indices() for shard in shards]
-    assert all(len(i) == len(plain) == len(plain.indices()) for i in indices)
-    seen = torch.cat(indices)
-    counts = torch.bincount(seen, minlength=size)
-    assert int(counts.max()) == repeats  # an image at most `repeats` times an epoch
-    assert int((counts > 0).sum()) == math.ceil(size / repeats)  # the epoch's share of images
-    if world >= repeats:  # the copies of one image on different ranks, at the same step
-        by_step = torch.stack(indices, dim=1)
-        for row in by_step[: len(by_step) // repeats]:
-            assert len(set(row.tolist())) <= math.ceil(world / repeats)
-    for shard in shards:
-        shard.set_epoch(1)
-    assert not torch.equal(torch.cat([s.indices() for s in shards]), seen)  # (seed, epoch)
-
-
 def test_repeated_augmentation_is_refused_where_it_cannot_repeat(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="a whole number"):
         DigitsDataModule(augment={"repeats": 0})
@@ -225,21 +94,6 @@ def test_loader_keeps_workers_alive_between_epochs() -> None:
     loader = dm.train_dataloader()
     assert loader.persistent_workers
     assert loader.num_workers == 1
-
-
-@pytest.mark.parametrize(("size", "classes"), [(32, 10), (224, 1000), (64, 3)])
-def test_fake_data_shapes_and_labels(size: int, classes: int) -> None:
-    dm = FakeDataModule(num_classes=classes, image_size=size, train_size=6, val_size=3, test_size=3)
-    dm.setup()
-    assert [len(s) for s in (dm.splits.train, dm.splits.val, dm.splits.test)] == [6, 3, 3]
-    image, label = dm.splits.val[0]
-    assert image.dtype == torch.uint8
-    assert image.shape == (3, size, size)
-    assert 0 <= int(label) < classes
-    assert dm.num_classes == classes
-    # deterministic: the same index gives the same image
-    assert torch.equal(dm.splits.val[1][0], dm.splits.val[1][0])
-    assert not torch.equal(dm.splits.train[0][0], dm.splits.val[0][0])
 
 
 def test_a_source_is_held_to_where_it_says_its_images_live() -> None:

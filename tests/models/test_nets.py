@@ -1,5 +1,6 @@
-"""Nets by name (models/zoo.py) and our own (models/nets/): shapes, deterministic backward
-kernels, the fast_cifar whitening stem and identity init."""
+"""models/nets/: our own nets and the ones we train most, built by name: shapes, deterministic
+backward kernels, the fast_cifar whitening stem and identity init (the zoo's lookup by name:
+tests/models/test_zoo.py)."""
 
 import pytest
 import torch
@@ -7,8 +8,7 @@ from torch import nn
 
 from imgcls.models.nets.fast_cifar import FastCifar, whitening_filters
 from imgcls.models.nets.resnet_cifar import BasicBlock
-from imgcls.models.zoo import available_nets, build_net, torchvision_models
-from imgcls.utils.errors import UserError
+from imgcls.models.zoo import build_net
 
 
 @pytest.mark.parametrize("name", ["cifar_quick", "lenet", "resnet_cifar", "resnet18", "vgg11"])
@@ -67,24 +67,6 @@ def test_our_nets_train_deterministically_on_cuda(name: str, size: int) -> None:
     ops = backward_ops(loss)
     assert "ConvolutionBackward0" in ops or "MkldnnConvolutionBackward0" in ops  # walked it all
     assert not ops & CUDA_NONDETERMINISTIC_BACKWARD
-
-
-def test_every_torchvision_classifier_is_available() -> None:
-    names = torchvision_models()
-    assert {"resnet50", "vgg16", "resnext101_32x8d", "vit_b_16", "convnext_tiny"} <= set(names)
-    assert set(names) <= set(available_nets())
-
-
-def test_torchvision_head_is_sized_for_the_classes() -> None:
-    net = build_net("resnext101_32x8d", num_classes=2)
-    assert net.fc.out_features == 2
-
-
-def test_unknown_net_name_suggests_the_close_one() -> None:
-    with pytest.raises(
-        UserError, match=r"Unknown model\.net\.name='resnet5O'.*Did you mean resnet50"
-    ):
-        build_net("resnet5O", num_classes=10)
 
 
 def test_resnet_cifar_depth_and_residuals() -> None:
@@ -148,19 +130,3 @@ def test_fast_cifar_convs_start_as_identities() -> None:
     torch.testing.assert_close(group[0](x)[:, :24], x)  # 24 -> 64: first 24 channels pass
     y = torch.randn(2, 64, 4, 4)
     torch.testing.assert_close(group[4](y), y)
-
-
-def test_drop_path_rate_reaches_timm_and_torchvision_nets_and_is_refused_elsewhere() -> None:
-    vit = build_net("timm/vit_tiny_patch16_224", 10, drop_path_rate=0.1, img_size=32, depth=2)
-    assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
-    convnext = build_net("convnext_tiny", 10, drop_path_rate=0.3)
-    assert convnext.features[-1][-1].stochastic_depth.p == pytest.approx(0.3)
-    with pytest.raises(UserError, match="swin_t sets its stochastic depth itself"):
-        build_net("swin_t", 10, drop_path_rate=0.1)
-    for name in ("resnet18", "resnet_cifar"):
-        with pytest.raises(UserError, match=f"{name} has no stochastic depth"):
-            build_net(name, 10, drop_path_rate=0.1)
-    with pytest.raises(UserError, match="timm/vgg11 has no stochastic depth"):
-        build_net("timm/vgg11", 10, drop_path_rate=0.1)
-    with pytest.raises(UserError, match=r"in \[0, 1\)"):
-        build_net("convnext_tiny", 10, drop_path_rate=1.0)

@@ -1,6 +1,6 @@
-"""Fine-tuning: pretrained weights from each source, head replacement, freezing, head lr."""
+"""Fine-tuning: pretrained weights from each source, head replacement, head lr (the frozen
+backbone: tests/callbacks/test_frozen_backbone.py)."""
 
-import math
 from pathlib import Path
 from urllib.error import URLError
 
@@ -13,7 +13,7 @@ from imgcls.input_contract import InputContract
 from imgcls.models.pretrained import find_head, read_state_dict, weights_contract
 from imgcls.models.zoo import build_net
 from imgcls.run.settle import data_values
-from imgcls.train import build_components, train
+from imgcls.train import train
 from imgcls.utils.errors import UserError
 from tests.data_factory import cache_torchvision_weights, write_class_tree
 
@@ -37,52 +37,6 @@ class Snapshots(Callback):
         self.states.append(
             {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
         )
-
-
-def test_frozen_backbone_learns_only_after_unfreezing(make_cfg, tmp_path: Path) -> None:
-    # a file as DataParallel saves it: a state_dict ('module.' prefixes) with a 1000-class head
-    torch.manual_seed(1)
-    source = torchvision.models.resnet18(num_classes=1000).state_dict()
-    weights = tmp_path / "resnet18_imagenet.pth"
-    torch.save({f"module.{k}": v for k, v in source.items()}, weights)
-    cfg = make_cfg(
-        *folder_overrides(tmp_path),
-        *SMALL_IMAGES,
-        "model=resnet18",
-        f"model.net.weights_path={weights}",
-        "model.net.head_init=xavier",
-        "callbacks=[default,frozen_backbone]",
-        "callbacks.frozen_backbone.unfreeze_at_epoch=1",
-        "optimizer.imgcls.lr_mult.head=10",
-        "optimizer.lr=0.01",
-        "trainer.max_epochs=2",
-        "test=false",
-    )
-    objects = build_components(cfg)
-    model, trainer = objects["model"], objects["trainer"]
-    start = {k: v.clone() for k, v in model.net.state_dict().items()}
-    backbone = [k for k in start if not k.startswith("fc.")]
-    assert all(torch.equal(start[k], source[k]) for k in backbone)  # loaded, prefix stripped
-    assert model.net.fc.weight.shape == (3, 512)  # a new head for 3 classes
-    assert not model.net.fc.bias.any()  # xavier: zero bias, weights within the xavier bound
-    assert model.net.fc.weight.abs().max() <= math.sqrt(6 / (512 + 3))
-
-    snapshots = Snapshots()
-    trainer.callbacks.append(snapshots)
-    trainer.fit(model, datamodule=objects["datamodule"])
-    after_frozen, after_unfrozen = snapshots.states
-    # epoch 0: only the head moved; backbone weights and BatchNorm statistics are untouched
-    assert all(torch.equal(after_frozen[k], start[k]) for k in backbone)
-    assert not torch.equal(after_frozen["fc.weight"], start["fc.weight"])
-    # epoch 1: unfrozen, the backbone learns
-    assert not torch.equal(after_unfrozen["conv1.weight"], start["conv1.weight"])
-    assert not torch.equal(after_unfrozen["bn1.running_mean"], start["bn1.running_mean"])
-
-    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
-    assert set(groups) == {"backbone", "head"}
-    assert groups["head"]["initial_lr"] == pytest.approx(10 * groups["backbone"]["initial_lr"])
-    head_params = {id(p) for p in model.net.fc.parameters()}
-    assert {id(p) for p in groups["head"]["params"]} == head_params
 
 
 def test_head_lr_mult_splits_decay_groups_too(make_cfg, tmp_path: Path) -> None:

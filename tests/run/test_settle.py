@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from imgcls.run.settle import settle
+from imgcls.run.settle import data_values, settle
 from imgcls.train import main as train_main
 from tests.data_factory import write_cifar, write_label_csv
 
@@ -71,3 +71,20 @@ def test_the_config_a_run_saves_and_shows_is_the_one_it_used(
     saved = OmegaConf.load(run / ".hydra" / "config.yaml")
     assert saved.optimizer.lr == pytest.approx(1.5)  # 0.375 per 256 images, at batch 1024
     assert saved.optimizer.imgcls.scale_lr is None  # done: rerunning it scales nothing again
+
+
+def test_a_checkpoints_contract_is_for_evaluation_not_the_train_crop(make_cfg) -> None:
+    """Evaluated or resumed, a checkpoint decides how images are evaluated; a resumed run keeps
+    training at the crop it started with (torchvision_recipe: 176, where its eval crop is 224),
+    while pretrained weights also set the train crop the data config leaves open."""
+    cfg = make_cfg("data=folder", "data.root=/nowhere", "data.augment.preset=torchvision_recipe")
+    contract = {"resize": 232, "crop": 224, "mean": [0.5] * 3, "std": [0.25] * 3}
+    checkpoint = {"hyper_parameters": {"task": "multiclass", "preprocessing": contract}}
+    assert data_values(cfg, checkpoint) == {
+        "data.eval_resize": 232,
+        "data.eval_crop": 224,
+        "data.mean": [0.5] * 3,
+        "data.std": [0.25] * 3,
+    }
+    checkpoint["hyper_parameters"]["task"] = "multilabel"
+    assert data_values(cfg, checkpoint)["data.multilabel"] is True

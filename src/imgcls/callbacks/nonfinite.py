@@ -19,6 +19,13 @@ class NonFiniteLossStop(Callback):
         self.check_every_n_steps = check_every_n_steps
         self._lrs: dict[int, float] = {}  # the lr of each step since the last check
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # the lr this batch's step uses: read before the step, as its end comes after the
+        # schedulers have moved on to the next step's
+        self._lrs[trainer.global_step + 1] = trainer.optimizers[0].param_groups[0]["lr"]
+
     def on_train_batch_end(
         self,
         trainer: L.Trainer,
@@ -28,7 +35,6 @@ class NonFiniteLossStop(Callback):
         batch_idx: int,
     ) -> None:
         step = trainer.global_step  # this batch's step, counted from 1
-        self._lrs[step] = trainer.optimizers[0].param_groups[0]["lr"]
         if step % self.check_every_n_steps == 0 or self._saves(trainer):
             self.check(pl_module)
 

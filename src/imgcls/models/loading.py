@@ -12,6 +12,13 @@ from imgcls.models.zoo import PRETRAINED_KEYS
 from imgcls.utils.errors import UserError
 
 
+def one_line(err: Exception, limit: int = 300) -> str:
+    """torch's own error (a weights-only explanation, a list of mismatched tensors) as one
+    line, cut at `limit` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """The checkpoint as plain data. `mmap=True` maps the tensors instead of reading them, for
     callers that need only its hyperparameters."""
@@ -35,7 +42,7 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # pickled objects, truncated files, not a torch file at all
-        raise UserError(f"Cannot load {path} as an imgcls checkpoint: {err}") from err
+        raise UserError(f"Cannot load {path} as an imgcls checkpoint: {one_line(err)}") from err
     if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint:
         raise UserError(f"{path} is not an imgcls checkpoint (it has no hyper_parameters).")
     return checkpoint
@@ -65,5 +72,5 @@ def classifier_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> ImageC
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError, KeyError) as err:
-        raise UserError(f"Cannot load {path} as an imgcls checkpoint: {err}") from err
+        raise UserError(f"Cannot load {path} as an imgcls checkpoint: {one_line(err)}") from err
     return model.eval()

@@ -132,6 +132,8 @@ def build_net(
     if drop_path_rate is not None:
         kwargs[drop_path_argument(name, drop_path_rate)] = drop_path_rate
     source = source_of(name)
+    if cifar_stem and source != "torchvision":
+        raise UserError("model.net.cifar_stem=true applies to torchvision ResNets only.")
     if pretrained and source != "timm":
         raise UserError(
             "model.net.pretrained is for timm/ models; torchvision's take "

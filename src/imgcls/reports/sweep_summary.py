@@ -141,7 +141,12 @@ def repeat_rows(
             for metric in metric_keys:
                 values = [m["metrics"].get(metric) for m in members]
                 numbers = [v for v in values if isinstance(v, int | float)]
-                row[metric] = statistic(numbers) if len(numbers) == len(values) else ""
+                if len(numbers) != len(values):
+                    row[metric] = ""  # a metric some repeat lacks
+                elif any(math.isnan(v) for v in numbers):  # a diverged repeat: no statistic
+                    row[metric] = math.nan
+                else:
+                    row[metric] = statistic(numbers)
             rows.append(row | {"error": ""})
     return rows
 

@@ -65,5 +65,7 @@ def compose_config(
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
+    # its own dir, not Hydra's global one: composing another config must not move it
+    set_in_struct(cfg, "paths.output_dir", str(Path(cfg.paths.output_dir)))
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     return cfg

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,19 +119,37 @@ def held(run_dir: str | Path) -> Iterator[None]:
     lock = Path(run_dir) / LOCK_FILE
     lock.parent.mkdir(parents=True, exist_ok=True)
     owner = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
-        try:
-            with open(lock, "x") as f:  # atomic: one process creates it
-                json.dump(owner, f)
-            break
-        except FileExistsError:
-            live = holder(run_dir)
-            if live is not None:
-                raise UserError(describe(live, run_dir)) from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-    else:
-        raise UserError(f"Could not take {lock}: another run is starting in {run_dir}.")
+    # written whole beside it, then linked to its name: atomic, and never seen half-written (an
+    # empty lock would read as stale and be taken over)
+    staged = lock.with_name(f".{LOCK_FILE}.{owner['pid']}.{uuid.uuid4().hex[:8]}")
+    staged.write_text(json.dumps(owner))
+    try:
+        for _ in range(2):
+            try:
+                _link(staged, lock)  # one process creates it; the others get FileExistsError
+                break
+            except FileExistsError:
+                live = holder(run_dir)
+                if live is not None:
+                    raise UserError(describe(live, run_dir)) from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+        else:
+            raise UserError(f"Could not take {lock}: another run is starting in {run_dir}.")
+    finally:
+        staged.unlink(missing_ok=True)  # the lock, where taken, is a name of its own
     try:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _link(staged: Path, lock: Path) -> None:
+    """`lock` as a second name of the written `staged` file; on a file system without hard
+    links, created exclusively and written (a moment empty)."""
+    try:
+        os.link(staged, lock)
+    except FileExistsError:
+        raise
+    except OSError:
+        with open(lock, "x") as f:
+            f.write(staged.read_text())

@@ -46,6 +46,10 @@ class Registry(Mapping[str, T], Generic[T]):
             raise self.unknown(name)
         return self._entries[name]
 
+    def get(self, name: str, default: T | None = None) -> T | None:  # type: ignore[override]
+        """The entry, or `default` for a name not registered (no line: the caller decides)."""
+        return self._entries.get(name, default)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

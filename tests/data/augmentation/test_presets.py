@@ -1,10 +1,10 @@
-"""Augmentation presets, the batched device-side ops, and MixUp/CutMix through the classifier."""
+"""Augmentation presets (their sizes, worker and device halves) and MixUp/CutMix through the
+classifier; the batched device-side ops themselves: tests/data/augmentation/test_batched.py."""
 
 import pytest
 import torch
 from torchvision.transforms import v2
 
-from imgcls.data.augmentation.batched import ColorJitterBatch, RandomAffineBatch
 from imgcls.data.augmentation.presets import PRESETS, Augmentation, build_pipeline
 from imgcls.data.sources.digits import DigitsDataModule
 from imgcls.models.classifier import ImageClassifier
@@ -66,18 +66,6 @@ def test_unknown_preset_is_a_clear_error() -> None:
         Augmentation("fancy")
 
 
-def test_affine_identity_and_exact_integer_shifts() -> None:
-    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    torch.testing.assert_close(RandomAffineBatch(flip=False)(images), images)
-    torch.manual_seed(0)
-    shifted = RandomAffineBatch(shift=2, flip=False)(images)
-    allowed = torch.cat([images.flatten(), torch.zeros(1)])
-    assert torch.isin(shifted.round(), allowed).all()  # every pixel an original one, or the pad
-    flipped = RandomAffineBatch(flip=True)
-    outs = {tuple(flipped(images[:1]).flatten()[:3].tolist()) for _ in range(30)}
-    assert len(outs) == 2  # flipped or not, nothing in between
-
-
 def test_cifar_light_crops_are_views_of_the_mirror_padded_image() -> None:
     """Device (grid_sample "reflection") and workers (torchvision "symmetric") pad alike: every
     crop is one of the 25 shifts of the image mirror-padded by 2 px, or its mirror image."""
@@ -96,29 +84,6 @@ def test_cifar_light_crops_are_views_of_the_mirror_padded_image() -> None:
         seen = {crop.numpy().tobytes() for crop in crops}
         assert seen <= views
         assert len(seen) > 10
-
-
-def test_random_resized_crop_differs_per_image() -> None:
-    torch.manual_seed(0)
-    same = torch.rand(1, 3, 64, 64).expand(6, -1, -1, -1) * 255
-    out = RandomAffineBatch(32, scale=(0.08, 1.0))(same)
-    assert out.shape == (6, 3, 32, 32)
-    assert len({round(float(o.mean()), 3) for o in out}) == 6
-
-
-def test_colour_jitter_per_image_matches_torchvision_brightness() -> None:
-    images = torch.rand(5, 3, 16, 16) * 200
-    torch.testing.assert_close(ColorJitterBatch()(images), images, atol=1e-3, rtol=0)
-    torch.manual_seed(1)
-    out = ColorJitterBatch(brightness=0.5)(images)
-    ratios = (out / images.clamp(min=1e-3)).flatten(1).median(dim=1).values
-    assert ratios.min() >= 0.5 - 1e-3
-    assert ratios.max() <= 1.5 + 1e-3
-    assert len({round(float(r), 3) for r in ratios}) == 5  # a factor per image
-    gray = torch.full((1, 3, 4, 4), 100.0)
-    torch.testing.assert_close(
-        ColorJitterBatch(saturation=0.9, hue=0.5)(gray), gray
-    )  # no colour to shift
 
 
 def test_mixup_cutmix_give_soft_targets_and_the_model_learns_from_them() -> None:

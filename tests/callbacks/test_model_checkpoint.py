@@ -1,0 +1,105 @@
+"""callbacks/model_checkpoint.py: best.ckpt a relative link to the best epoch's checkpoint (a
+copy where links are not allowed), last.ckpt refreshed at every epoch's end and every
+`every_n_train_steps` optimizer steps."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from imgcls.callbacks.model_checkpoint import CheckpointWithBestLink
+from tests.callbacks.tiny import TinyClassifier, loader, tiny_trainer
+
+SETTINGS = {
+    "filename": "epoch_{epoch:03d}",
+    "monitor": "val/acc",
+    "mode": "max",
+    "save_top_k": 1,
+    "save_last": True,
+    "auto_insert_metric_name": False,
+}
+
+
+def fit(
+    checkpoint: ModelCheckpoint, scores: list[float], batches: int = 2
+) -> list[tuple[str, int]]:
+    """Train len(scores) epochs of `batches` steps, epoch e validating to scores[e]: the
+    checkpoints written, as (file name, global step), in order."""
+    trainer = tiny_trainer(
+        callbacks=[checkpoint],
+        enable_checkpointing=True,
+        max_epochs=len(scores),
+        limit_train_batches=batches,
+        limit_val_batches=1,
+    )
+    written = []
+    save = trainer.save_checkpoint
+
+    def recorded(path, *args, **kwargs):
+        written.append((Path(path).name, trainer.global_step))
+        return save(path, *args, **kwargs)
+
+    trainer.save_checkpoint = recorded
+    trainer.fit(TinyClassifier(val_scores=scores), loader(2 * batches), loader())
+    return written
+
+
+def step_of(path: Path) -> int:
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+def test_best_is_a_relative_link_and_last_is_the_last_epochs(tmp_path: Path) -> None:
+    folder = tmp_path / "run" / "checkpoints"
+    fit(CheckpointWithBestLink(dirpath=folder, **SETTINGS), scores=[0.5, 0.9, 0.7])
+    assert {p.name for p in folder.iterdir()} == {"epoch_001.ckpt", "best.ckpt", "last.ckpt"}
+    assert os.readlink(folder / "best.ckpt") == "epoch_001.ckpt"
+    assert step_of(folder / "best.ckpt") == 4
+    assert step_of(folder / "last.ckpt") == 6  # epoch 2 was no new best: still refreshed
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "run", moved)  # a run dir moved elsewhere keeps a working link
+    folder = moved / "checkpoints"
+    assert (folder / "best.ckpt").resolve() == folder / "epoch_001.ckpt"
+
+
+def test_lightnings_own_leaves_last_at_the_last_new_best(tmp_path: Path) -> None:
+    """Why the class writes last.ckpt itself: the same run with Lightning's alone."""
+    fit(ModelCheckpoint(dirpath=tmp_path, **SETTINGS), scores=[0.5, 0.9, 0.7])
+    assert step_of(tmp_path / "last.ckpt") == 4
+
+
+def test_without_links_best_is_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(self, target, target_is_directory=False):
+        raise OSError("symbolic links are not allowed here")
+
+    monkeypatch.setattr(Path, "symlink_to", refused)
+    fit(CheckpointWithBestLink(dirpath=tmp_path, **SETTINGS), scores=[0.9, 0.5])
+    best = tmp_path / "best.ckpt"
+    assert not best.is_symlink()
+    assert best.read_bytes() == (tmp_path / "epoch_000.ckpt").read_bytes()
+    assert {p.name for p in tmp_path.iterdir()} == {"epoch_000.ckpt", "best.ckpt", "last.ckpt"}
+
+
+def test_every_n_train_steps_refreshes_last_between_epochs(tmp_path: Path) -> None:
+    checkpoint = CheckpointWithBestLink(dirpath=tmp_path, every_n_train_steps=2, **SETTINGS)
+    written = fit(checkpoint, scores=[0.5, 0.9], batches=5)
+    # steps 2 and 4, the end of epoch 0 at step 5, then 6, 8 and the end of epoch 1 at 10
+    assert sorted({step for name, step in written if name == "last.ckpt"}) == [2, 4, 5, 6, 8, 10]
+    assert [step for name, step in written if name.startswith("epoch_")] == [5, 10]
+    assert step_of(tmp_path / "last.ckpt") == 10
+    assert os.readlink(tmp_path / "best.ckpt") == "epoch_001.ckpt"
+
+
+@pytest.mark.xfail(
+    reason="bug in src/imgcls/callbacks/model_checkpoint.py: at an epoch with a new best the "
+    "class writes last.ckpt at validation's end, then Lightning's own save at the training "
+    "epoch's end writes it again at the same step (the class's save does not set Lightning's "
+    "_last_global_step_saved): a whole checkpoint written twice",
+    strict=True,
+)
+def test_each_step_writes_last_once(tmp_path: Path) -> None:
+    written = fit(CheckpointWithBestLink(dirpath=tmp_path, **SETTINGS), scores=[0.5, 0.9])
+    lasts = [step for name, step in written if name == "last.ckpt"]
+    assert lasts == sorted(set(lasts))
