@@ -11,7 +11,8 @@ from imgcls.models.nets.lenet import LeNet
 from imgcls.models.zoo import (
     available_nets,
     build_net,
-    pretrained_net,
+    pretrained_classes,
+    pretrained_config,
     source_of,
     torchvision_models,
 )
@@ -129,12 +130,14 @@ def test_weight_options_that_cannot_apply_are_one_line_each() -> None:
 def test_a_pretrained_net_comes_with_its_own_head_from_the_cache() -> None:
     cached = torch.load(cache_torchvision_weights("resnet18"), weights_only=True)
     for spec in ("resnet18", "resnet18:IMAGENET1K_V1"):
-        net, classes = pretrained_net(spec, "model.distill.teacher")
+        net_config = pretrained_config(spec, "model.distill.teacher")
+        classes = pretrained_classes(net_config)  # known before any download
+        net = build_net(num_classes=classes, **net_config)
         assert classes == 1000  # ImageNet's, as the weights were trained
         state = net.state_dict()
         assert torch.equal(state["fc.weight"], cached["fc.weight"])  # the head too
         assert torch.equal(state["layer1.0.conv1.weight"], cached["layer1.0.conv1.weight"])
     with pytest.raises(UserError, match=r"model\.distill\.teacher=lenet: our nets have no"):
-        pretrained_net("lenet", "model.distill.teacher")
+        pretrained_config("lenet", "model.distill.teacher")
     with pytest.raises(UserError, match=r"Unknown model\.distill\.teacher='resnet5O'"):
-        pretrained_net("resnet5O", "model.distill.teacher")
+        pretrained_config("resnet5O", "model.distill.teacher")

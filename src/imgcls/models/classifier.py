@@ -159,7 +159,6 @@ class ImageClassifier(LightningModule):
         weights = self.objective.fit_to_data(
             data.class_counts("train") if data is not None else None,
             data.split_size("train") if data is not None else 0,
-            self.hparams.class_weights,
             getattr(data, "sampler", None),
             self.class_names,
         )

@@ -1,6 +1,6 @@
 """Knowledge distillation (Hinton et al. 2015): a trained teacher's softened predictions as a second
 target, `model.distill.teacher=<our checkpoint | torchvision name[:weights] | timm/<name>>` (the
-names the zoo knows, models/zoo.pretrained_net). The objective's per-image losses are blended
+names the zoo knows, models/zoo.pretrained_config). The objective's per-image losses are blended
 with the teacher's term (`Teacher.losses`); the entry point that trains builds the teacher and
 hands it to the model (`teacher_for`), so the model never imports this module.
 
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imgcls.models.loading import load_classifier
-from imgcls.models.pretrained import torchvision_weights, weights_contract
-from imgcls.models.zoo import pretrained_net, torchvision_models
+from imgcls.models.pretrained import weights_contract
+from imgcls.models.zoo import build_net, pretrained_classes, pretrained_config
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -108,30 +108,17 @@ def build_teacher(
         theirs = teacher.hparams.get("preprocessing") or {}
         check_normalization(spec, theirs.get("mean"), theirs.get("std"), mean_std)
         return teacher.net
-    name, _, weights = spec.partition(":")
-    if not name.startswith("timm/") and name in torchvision_models():
-        weights_classes = torchvision_weights(name, weights or "DEFAULT").meta["categories"]
-        if len(weights_classes) != num_classes:  # before a download: no setting fixes it
-            raise_other_classes(spec, len(weights_classes), num_classes)
-    net, classes = pretrained_net(spec, key="model.distill.teacher")
+    net_config = pretrained_config(spec, key="model.distill.teacher")
+    classes = pretrained_classes(net_config)  # before any download: no setting fixes it
     if classes != num_classes:
-        raise_other_classes(spec, classes, num_classes)
-    net_config = (
-        {"name": spec, "pretrained": True}
-        if spec.startswith("timm/")
-        else {"name": name, "weights": weights or "DEFAULT"}
-    )
+        raise UserError(
+            f"The teacher {spec} predicts {classes} classes, this run has {num_classes}: distil "
+            "from a teacher trained on this run's classes (one of our checkpoints)."
+        )
     contract = weights_contract(net_config)  # the weights' own normalization
     if contract is not None:
         check_normalization(spec, contract.mean, contract.std, mean_std)
-    return net
-
-
-def raise_other_classes(spec: str, classes: int, num_classes: int) -> None:
-    raise UserError(
-        f"The teacher {spec} predicts {classes} classes, this run has {num_classes}: distil "
-        "from a teacher trained on this run's classes (one of our checkpoints)."
-    )
+    return build_net(num_classes=classes, **net_config)
 
 
 def teacher_for(cfg: dict[str, Any] | None, model: Any) -> Teacher | None:

@@ -4,8 +4,8 @@ model, timm's (`timm/<name>`); one "Unknown ... Did you mean" line for any other
 `build_net("resnet50", num_classes=37)` gives torchvision's ResNet-50 with a 37-way head;
 `build_net("timm/convnext_tiny", 37, pretrained=True)` timm's ConvNeXt. Extra keyword arguments
 go to the model's constructor (`depth=56` for resnet_cifar, `dropout=0.2` for an EfficientNet).
-`pretrained_net("resnet50:IMAGENET1K_V2")` is a net as its pretrained weights come, head and all
-(a teacher to distil from).
+`pretrained_config("resnet50:IMAGENET1K_V2", key)` names a net as its pretrained weights come, its
+head and class count (`pretrained_classes`) included: a teacher to distil from.
 """
 
 import difflib
@@ -169,17 +169,27 @@ def build_net(
     return net
 
 
-def pretrained_net(spec: str, key: str) -> tuple[nn.Module, int]:
-    """A net as its pretrained weights come, its own head included, and its class count:
-    `timm/<name>` (timm's weights) or a torchvision name, `name:WEIGHTS` for a named set
-    (DEFAULT where none is said). `key`: the config key that named it, for its one line."""
+def pretrained_config(spec: str, key: str) -> dict[str, Any]:
+    """The `model.net` config of a net with its pretrained weights, by the name the zoo knows:
+    `timm/<name>` (timm's weights) or a torchvision name, `name:WEIGHTS` for a named set (DEFAULT
+    where none is said). `key`: the config key that named it, for its one line."""
+    if spec.startswith("timm/"):  # timm's names may hold a colon of their own (hf-hub:...)
+        return {"name": spec, "pretrained": True}
     name, _, weights = spec.partition(":")
-    source = source_of(name, key)
-    if source == "ours":
+    if source_of(name, key) == "ours":
         raise UserError(f"{key}={spec}: our nets have no pretrained weights to start from.")
-    if source == "timm":
-        net = timm_net(name.removeprefix("timm/"), None, pretrained=True)
-        return net, net.num_classes
-    weights = weights or "DEFAULT"
-    classes = len(torchvision_weights(name, weights).meta["categories"])
-    return build_net(name, classes, weights=weights), classes
+    return {"name": name, "weights": weights or "DEFAULT"}
+
+
+def pretrained_classes(net: dict[str, Any]) -> int:
+    """How many classes the weights of a `pretrained_config` predict, known without a
+    download (torchvision's weight metadata, timm's pretrained config)."""
+    name = net["name"]
+    if not name.startswith("timm/"):
+        return len(torchvision_weights(name, net["weights"]).meta["categories"])
+    import timm
+
+    pretrained = timm.models.get_pretrained_cfg(name.removeprefix("timm/"))
+    if pretrained is None:
+        raise UserError(f"timm has no pretrained weights for {name}.")
+    return pretrained.num_classes

@@ -100,15 +100,15 @@ def test_balanced_class_weights_are_worked_out_from_the_train_counts() -> None:
     assert objective.criterion.weight.tolist() == [1.0, 1.0, 1.0]  # until the data is known
     names = ["a", "b", "c"]
     counts = torch.tensor([6, 3, 1])
-    resolved = objective.fit_to_data(counts, 10, "balanced", None, names)
+    resolved = objective.fit_to_data(counts, 10, None, names)
     assert resolved == pytest.approx([10 / 6, 10 / 3, 10.0])
     assert objective.criterion.weight.tolist() == pytest.approx(resolved)
     with pytest.raises(UserError, match="balanced needs a data source that knows its train"):
-        Toy(3, class_weights="balanced").fit_to_data(None, 10, "balanced", None, names)
+        Toy(3, class_weights="balanced").fit_to_data(None, 10, None, names)
     given = Toy(3, class_weights=[1.0, 2.0, 3.0])
-    assert given.fit_to_data(counts, 10, [1.0, 2.0, 3.0], None, names) is None
+    assert given.fit_to_data(counts, 10, None, names) is None
     assert given.criterion.weight.tolist() == [1.0, 2.0, 3.0]  # a given list stays
-    assert Toy(3).fit_to_data(None, 10, None, None, names) is None
+    assert Toy(3).fit_to_data(None, 10, None, names) is None
     assert Toy(3).criterion.weight is None
 
 

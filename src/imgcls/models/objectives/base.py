@@ -58,6 +58,8 @@ class Objective(nn.Module):
         super().__init__()
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
         self.criterion = self.make_criterion()
+        # "balanced" is worked out from the train split by `fit_to_data`
+        self.weighted, self.balanced = class_weights is not None, class_weights == "balanced"
         if class_weights is not None:
             # registered now (ones until "balanced" is resolved by `fit_to_data`), so a copy made
             # before (the EMA's) has the same buffers
@@ -173,12 +175,12 @@ class Objective(nn.Module):
             current.copy_(values)
 
     def fit_to_data(
-        self, counts: Tensor | None, total: int, weights: Any, sampler: str | None, names: list[str]
+        self, counts: Tensor | None, total: int, sampler: str | None, names: list[str]
     ) -> list[float] | None:
         """At the start of a fit: `class_weights=balanced` worked out from the train split's
         class counts (returned, for the checkpoint to keep); an imbalance nothing evens out
         said (where the task can say it)."""
-        if weights != "balanced":
+        if not self.balanced:
             return None
         if counts is None:
             raise UserError(

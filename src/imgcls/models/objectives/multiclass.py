@@ -107,11 +107,11 @@ class MulticlassObjective(Objective):
         return balanced_class_weights(counts)
 
     def fit_to_data(
-        self, counts: Tensor | None, total: int, weights: Any, sampler: str | None, names: list[str]
+        self, counts: Tensor | None, total: int, sampler: str | None, names: list[str]
     ) -> list[float] | None:
-        if weights is None and sampler != "balanced":
+        if not self.weighted and sampler != "balanced":
             say_if_imbalanced(counts, names)
-        return super().fit_to_data(counts, total, weights, sampler, names)
+        return super().fit_to_data(counts, total, sampler, names)
 
     def card(self, class_names: list[str]) -> dict[str, Any]:
         return {
