@@ -140,19 +140,25 @@ def test_a_resume_keeps_every_epoch_best_and_checkpoint(make_cfg, tmp_path: Path
     assert resumed["val/acc_best"] >= first["val/acc_best"]
 
 
-def test_a_resume_that_would_restart_the_schedule_is_one_line(make_cfg, tmp_path: Path) -> None:
+def test_a_run_extended_by_an_epoch_trains_it_on_its_stretched_schedule(
+    make_cfg, tmp_path: Path
+) -> None:
+    """lightning-hydra-template's test_train_resume: 1 epoch, then resumed to 2, here with the
+    default cosine schedule spanning the run; one with no epoch left is one line before any
+    write."""
     run = run_in(tmp_path, "a")
     cosine = [s for s in SHORT if not s.startswith("scheduler")]  # the default: spans the run
-    train_as_cli(make_cfg, *cosine, "trainer.max_epochs=1", run_dir=run)
+    train_as_cli(make_cfg, *cosine, "trainer.max_epochs=2", run_dir=run)
     before = snapshot(run)
-    longer = make_cfg(*cosine, "trainer.max_epochs=2", "ckpt_path=last", run_dir=tmp_path / "r")
-    with pytest.raises(
-        UserError, match=r"run of 1 epochs.*CosineAnnealingLR.*trainer\.max_epochs=1"
-    ):
-        run_recorded(longer, lambda: train(longer))
+    none_left = make_cfg(*cosine, "trainer.max_epochs=1", "ckpt_path=last", run_dir=tmp_path / "r")
+    with pytest.raises(UserError, match=r"has trained 2 of its 2 epochs.*max_epochs above 2"):
+        run_recorded(none_left, lambda: train(none_left))
     assert snapshot(run) == before
-    same = make_cfg(*cosine, "trainer.max_epochs=1", "ckpt_path=last", run_dir=tmp_path / "s")
-    train(same)  # the planned length: resumes
+    longer = make_cfg(*cosine, "trainer.max_epochs=3", "ckpt_path=last", run_dir=tmp_path / "s")
+    _, objects = train(longer)
+    assert objects["trainer"].global_step == 9
+    assert epochs_in_csv(run) == [0, 1, 2]
+    assert objects["trainer"].optimizers[0].param_groups[0]["lr"] == pytest.approx(0, abs=1e-6)
 
 
 # -- every image counted once ------------------------------------------------------------------

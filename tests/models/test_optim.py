@@ -1,11 +1,17 @@
-"""models/optim.py: param groups, fused optimizers under 16-mixed, LR schedules and their log."""
+"""models/optim.py: param groups, fused optimizers under 16-mixed, LR schedules and their log,
+a schedule stretched over a resumed run of another length."""
+
+import io
 
 import pytest
 import torch
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
 from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.models.zoo import build_net
+from imgcls.utils.errors import UserError
 from tests.helpers import SGD
 
 
@@ -118,6 +124,131 @@ def test_each_groups_schedule_is_logged_as_it_will_run(caplog: pytest.LogCapture
         peak = curve.index(max(curve))
         points = f"{curve[0]:.4g} -> {curve[peak]:.4g} (step {peak}) -> {curve[-1]:.4g}"
         assert f"  {name}: {points}, weight decay 0.0001" in logged.splitlines()
+
+
+COSINE = {
+    "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "T_max": None,
+    "imgcls": {"interval": "step"},
+}
+# max_lr null: the peak at the optimizer's lr; momentum cycled (cycle_momentum, by default)
+ONECYCLE = {
+    "_target_": "torch.optim.lr_scheduler.OneCycleLR",
+    "max_lr": None,
+    "total_steps": None,
+    "imgcls": {"interval": "step"},
+}
+WARMUP_COSINE = {**COSINE, "imgcls": {"interval": "step", "warmup_epochs": 1}}
+SPANNING = pytest.mark.parametrize(
+    "cfg", [COSINE, ONECYCLE, WARMUP_COSINE], ids=["cosine", "onecycle", "warmup_cosine"]
+)
+
+
+def scheduled(cfg: dict, total_steps: int, max_epochs: int) -> tuple[Optimizer, LRScheduler]:
+    optimizer = build_optimizer(nn.Linear(2, 2), SGD)
+    built = build_scheduler(optimizer, cfg, total_steps=total_steps, max_epochs=max_epochs)
+    return optimizer, built["scheduler"]
+
+
+def walk(optimizer: Optimizer, scheduler: LRScheduler, steps: int) -> torch.Tensor:
+    """The lr and momentum each of `steps` steps trains with (a row each), the schedule stepped
+    after each."""
+    seen = []
+    for _ in range(steps):
+        group = optimizer.param_groups[0]
+        seen.append((group["lr"], group["momentum"]))
+        optimizer.step()
+        scheduler.step()
+    return torch.tensor(seen, dtype=torch.float64)
+
+
+@SPANNING
+def test_a_state_of_a_shorter_run_is_stretched_over_the_longer_one(
+    cfg: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Step 6 of a 10-step run (2 epochs) resumed in a 20-step one (4 epochs), loaded as Lightning
+    does (the optimizer's state, then the scheduler's): the lr and momentum go on as the 20-step
+    schedule has them from its step 6 to its end, not along the old 10 steps."""
+    old_optimizer, old = scheduled(cfg, total_steps=10, max_epochs=2)
+    walk(old_optimizer, old, 6)
+    optimizer, scheduler = scheduled(cfg, total_steps=20, max_epochs=4)
+    optimizer.load_state_dict(old_optimizer.state_dict())
+    with caplog.at_level("INFO", logger="imgcls.models.optim"):
+        scheduler.load_state_dict(old.state_dict())
+    fresh_optimizer, fresh = scheduled(cfg, total_steps=20, max_epochs=4)
+    whole = walk(fresh_optimizer, fresh, 20)
+    torch.testing.assert_close(walk(optimizer, scheduler, 14), whole[6:])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(fresh.get_last_lr()[0])  # its end
+    assert whole[6, 0] != pytest.approx(old.get_last_lr()[0])  # the new curve's lr, not the old
+    (logged,) = [r.getMessage() for r in caplog.records if "stretched" in r.getMessage()]
+    assert logged.startswith("LR schedule stretched from 10 to 20 steps (")
+    assert logged.endswith(
+        f"): the lr, {old.get_last_lr()[0]:.4g} at step 6, goes on at {whole[6, 0]:.4g} (the new "
+        f"schedule's at step 6) to {whole[19, 0]:.4g} at step 19"
+    )
+
+
+def test_a_cosine_stretched_at_its_end_goes_on_from_the_longer_ones_value() -> None:
+    """The usual extension, 1 epoch then 2: the old cosine has ended (lr 0, from which it would
+    never rise); the new one is at its middle, half the lr, and ends at eta_min."""
+    old_optimizer, old = scheduled(COSINE, total_steps=10, max_epochs=1)
+    walk(old_optimizer, old, 10)
+    assert old.get_last_lr() == [0.0]
+    optimizer, scheduler = scheduled(COSINE, total_steps=20, max_epochs=2)
+    optimizer.load_state_dict(old_optimizer.state_dict())
+    scheduler.load_state_dict(old.state_dict())
+    assert scheduler.T_max == 20
+    lrs = walk(optimizer, scheduler, 10)[:, 0].tolist()
+    assert lrs[0] == pytest.approx(0.05)  # 0.1 at step 10 of 20
+    assert lrs == sorted(lrs, reverse=True)
+    assert optimizer.param_groups[0]["lr"] == 0.0  # after the last step: eta_min
+
+
+@SPANNING
+def test_a_state_at_or_past_the_new_schedules_end_is_refused(cfg: dict) -> None:
+    """Step 6 of 10 into a run of 6 steps or fewer (fewer batches an epoch): nothing is left of
+    the new schedule to stretch over."""
+    old_optimizer, old = scheduled(cfg, total_steps=10, max_epochs=2)
+    walk(old_optimizer, old, 6)
+    for total in (6, 4):
+        _, scheduler = scheduled(cfg, total_steps=total, max_epochs=2)
+        with pytest.raises(UserError) as err:
+            scheduler.load_state_dict(old.state_dict())
+        message = str(err.value)
+        assert "\n" not in message
+        assert message.startswith("The checkpoint is at step 6 of its 10-step LR schedule (")
+        assert message.endswith(
+            f"this run's is {total} steps long, nothing of it left to train. Resume with a longer "
+            "trainer.max_epochs, or the data and batch size it was trained with."
+        )
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [COSINE, WARMUP_COSINE, {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 3}],
+    ids=["cosine", "warmup_cosine", "step"],
+)
+def test_a_state_of_the_same_length_or_of_none_loads_as_it_is(cfg: dict) -> None:
+    """The run's own length, or a schedule without one (StepLR goes on however long the run):
+    the state is the checkpoint's; and what a schedule keeps to stretch is not in its state,
+    which a checkpoint saves and loads with weights_only."""
+    old_optimizer, old = scheduled(cfg, total_steps=10, max_epochs=2)
+    walk(old_optimizer, old, 6)
+    optimizer, scheduler = scheduled(cfg, total_steps=10 if "T_max" in cfg else 30, max_epochs=2)
+    optimizer.load_state_dict(old_optimizer.state_dict())
+    saved = io.BytesIO()
+    torch.save(old.state_dict(), saved)
+    saved.seek(0)
+    scheduler.load_state_dict(torch.load(saved, weights_only=True))
+    assert scheduler.state_dict() == old.state_dict()
+    torch.testing.assert_close(walk(optimizer, scheduler, 4), walk(old_optimizer, old, 4))
+
+
+def test_a_stretching_schedule_is_still_its_torch_class() -> None:
+    """An isinstance check (Lightning's) and its name (in what logs it) as before."""
+    _, scheduler = scheduled(COSINE, total_steps=10, max_epochs=1)
+    assert isinstance(scheduler, CosineAnnealingLR)
+    assert type(scheduler).__name__ == "CosineAnnealingLR"
 
 
 def test_no_scheduler_config_means_constant_lr() -> None:

@@ -1,7 +1,8 @@
 """run/resume.py: `ckpt_path=last` picks the newest run of the same command, never another
 command's nor one still training; a checkpoint that does not fit the run is one line naming the
-fix, before any weights load."""
+fix, before any weights load; a run resumed longer stretches its LR schedule."""
 
+import copy
 import json
 import os
 import socket
@@ -12,10 +13,13 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from imgcls import CONFIG_DIR
 from imgcls.models.classifier import RUN_LENGTH
+from imgcls.models.optim import build_optimizer, build_scheduler
 from imgcls.run import resume
 from imgcls.run.compose import compose_config, set_in_struct
 from imgcls.run.dirs import LOCK_FILE
@@ -27,6 +31,7 @@ from imgcls.run.resume import (
     resume_target,
     run_overrides,
 )
+from imgcls.train import train
 from imgcls.utils.errors import UserError
 
 DIGITS = [str(d) for d in range(10)]  # the default data's classes
@@ -58,6 +63,7 @@ def test_recipe_ignores_the_overrides_free_on_a_resume() -> None:
         "optimizer.lr=0.05",
         "ckpt_path=last",
         "trainer.max_epochs=30",
+        "+trainer.max_steps=5000",
         "logger=csv",
         "+logger.wandb.offline=true",
         "~callbacks.rich_progress_bar",
@@ -235,7 +241,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> DictConfig:
 
 
 def scheduler_config(name: str) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "scheduler" / f"{name}.yaml"))
+    """configs/scheduler/<name>.yaml over the configs its defaults name (warmup_cosine: cosine)."""
+    node = OmegaConf.load(CONFIG_DIR / "scheduler" / f"{name}.yaml")
+    bases = [scheduler_config(base) for base in node.pop("defaults", []) if base != "_self_"]
+    return OmegaConf.to_container(OmegaConf.merge(*bases, node))
 
 
 @pytest.fixture
@@ -328,31 +337,159 @@ def test_other_classes_are_refused(fit) -> None:
     refusal(*fit(), list(reversed(DIGITS)))  # the same names in another order: other labels
 
 
-@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
-def test_a_schedule_spanning_the_run_refuses_another_max_epochs(fit, scheduler: str) -> None:
+# step 20 of a 3-epoch run of 10 steps an epoch: 2 epochs trained, as each schedule's state says
+TWO_OF_THREE_EPOCHS = {
+    "cosine": {"T_max": 30, "last_epoch": 20},
+    "onecycle": {"total_steps": 30, "last_epoch": 20},
+    "warmup_cosine": {
+        "_milestones": [10],
+        "last_epoch": 20,
+        "_schedulers": [{"total_iters": 10, "last_epoch": 9}, {"T_max": 20, "last_epoch": 10}],
+    },
+}
+
+
+@pytest.mark.parametrize("scheduler", list(TWO_OF_THREE_EPOCHS))
+def test_a_schedule_spanning_the_run_stretches_to_another_max_epochs(fit, scheduler: str) -> None:
+    """Longer, or shorter while epochs are left: the schedule stretches (models/optim.py); no
+    epoch left is one line, before any write."""
     saved = scheduler_config(scheduler)
-    message = refusal(*fit("trainer.max_epochs=5", run_length=3, scheduler=saved))
-    name = {"cosine": "CosineAnnealingLR", "onecycle": "OneCycleLR"}[scheduler]
-    assert message == (
-        f"/runs/a/checkpoints/last.ckpt is from a run of 3 epochs, and its {name} schedule spans "
-        "them: with trainer.max_epochs=5 it would not stretch but restart. Resume with "
-        "trainer.max_epochs=3, or start a new run from its weights: "
-        "model.net.weights_path=/runs/a/checkpoints/last.ckpt"
-    )
-    same = fit("trainer.max_epochs=3", run_length=3, scheduler=saved)
-    check_checkpoint_fits(*same, DIGITS)  # the planned length: resumes
+    for max_epochs in (3, 5, 30, -1):  # the planned length, longer ones, no limit
+        target, cfg = fit(f"trainer.max_epochs={max_epochs}", scheduler=saved)
+        target.checkpoint["lr_schedulers"] = [TWO_OF_THREE_EPOCHS[scheduler]]
+        check_checkpoint_fits(target, cfg, DIGITS)
+    target, cfg = fit("trainer.max_epochs=3", run_length=4, scheduler=saved)  # 20 of 40 steps
+    target.checkpoint["lr_schedulers"] = [TWO_OF_THREE_EPOCHS[scheduler]]
+    check_checkpoint_fits(target, cfg, DIGITS)  # shorter, 1 epoch left (of 4 planned, 2 done)
+    name = {"cosine": "CosineAnnealingLR", "onecycle": "OneCycleLR"}.get(scheduler)
+    for max_epochs in (2, 1):
+        target, cfg = fit(f"trainer.max_epochs={max_epochs}", scheduler=saved)
+        target.checkpoint["lr_schedulers"] = [TWO_OF_THREE_EPOCHS[scheduler]]
+        assert refusal(target, cfg) == (
+            "/runs/a/checkpoints/last.ckpt has trained 2 of its 3 epochs: trainer.max_epochs="
+            f"{max_epochs} leaves none to stretch its {name or 'CosineAnnealingLR'} schedule "
+            "over: resume with trainer.max_epochs above 2."
+        )
+    state = {**TWO_OF_THREE_EPOCHS[scheduler], "last_epoch": 25}  # saved mid-epoch: 2.5 done
+    target, cfg = fit("trainer.max_epochs=2", scheduler=saved)
+    target.checkpoint["lr_schedulers"] = [state]
+    assert "has trained 2.5 of its 3 epochs" in refusal(target, cfg)
 
 
 @pytest.mark.parametrize(
-    "scheduler",
-    [{}, None, {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "T_max": 1000}],
-    ids=["none", "no scheduler saved", "a set length"],
+    ("scheduler", "state"),
+    [
+        ({}, None),
+        (None, None),
+        ({"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 5}, {"last_epoch": 2}),
+        (
+            {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "T_max": 10},
+            {"T_max": 10, "last_epoch": 20},
+        ),
+    ],
+    ids=["none", "no scheduler saved", "without a length", "a set length"],
 )
-def test_a_schedule_that_does_not_span_the_run_may_be_lengthened(fit, scheduler) -> None:
-    check_checkpoint_fits(*fit("trainer.max_epochs=30", scheduler=scheduler), DIGITS)
+def test_a_schedule_that_does_not_span_the_run_may_be_lengthened(fit, scheduler, state) -> None:
+    for max_epochs in (30, 1):  # shorter too: Lightning's own business (a fit with none left)
+        target, cfg = fit(f"trainer.max_epochs={max_epochs}", scheduler=scheduler)
+        if state is not None:
+            target.checkpoint["lr_schedulers"] = [state]
+        check_checkpoint_fits(target, cfg, DIGITS)
 
 
 def test_a_checkpoint_without_its_planned_length_is_not_held_to_one(fit) -> None:
-    target, cfg = fit("trainer.max_epochs=30")
+    target, cfg = fit("trainer.max_epochs=1")
     del target.checkpoint[RUN_LENGTH]  # saved before the run length was kept
+    target.checkpoint["lr_schedulers"] = [TWO_OF_THREE_EPOCHS["cosine"]]
     check_checkpoint_fits(target, cfg, DIGITS)
+
+
+# -- a run extended ------------------------------------------------------------------------------
+class LrProbe(Callback):
+    """What a fit starts from (its optimizer's state), the lr of each step, and the lr its last
+    step left (after the schedule's last step: the schedule's end)."""
+
+    def __init__(self) -> None:
+        self.state: dict[int, Any] = {}
+        self.lrs: list[float] = []
+        self.end: float | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.state = copy.deepcopy(trainer.optimizers[0].state_dict()["state"])
+
+    def on_train_batch_start(self, trainer: Trainer, *args: Any) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.end = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+EXTENDED = [  # 3 steps an epoch (OneCycleLR's default warm-up divides by zero at 4 in all)
+    "model=lenet",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "test=false",
+    "+callbacks.lr_probe._target_=tests.run.test_resume.LrProbe",
+]
+
+
+def schedule_lrs(cfg: DictConfig, total_steps: int, max_epochs: int) -> list[float]:
+    """The lr of each step of a fresh run of the config's schedule, and after its last."""
+    optimizer = build_optimizer(nn.Linear(2, 2), OmegaConf.to_container(cfg.optimizer))
+    scheduler = build_scheduler(
+        optimizer, OmegaConf.to_container(cfg.scheduler), total_steps, max_epochs
+    )["scheduler"]
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(total_steps):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle", "warmup_cosine"])
+def test_a_run_extended_by_an_epoch_stretches_its_schedule(
+    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture, scheduler: str
+) -> None:
+    """`trainer.max_epochs=1`, then `trainer.max_epochs=2 ckpt_path=...` (lightning-hydra-
+    template's test_train_resume): the second epoch trains, from the checkpoint's optimizer
+    state (SGD's momentum), at the lr a 2-epoch run's schedule has from step 3 on (not the old
+    schedule's end, nor a schedule restarted), to that schedule's end; and says so."""
+    run = tmp_path / "logs" / "train" / "runs" / "a"
+    train(make_cfg(*EXTENDED, f"scheduler={scheduler}", "trainer.max_epochs=1", run_dir=run))
+    last = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    cfg = make_cfg(
+        *EXTENDED,
+        f"scheduler={scheduler}",
+        "trainer.max_epochs=2",
+        f"ckpt_path={last}",
+        run_dir=tmp_path / "resumed",
+    )
+    with caplog.at_level("INFO", logger="imgcls.models.optim"):
+        _, objects = train(cfg)
+    (probe,) = [c for c in objects["callbacks"] if isinstance(c, LrProbe)]
+    assert objects["trainer"].current_epoch == 2
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    momentum = {i: s["momentum_buffer"] for i, s in saved["optimizer_states"][0]["state"].items()}
+    assert momentum  # SGD's, after 3 steps
+    assert probe.state.keys() == momentum.keys()
+    for i, buffer in momentum.items():
+        torch.testing.assert_close(probe.state[i]["momentum_buffer"], buffer, rtol=0, atol=0)
+    whole = schedule_lrs(cfg, total_steps=6, max_epochs=2)
+    assert probe.lrs == pytest.approx(whole[3:6])
+    assert probe.end == pytest.approx(whole[6])
+    lr = cfg.optimizer.lr
+    if scheduler == "onecycle":  # its end is its last step's lr: max_lr / div / final_div
+        assert probe.lrs[-1] == pytest.approx(lr / 25 / 1e4)
+    else:  # a cosine's, eta_min, once its last step is taken
+        assert probe.end == 0.0
+    if scheduler == "cosine":
+        assert probe.lrs[0] == pytest.approx(lr / 2)  # step 3 of 6: the cosine's middle
+    (logged,) = [r.getMessage() for r in caplog.records if "stretched" in r.getMessage()]
+    was = saved["lr_schedulers"][0]["_last_lr"][0]
+    assert logged.startswith("LR schedule stretched from 3 to 6 steps (")
+    assert logged.endswith(
+        f"): the lr, {was:.4g} at step 3, goes on at {probe.lrs[0]:.4g} (the new schedule's at "
+        f"step 3) to {probe.lrs[-1]:.4g} at step 5"
+    )

@@ -20,9 +20,13 @@ block, `imgcls`, and are consumed here:
   gradients;
 - scheduler `imgcls.interval` (`epoch` or `step`), `imgcls.warmup_epochs` and
   `imgcls.warmup_start_factor` (a LinearLR warmup chained before the main scheduler); a `null`
-  `T_max` / `total_steps` means "the rest of the run", computed once the data is known.
+  `T_max` / `total_steps` means "the rest of the run", computed once the data is known;
+- a resume whose run is longer or shorter than the checkpoint's (trainer.max_epochs, max_steps,
+  the data's size) stretches such a schedule over its own length (`StretchOnLoad`).
 """
 
+import copy
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -44,8 +48,11 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Lo
 RUN_LENGTH_KEYS = ("T_max", "total_steps")
 INTERVALS = ("epoch", "step")
 FUSED = (SGD, Adam, AdamW)
-# the stand-in optimizer of log_schedule takes a group's hyperparameters, not its kernel choice
+# a stand-in optimizer (build_scheduler's `fresh`) takes a group's hyperparameters, not its
+# kernel choice
 STAND_IN_DROPS = ("params", "initial_lr", "fused", "foreach", "capturable")
+# what torch's schedulers set in a param group as they step (OneCycleLR cycles momentum or betas)
+SCHEDULED = ("lr", "momentum", "betas")
 
 
 def param_groups(
@@ -222,46 +229,129 @@ def build_scheduler(
         if key in kwargs and kwargs[key] is None:
             kwargs[key] = length - warmup
 
-    def make(target: Optimizer) -> LRScheduler:
+    def make(target: Optimizer) -> "StretchOnLoad":
         args = dict(kwargs)
         if "max_lr" in args and args["max_lr"] is None:  # OneCycleLR: peak at each group's lr
             args["max_lr"] = [group["lr"] for group in target.param_groups]
-        made: LRScheduler = scheduler_class(target, **args)
-        if warmup > 0:
-            start = ours.get("warmup_start_factor", 0.01)
-            ramp = LinearLR(target, start_factor=start, total_iters=warmup)
-            made = SequentialLR(target, [ramp, made], milestones=[warmup])
-        return made
+        if warmup == 0:
+            return stretching(scheduler_class)(target, **args)
+        start = ours.get("warmup_start_factor", 0.01)
+        ramp = LinearLR(target, start_factor=start, total_iters=warmup)
+        main = scheduler_class(target, **args)
+        return stretching(SequentialLR)(target, [ramp, main], milestones=[warmup])
+
+    # the groups as configured, before a schedule sets their lr: what a stand-in starts from
+    configured = [
+        {k: v for k, v in group.items() if k not in STAND_IN_DROPS}
+        for group in optimizer.param_groups
+    ]
+
+    def fresh() -> LRScheduler:
+        """The schedule at its first step on a stand-in optimizer holding one scalar per group
+        (a few microseconds a step): run to read its lr, the real optimizer untouched."""
+        scalars = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in configured]
+        return make(type(optimizer)([g | p for g, p in zip(configured, scalars, strict=True)]))
 
     ramp = f" after a {warmup}-{interval} linear warm-up" if warmup else ""
-    log_schedule(optimizer, make, length, f"{scheduler_class.__name__}{ramp}, per {interval}")
-    return {"scheduler": make(optimizer), "interval": interval, "frequency": 1}
+    what = f"{scheduler_class.__name__}{ramp}, per {interval}"
+    log_schedule(optimizer, fresh, length, what)
+    scheduler = make(optimizer)
+    scheduler.fresh, scheduler.what = fresh, what
+    return {"scheduler": scheduler, "interval": interval, "frequency": 1}
+
+
+def run_length(state: dict[str, Any]) -> int | None:
+    """The steps a scheduler's state_dict is laid over (`T_max`, `total_steps`, after a warm-up's
+    steps for a SequentialLR), or None for a schedule without an end (StepLR, MultiStepLR)."""
+    for key in RUN_LENGTH_KEYS:
+        if key in state:
+            return state[key]
+    if "_schedulers" in state:  # SequentialLR: the main schedule after the warm-up's milestone
+        main = run_length(state["_schedulers"][-1])
+        return None if main is None else state["_milestones"][-1] + main
+    return None
+
+
+class StretchOnLoad(LRScheduler):
+    """A schedule that, on a resume with a run of another length (trainer.max_epochs or
+    max_steps, the data's size), stretches over its own length instead of taking the
+    checkpoint's back. Lightning loads the checkpoint's optimizer state (momentum, Adam's
+    moments), then each scheduler's state_dict into the scheduler configure_optimizers built
+    for this run: loaded as it is, a CosineAnnealingLR's `T_max`, a OneCycleLR's `total_steps`,
+    a warm-up's milestone would bring the old length back (the schedule would restart or end
+    before the run does). Here a state of another length is not loaded: this schedule, built for
+    the new length, is put at the checkpoint's step, its lr (and the momentum OneCycleLR
+    cycles) set in the restored optimizer. The lr goes on from the new curve's value at that
+    step, as timm's scheduler rebuilt for a new epoch count does: from a finished schedule, the
+    usual extension, continuing from the old lr (the end, 0 for a cosine) would train no
+    further. Refused, one line, where the checkpoint is at or past the new schedule's end."""
+
+    # set by build_scheduler: how it makes this schedule afresh on a stand-in, and its name
+    fresh: Callable[[], LRScheduler]
+    what: str
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule's state, without what rebuilds it (a checkpoint holds data only)."""
+        return {k: v for k, v in super().state_dict().items() if k not in ("fresh", "what")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved, length = run_length(state_dict), run_length(self.state_dict())
+        if saved is None or saved == length:
+            super().load_state_dict(state_dict)
+            return
+        step = state_dict["last_epoch"]
+        if step >= length:
+            raise UserError(
+                f"The checkpoint is at step {step} of its {saved}-step LR schedule ({self.what}): "
+                f"this run's is {length} steps long, nothing of it left to train. Resume with a "
+                "longer trainer.max_epochs, or the data and batch size it was trained with."
+            )
+        at_step = self.fresh()
+        with warnings.catch_warnings():  # stepping a schedule without optimizer steps
+            warnings.simplefilter("ignore")
+            for _ in range(step):
+                at_step.step()
+            super().load_state_dict(copy.deepcopy(at_step.state_dict()))
+            for group, stand_in in zip(
+                self.optimizer.param_groups, at_step.optimizer.param_groups, strict=True
+            ):
+                group.update({key: stand_in[key] for key in SCHEDULED if key in stand_in})
+            for _ in range(step, length - 1):  # on to the lr of its last step, for the log
+                at_step.step()
+        first = self.optimizer.param_groups[0]
+        which = f" of {first['name']}" if "name" in first else ""
+        log.info(
+            f"LR schedule stretched from {saved} to {length} steps ({self.what}): the lr{which}, "
+            f"{state_dict['_last_lr'][0]:.4g} at step {step}, goes on at {first['lr']:.4g} (the "
+            f"new schedule's at step {step}) to {at_step.get_last_lr()[0]:.4g} at step "
+            f"{length - 1}"
+        )
+
+
+@functools.cache
+def stretching(scheduler_class: type[LRScheduler]) -> type[StretchOnLoad]:
+    """`scheduler_class` that stretches a state of another length over its own (StretchOnLoad),
+    under its own name."""
+    return type(scheduler_class.__name__, (StretchOnLoad, scheduler_class), {})
 
 
 @rank_zero_only  # one log per run, and the stand-in schedule run on one process
 def log_schedule(
     optimizer: Optimizer,
-    make: Callable[[Optimizer], LRScheduler] | None,
+    fresh: Callable[[], LRScheduler] | None,
     length: int,
     what: str,
 ) -> None:
     """Log each param group's lr at the first step, at its peak and at the last step, and its
     weight decay: the numbers a recipe really trains with (scaled lr, lr_mult, warm-up, div
-    factors), read instead of derived. The schedule runs on a stand-in optimizer holding one
-    scalar per group (a few microseconds a step), so the real one is not touched."""
+    factors), read instead of derived, from the schedule run on a stand-in (`fresh`)."""
     groups = optimizer.param_groups
-    if make is None:
+    if fresh is None:
         points = [f"lr {group['lr']:.4g}" for group in groups]
         header = f"LR schedule ({what})"
     else:
-        stand_in = type(optimizer)(
-            [
-                {k: v for k, v in group.items() if k not in STAND_IN_DROPS}
-                | {"params": [torch.zeros(1, requires_grad=True)]}
-                for group in groups
-            ]
-        )
-        scheduler = make(stand_in)  # sets the first step's lr
+        scheduler = fresh()  # at the first step's lr
+        stand_in = scheduler.optimizer
         first = [group["lr"] for group in stand_in.param_groups]
         peak, peak_step = list(first), [0] * len(first)
         with warnings.catch_warnings():  # stepping a schedule without optimizer steps

@@ -8,8 +8,9 @@ the resuming command keeps only its config and log.) A run that is still trainin
 dir: run/dirs.py) is never resumed into.
 
 `ckpt_path=last` takes the newest `last.ckpt` of a run started with the same overrides, ignoring
-those free to change on a resume (FREE_ON_RESUME: where it logs and what watches it, and
-trainer.max_epochs), and says which it took; a run of another command is never picked.
+those free to change on a resume (FREE_ON_RESUME: where it logs and what watches it, and the
+run's length), and says which it took; a run of another command is never picked. A run made
+longer or shorter stretches an LR schedule laid over it (models/optim.py: StretchOnLoad).
 """
 
 import math
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgcls.models.classifier import RUN_LENGTH
 from imgcls.models.loading import read_checkpoint
-from imgcls.models.optim import RUN_LENGTH_KEYS
+from imgcls.models.optim import RUN_LENGTH_KEYS, run_length
 from imgcls.models.zoo import PRETRAINED_KEYS
 from imgcls.run.dirs import describe, holder
 from imgcls.utils.errors import UserError
@@ -34,7 +35,7 @@ LAST = "last"
 # net settings a checkpoint's weights override: where the initial weights came from, the head's init
 NOT_THE_NETS_SHAPE = {*PRETRAINED_KEYS, "head_init"}
 # overrides a resume may change: the checkpoint, where the run logs, what watches it, and the
-# epoch count (checked against the LR schedule when the run starts)
+# run's length (an LR schedule laid over the run stretches to it)
 FREE_ON_RESUME = (
     "ckpt_path",
     "callbacks",
@@ -43,6 +44,7 @@ FREE_ON_RESUME = (
     "paths",
     "hydra",
     "trainer.max_epochs",
+    "trainer.max_steps",
 )
 
 
@@ -177,14 +179,26 @@ def check_checkpoint_fits(resume: Resume, cfg: DictConfig, class_names: list[str
             f", ...) but the data has {len(class_names)} ({', '.join(class_names[:4])}, ...): "
             "resume with the data config it was trained on."
         )
+    check_epochs_left(resume, cfg.trainer.max_epochs)
+
+
+def check_epochs_left(resume: Resume, max_epochs: int) -> None:
+    """Another trainer.max_epochs, longer or shorter, stretches a schedule laid over the run to
+    the new length (models/optim.py: StretchOnLoad) while the run has epochs left: where the
+    checkpoint has trained them all already, one line, before any write."""
+    checkpoint, ckpt = resume.checkpoint, resume.ckpt
     planned = checkpoint.get(RUN_LENGTH, {}).get("max_epochs")
-    scheduler = saved.get("scheduler") or {}
+    scheduler = checkpoint["hyper_parameters"].get("scheduler") or {}
     spans_the_run = any(key in scheduler and scheduler[key] is None for key in RUN_LENGTH_KEYS)
-    if spans_the_run and planned is not None and planned != cfg.trainer.max_epochs:
-        name = str(scheduler.get("_target_", "its")).rsplit(".", 1)[-1]
+    state = (checkpoint.get("lr_schedulers") or [{}])[0]
+    length = run_length(state)  # the planned epochs, in the schedule's steps
+    if not spans_the_run or planned in (None, max_epochs) or length is None or max_epochs < 1:
+        return  # (max_epochs=-1, no limit: the schedule asks for a length itself)
+    done = state["last_epoch"] * planned / length
+    if done >= max_epochs:
+        name = str(scheduler["_target_"]).rsplit(".", 1)[-1]
         raise UserError(
-            f"{ckpt} is from a run of {planned} epochs, and its {name} schedule spans them: with "
-            f"trainer.max_epochs={cfg.trainer.max_epochs} it would not stretch but restart. Resume "
-            f"with trainer.max_epochs={planned}, or start a new run from its weights: "
-            f"model.net.weights_path={ckpt}"
+            f"{ckpt} has trained {done:.3g} of its {planned} epochs: trainer.max_epochs="
+            f"{max_epochs} leaves none to stretch its {name} schedule over: resume with "
+            f"trainer.max_epochs above {done:.3g}."
         )
