@@ -1,9 +1,10 @@
-"""verify.py: every problem of a photo folder or a CSV listing found up front, and listed."""
+"""verify.py: every problem of a photo folder, a CSV listing or shards, found up front and
+listed."""
 
 from pathlib import Path
 
 from imgcls.verify import verify
-from tests.data_factory import BAD, photo_tree, write_label_csv
+from tests.data_factory import BAD, photo_tree, write_label_csv, write_shard_set
 
 
 def test_verify_lists_every_problem(make_cfg, tmp_path: Path) -> None:
@@ -27,3 +28,20 @@ def test_verify_lists_the_rows_of_a_csv_training_would_leave_out(make_cfg, tmp_p
         "labels.csv line 63": "001.jpg has no label",
         str(tmp_path / "labelled" / "cat" / "000.jpg"): "empty file (0 bytes)",
     }
+
+
+def test_verify_lists_the_chunks_of_shards_missing_or_cut_short(make_cfg, tmp_path: Path) -> None:
+    shards = write_shard_set(tmp_path)
+    cfg = make_cfg("data=shards", f"data.root={shards}", config_name="verify")
+    assert verify(cfg) == []  # every chunk whole
+    train, val = shards / "train" / "chunk-0-0.bin", shards / "val" / "chunk-0-0.bin"
+    size = train.stat().st_size
+    train.write_bytes(train.read_bytes()[:100])  # a copy cut short
+    val_size = val.stat().st_size
+    val.unlink()
+    problems = dict(verify(cfg))
+    assert problems == {
+        str(train): f"damaged: 100 bytes, its index.json says {size} (cut short)",
+        str(val): f"missing (its index.json lists it, {val_size} bytes)",
+    }
+    assert (tmp_path / "run" / "problems.csv").read_text().count("\n") == 3

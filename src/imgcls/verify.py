@@ -1,10 +1,12 @@
 """Scan a dataset up front: `imgcls-verify data=folder data.root=DIR` (or `data=csv
-data.csv=FILE`).
+data.csv=FILE`, or `data=shards data.root=DIR|s3://bucket/prefix`).
 
 Decodes every image of every split exactly as training would, and prints a table of the files
 that cannot be read and why (and of the class folders without images, or the CSV rows training
 would leave out); also written to `problems.csv` in the run dir. Exit code 1 if any,
 so it can guard a data pipeline. Training itself skips such files (`data.on_bad_image=skip`).
+Shards: every chunk missing or not the size its split's index.json gives (a copy or upload
+cut short), which a run refuses to start on.
 """
 
 import csv
@@ -18,6 +20,7 @@ from rich.table import Table
 from imgcls.data.decoding.images import BadImageError, read_rgb
 from imgcls.data.loaders import auto_workers
 from imgcls.data.sources.folder import FolderDataModule
+from imgcls.data.sources.shards import ShardsDataModule, check_chunks, read_meta
 from imgcls.run.compose import instantiate
 from imgcls.run.settle import settle
 from imgcls.run.task import task_main
@@ -51,11 +54,18 @@ def find_problems(datamodule: FolderDataModule) -> list[tuple[str, str]]:
 def verify(cfg: DictConfig) -> list[tuple[str, str]]:
     settle(cfg)
     datamodule = instantiate(cfg.data)
-    if not isinstance(datamodule, FolderDataModule):
+    if isinstance(datamodule, ShardsDataModule):
+        read_meta(datamodule.store)  # shards at all: one line if not
+        problems = check_chunks(datamodule.store)[1]
+        whole = f"Every chunk under {datamodule.root} is the size its index.json gives."
+    elif isinstance(datamodule, FolderDataModule):
+        # rows with several labels are rows like any other here; whether a run takes them is
+        # its own
+        datamodule.multilabel = datamodule.supports_multilabel
+        problems = find_problems(datamodule)
+        whole = f"All images under {datamodule.root} read correctly."
+    else:
         raise UserError(f"{cfg.data._target_} is not read from image files: nothing to verify.")
-    # rows with several labels are rows like any other here; whether a run takes them is its own
-    datamodule.multilabel = datamodule.supports_multilabel
-    problems = find_problems(datamodule)
     console = Console()
     if problems:
         table = Table(title=f"{len(problems)} problem(s) in {datamodule.root}")
@@ -69,7 +79,7 @@ def verify(cfg: DictConfig) -> list[tuple[str, str]]:
             csv.writer(f).writerows([("path", "problem"), *problems])
         console.print(f"Written to {out}")
     else:
-        console.print(f"[green]All images under {datamodule.root} read correctly.")
+        console.print(f"[green]{whole}")
     return problems
 
 

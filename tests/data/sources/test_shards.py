@@ -1,10 +1,14 @@
 """data=shards: a photo folder written as LitData shards by imgcls-prepare, trained on from a
 folder and from an S3-compatible server started here on 127.0.0.1, and resumed mid-epoch
-exactly where the checkpoint was taken (on two nodes: tests/test_multinode.py)."""
+exactly where the checkpoint was taken (on two nodes: tests/test_multinode.py); evaluation
+shares, persistent workers, the chunk cache and damaged chunks."""
 
 import csv
+import inspect
 import json
+import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -15,13 +19,16 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from imgcls.data.sources.folder import FolderDataModule
+from imgcls.data.sources.shards import ShardsDataModule, write_shards
 from imgcls.prepare import SKIPPED_FILE
 from imgcls.prepare import main as prepare_main
 from imgcls.run.compose import compose_config, instantiate
+from imgcls.train import main as train_main
 from imgcls.train import train
 from imgcls.utils.errors import UserError
-from tests.data_factory import BAD, photo_tree, write_label_csv
-from tests.helpers import CLI_QUIET, run_cli
+from tests.data_factory import BAD, photo_tree, write_class_tree, write_label_csv
+from tests.helpers import CLI_QUIET, fake_trainer, run_cli
 
 # 64 train images (one of the 65 is no image) in batches of 16: 4 steps an epoch, 2 epochs
 RUN = [
@@ -201,3 +208,170 @@ def test_decoded_on_the_device_from_the_shards_bytes(shards: Path, tmp_path: Pat
     metrics, objects = train(cfg)
     assert objects["datamodule"].decodes_on_device()
     assert metrics["test/acc"] > 0.5  # three colours, from JPEG bytes decoded in batches
+
+
+def small_chunks(root: Path, per_class: int = 30) -> Path:
+    """root/shards: two colours of photo (42 train, 12 val, 6 test) in chunks of ~4 images."""
+    photos = write_class_tree(root / "photos", ("a", "b"), per_class)
+    source = FolderDataModule(root=str(photos), artifacts_dir=str(root / "shards"))
+    samples, names = source.split_samples(), source.class_names
+    write_shards(samples, names, False, photos, root / "shards", workers=1, chunk_bytes="3kb")
+    return root / "shards"
+
+
+def chunk_of_each_item(split: Path) -> list[int]:
+    """The chunk each item of a split is in, by the split's index.json."""
+    chunks = json.loads((split / "index.json").read_text())["chunks"]
+    return [n for n, chunk in enumerate(chunks) for _ in range(chunk["chunk_size"])]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_each_rank_evaluates_a_contiguous_share_so_each_chunk_is_read_by_about_one_rank(
+    tmp_path: Path, world_size: int
+) -> None:
+    shards = small_chunks(tmp_path)
+    chunk_of = chunk_of_each_item(shards / "val")
+    assert len(set(chunk_of)) >= 3  # several chunks, or the test shows nothing
+    dm = ShardsDataModule(root=str(shards), batch_size=5, num_workers=0)
+    dm.setup()
+    every = torch.cat([labels for _, labels in dm.val_dataloader()])  # one process: all
+    assert len(every) == len(chunk_of)
+    shares, labels = [], []
+    for rank in range(world_size):
+        dm.trainer = fake_trainer(world_size=world_size, rank=rank)
+        loader = dm.val_dataloader()
+        shares.append(list(loader.sampler))
+        labels.append(torch.cat([labels for _, labels in loader]))
+    # every item once over the ranks, no padding duplicates, each rank a run of them
+    assert [i for share in shares for i in share] == list(range(len(chunk_of)))
+    assert torch.equal(torch.cat(labels), every)
+    reads = sum(len({chunk_of[i] for i in share}) for share in shares)
+    assert reads <= len(set(chunk_of)) + world_size - 1  # a chunk on a border: two ranks
+
+
+class WorkerPids(Callback):
+    """Appends, at each training epoch's end, the pids of the train loader's live workers
+    (none where the loader keeps no workers between epochs)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        kept = trainer.datamodule._train_loader._iterator  # torch keeps persistent workers' here
+        pids = sorted(w.pid for w in kept._workers) if kept is not None else []
+        with open(self.path, "a") as f:
+            f.write(f"{pids}\n")
+
+
+@pytest.mark.slow(seconds=10)
+def test_training_workers_live_through_the_run_and_each_epoch_draws_its_own_order(
+    shards: Path, tmp_path: Path
+) -> None:
+    """Epochs cut short (limit_train_batches) leave a kept worker's own epoch count behind: each
+    still draws the order of the epoch the loader is at, not the last one's again."""
+    record = [
+        "+callbacks.record._target_=tests.data.sources.test_shards.RecordBatches",
+        f"+callbacks.record.path={tmp_path}/batches.txt",
+        "+callbacks.pids._target_=tests.data.sources.test_shards.WorkerPids",
+        f"+callbacks.pids.path={tmp_path}/pids.txt",
+    ]
+    cut_short = ["trainer.max_epochs=3", "+trainer.limit_train_batches=2", "test=false"]
+    cfg = run_cfg(str(shards), tmp_path, "data.augment.preset=none", *cut_short, *record)
+    train(cfg)
+    pids = (tmp_path / "pids.txt").read_text().splitlines()
+    assert len(pids) == 3
+    assert pids[0] != "[]"
+    assert len(set(pids)) == 1  # the same worker every epoch
+    batches = steps_seen(tmp_path / "batches.txt")
+    assert len(batches) == 6
+    assert len(set(batches.values())) == 6  # no epoch replays another's batches
+
+
+def test_the_chunk_cache_defaults_beside_the_data_and_takes_a_size(tmp_path: Path) -> None:
+    cfg = run_cfg(str(tmp_path), tmp_path, "paths.data_dir=/data", "data.cache_size=300GB")
+    assert cfg.data.cache_dir == "/data/.shards-cache"  # a disk, kept across runs; not $TMPDIR
+    shards = small_chunks(tmp_path)
+    dm = instantiate(run_cfg(str(shards), tmp_path, "data.cache_size=300GB").data)
+    dm.setup()
+    assert dm.splits.train.max_cache_size == "300GB"  # LitData's max_cache_size
+    with pytest.raises(UserError, match=r"data\.cache_size=lots: "):
+        instantiate(run_cfg(str(shards), tmp_path, "data.cache_size=lots").data)
+
+
+def test_litdata_still_resolves_its_cache_size_as_the_cache_does() -> None:
+    """ShardsDataModule.cache_cap reports the cap with LitData's private resolver, the one its
+    Cache applies to max_cache_size."""
+    from litdata.streaming.cache import Cache
+    from litdata.utilities.format import _resolve_max_cache_size
+
+    assert _resolve_max_cache_size("2GB") == 2 * 10**9
+    assert "_resolve_max_cache_size(max_cache_size" in inspect.getsource(Cache.__init__)
+
+
+def cut_short(chunk: Path) -> None:
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+
+
+def test_a_truncated_chunk_fails_a_run_in_one_line(
+    tmp_path: Path, command_exit, capfd: pytest.CaptureFixture
+) -> None:
+    shards = small_chunks(tmp_path)
+    chunk = shards / "train" / "chunk-0-1.bin"
+    size = chunk.stat().st_size
+    cut_short(chunk)
+    args = [*RUN, f"data.root={shards}", f"paths.log_dir={tmp_path}/logs"]
+    assert command_exit(train_main, "train.py", *args) == 1
+    printed = capfd.readouterr()
+    shown = printed.out + printed.err
+    (line,) = [line for line in shown.splitlines() if "UserError" in line]  # one line
+    assert line.endswith(
+        f"UserError: The shard file {chunk} is damaged: {size // 2} bytes, its index.json says "
+        f"{size} (cut short). Copy it again, or write the shards again (imgcls-prepare SRC DST "
+        f"--format shards); imgcls-verify data=shards data.root={shards} lists every one."
+    )
+    assert "Traceback" not in shown
+
+
+def upload(client: Any, shards: Path, bucket: str, prefix: str) -> None:
+    client.create_bucket(Bucket=bucket)
+    for path in shards.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(shards)}")
+
+
+def test_a_bucket_run_says_where_its_cache_is_and_refuses_a_truncated_chunk(
+    tmp_path: Path, s3_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import boto3
+
+    shards = small_chunks(tmp_path)
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    upload(client, shards, "photos", "v1")
+    endpoint = [
+        f"+data.storage_options.endpoint_url={s3_server}",
+        "+data.storage_options.region_name=us-east-1",
+        f"data.cache_dir={tmp_path}/cache",
+    ]
+    cfg = run_cfg("s3://photos/v1", tmp_path, *endpoint, "data.cache_size=20KB")
+    caplog.set_level(logging.INFO, logger="imgcls.data.sources.shards")
+    instantiate(cfg.data).setup()
+    said = [r.getMessage() for r in caplog.records if r.name == "imgcls.data.sources.shards"]
+    assert said[0] == (
+        f"Chunks streamed from s3://photos/v1 are cached in {tmp_path}/cache (this node's), at "
+        "most 20.0 KB for each split (data.cache_size=20KB)"
+    )
+    train_bytes = sum(p.stat().st_size for p in (shards / "train").glob("chunk-*.bin"))
+    assert said[1].startswith(
+        f"The chunk cache (20.0 KB a split) is smaller than train ({train_bytes / 1000:.1f} KB): "
+        "every epoch downloads it again"
+    )  # val and test fit
+    assert len(said) == 2
+
+    chunk = shards / "val" / "chunk-0-1.bin"
+    cut_short(chunk)
+    client.upload_file(str(chunk), "photos", "v1/val/chunk-0-1.bin")  # cut short on the server
+    with pytest.raises(
+        UserError, match=re.escape("s3://photos/v1/val/chunk-0-1.bin is damaged: ")
+    ) as err:
+        instantiate(cfg.data).setup()
+    assert "\n" not in str(err.value)

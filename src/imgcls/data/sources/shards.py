@@ -7,8 +7,12 @@ a shard holds thousands of images back to back, and LitData streams them (chunks
 ahead, cached on local disk), gives each rank and each loader worker its share, shuffles by
 (seed, epoch), and keeps its place in the checkpoint: Lightning saves the train loader's state
 with every checkpoint and restores it on a resume, so a run resumed mid-epoch reads the rest of
-that epoch, not its start. Validation and test read every image exactly once (ranks may get
-unequal shares, as for files).
+that epoch, not its start; its workers live through the run. Validation and test read every
+image exactly once, each rank a contiguous run of them (so each chunk is read by about one rank;
+ranks may get unequal shares, as for files). Chunks streamed from an object store are kept in
+`data.cache_dir` (beside the data by default), at most `data.cache_size` a split. Every chunk
+is checked against its split's index.json before a run: one cut short on a disk or in a bucket
+is one line, not a loader worker's timeout mid-epoch (`imgcls-verify` lists them all).
 
 Layout of DST: `meta.json` (class names, one label or several per image, images per class of
 each split), and `train/`, `val/`, `test/`, each LitData's `index.json` and `chunk-*.bin`. Each
@@ -25,12 +29,13 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.data.decoding.device import collate_encoded, for_device
@@ -70,22 +75,96 @@ def object_store_options(options: dict | None) -> dict[str, Any]:
     return opts
 
 
-def read_meta(root: str, storage_options: dict | None = None) -> dict:
+class ShardStore:
+    """The files of a shards root, in a folder or in a bucket: read whole, or listed with their
+    sizes (one listing a thousand chunks in a bucket, so a run can check every chunk at start)."""
+
+    def __init__(self, root: str, storage_options: dict | None = None) -> None:
+        self.root = root
+        if is_remote(root):
+            import boto3
+
+            self.bucket, _, prefix = root.split("://", 1)[1].partition("/")
+            self.prefix = prefix.strip("/")
+            self.client = boto3.client("s3", **object_store_options(storage_options))
+
+    def where(self, name: str) -> str:
+        """The file's path, or its address in the bucket."""
+        return (
+            f"{self.root.rstrip('/')}/{name}"
+            if is_remote(self.root)
+            else str(Path(self.root) / name)
+        )
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}".lstrip("/")
+
+    def read(self, name: str) -> bytes:
+        if not is_remote(self.root):
+            return Path(self.root, name).read_bytes()
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+
+    def sizes(self, folder: str) -> dict[str, int]:
+        """Bytes of each file directly in `folder`, by file name."""
+        if not is_remote(self.root):
+            found = Path(self.root, folder)
+            return {p.name: p.stat().st_size for p in found.iterdir()} if found.is_dir() else {}
+        listing = self.client.get_paginator("list_objects_v2")
+        prefix = self._key(folder).rstrip("/") + "/"
+        return {
+            item["Key"][len(prefix) :]: item["Size"]
+            for page in listing.paginate(Bucket=self.bucket, Prefix=prefix)
+            for item in page.get("Contents", [])
+            if "/" not in item["Key"][len(prefix) :]
+        }
+
+
+def read_meta(store: ShardStore) -> dict:
     """DST/meta.json, from a folder or an object store; one line if it is not there."""
     try:
-        if not is_remote(root):
-            return json.loads((Path(root).expanduser() / META_FILE).read_text(**PATH_TEXT))
-        import boto3
-
-        bucket, _, prefix = root.split("://", 1)[1].partition("/")
-        client = boto3.client("s3", **object_store_options(storage_options))
-        key = f"{prefix.rstrip('/')}/{META_FILE}".lstrip("/")
-        return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return json.loads(store.read(META_FILE))
     except Exception as err:  # a missing file, bucket or endpoint: each botocore's own class
         raise UserError(
-            f"data.root={root} holds no shards ({META_FILE}: {type(err).__name__}: {err}); "
+            f"data.root={store.root} holds no shards ({META_FILE}: {type(err).__name__}: {err}); "
             "write them with: imgcls-prepare SRC DST --format shards"
         ) from None
+
+
+def check_chunks(store: ShardStore) -> tuple[dict[str, dict], list[tuple[str, str]]]:
+    """Each split's LitData index.json, and (file, problem) for every index.json that cannot
+    be read and every chunk missing or not the size its index.json gives. A chunk cut short (a
+    full disk, an interrupted copy or upload) otherwise fails mid-epoch in a loader worker, as
+    LitData's timeout waiting for the rest of it, which names no cause."""
+    indexes, problems = {}, []
+    for split in SPLITS:
+        name = f"{split}/index.json"
+        try:
+            indexes[split] = json.loads(store.read(name))
+        except Exception as err:  # missing (each store's own class) or not JSON
+            problems.append((store.where(name), f"unreadable: {type(err).__name__}: {err}"))
+    for split, index in indexes.items():
+        on_disk = store.sizes(split)
+        for chunk in index["chunks"]:
+            name, size = chunk["filename"], chunk["chunk_bytes"]
+            found = on_disk.get(name)
+            if found is None:
+                problem = f"missing (its index.json lists it, {size} bytes)"
+            elif found != size:
+                cut = "cut short" if found < size else "longer than written"
+                problem = f"damaged: {found} bytes, its index.json says {size} ({cut})"
+            else:
+                continue
+            problems.append((store.where(f"{split}/{name}"), problem))
+    return indexes, problems
+
+
+def _in_units(size: float) -> str:
+    """A size in bytes as a person reads it (decimal units, as LitData's sizes)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 def _multi_hot(data: bytes | memoryview) -> torch.Tensor:
@@ -106,6 +185,23 @@ def make_streaming_dataset(
     from litdata import StreamingDataset
 
     class Split(StreamingDataset):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # the epoch the loader set in the main process, in memory its workers share
+            self._loader_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+        def set_epoch(self, current_epoch: int) -> None:
+            super().set_epoch(current_epoch)
+            self._loader_epoch.fill_(self.current_epoch)
+
+        def __iter__(self) -> Any:
+            """Each epoch in the order of the epoch the loader is at: a persistent worker's
+            copy of the dataset counts its epochs itself, and one cut short
+            (trainer.limit_train_batches) would replay its order. (A resumed epoch's number
+            comes with LitData's state, which wins.)"""
+            self.current_epoch = int(self._loader_epoch)
+            return super().__iter__()
+
         def __getitem__(self, index: Any) -> tuple[Any, Any]:
             item = super().__getitem__(index)
             data, name = bytes(item["image"]), bytes(item["path"]).decode()
@@ -121,14 +217,31 @@ def make_streaming_dataset(
 class IndexedSplit(Dataset):
     """A streamed split read by index (a map-style dataset for a sampler of our own)."""
 
-    def __init__(self, streaming: Dataset, size: int, collate_fn: Any = None) -> None:
-        self.streaming, self.size, self.collate_fn = streaming, size, collate_fn
+    def __init__(self, streaming: Dataset, size: int) -> None:
+        self.streaming, self.size = streaming, size
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index: int) -> Any:
         return self.streaming[int(index)]
+
+
+class ContiguousShare(DistributedSampler):
+    """This rank's share of an evaluation split: a contiguous run of its items, rank r of R
+    reading [r * N // R, (r + 1) * N // R). Every item is read once over the ranks (no padding
+    duplicates), and each chunk by about one rank: a strided share (every R-th item) has every
+    rank read every chunk, R times the bucket reads. A DistributedSampler, so Lightning keeps
+    it under DDP."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        size = len(dataset)
+        self.start, self.stop = size * rank // num_replicas, size * (rank + 1) // num_replicas
+        self.num_samples, self.total_size = self.stop - self.start, size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
 
 
 class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
@@ -140,11 +253,14 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
         decode: str = "cpu",
         storage_options: dict | None = None,
         cache_dir: str | None = None,
+        cache_size: int | float | str | None = None,
         **loader_kwargs: Any,
     ) -> None:
         """`storage_options`: boto3 client arguments for an s3:// root (endpoint_url, ...);
         `cache_dir`: where chunks streamed from an object store are kept on this node (LitData's
-        default, ~/.lightning/chunks, when null)."""
+        default, ~/.lightning/chunks, when null); `cache_size`: how much of them each split may
+        keep there (LitData's max_cache_size: "200GB", bytes, or a fraction of the disk's free
+        space; LitData's default from the free space when null)."""
         super().__init__(**loader_kwargs)
         self.choose_decode_place(decode)
         if self.sampler != "random":
@@ -159,13 +275,19 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
             )
         self.root = root if is_remote(root) else str(Path(root).expanduser())
         self.storage_options = object_store_options(storage_options) if is_remote(root) else {}
-        self.cache_dir = cache_dir
+        self.cache_dir, self.cache_size = cache_dir, cache_size
+        if cache_size is not None:
+            self.cache_cap()  # a size LitData cannot read: one line now, not a traceback later
         self._train_loader: Any = None  # LitData's, for its state
         self._loader_state: dict | None = None  # a checkpoint's
 
     @cached_property
+    def store(self) -> ShardStore:
+        return ShardStore(self.root, self.storage_options)
+
+    @cached_property
     def meta(self) -> dict:
-        meta = read_meta(self.root, self.storage_options)
+        meta = read_meta(self.store)
         if self.multilabel and not meta["multilabel"]:
             raise UserError(
                 f"model.task=multilabel, but the shards at {self.root} hold one label per image: "
@@ -200,6 +322,9 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
 
     def build_splits(self) -> Splits:
         self.meta  # noqa: B018  (read first: the shards' labels and the task must agree)
+        indexes = self.check_chunks()
+        if is_remote(self.root):
+            self.describe_cache(indexes, self.cache_cap())
         if self.trainer is not None:  # LitData would guess the nodes from the GPUs per node
             os.environ["NNODES"] = str(getattr(self.trainer, "num_nodes", 1))
         pipeline, on_device = self.pipeline, self.decodes_on_device()
@@ -209,6 +334,7 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
             multilabel=self.multilabel,
             storage_options=self.storage_options or None,
             cache_dir=self.cache_dir,
+            max_cache_size=self.cache_size,
         )
         seed = self.run_seed if self.run_seed is not None else 0
         return Splits(
@@ -226,28 +352,79 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
             ),
         )  # fmt: skip
 
+    def check_chunks(self) -> dict[str, dict]:
+        """Each split's index.json, once every chunk is checked against it: a damaged one is one
+        line before any work, not a loader worker's timeout mid-epoch."""
+        indexes, problems = check_chunks(self.store)
+        if problems:
+            (where, problem), more = problems[0], len(problems) - 1
+            raise UserError(
+                f"The shard file {where} is {problem}"
+                + (f", and {more} more file(s)" if more else "")
+                + ". Copy it again, or write the shards again (imgcls-prepare SRC DST --format "
+                f"shards); imgcls-verify data=shards data.root={self.root} lists every one."
+            )
+        return indexes
+
+    def cache_cap(self) -> int:
+        """The bytes each split may keep in the cache, as LitData reads data.cache_size (its
+        MAX_CACHE_SIZE variable first); a value it cannot read is one line."""
+        from litdata.utilities.format import _resolve_max_cache_size
+
+        try:
+            return _resolve_max_cache_size(self.cache_size, self.cache_dir)
+        except (TypeError, ValueError) as err:
+            raise UserError(
+                f"data.cache_size={self.cache_size}: {err} (give e.g. 200GB, or null for "
+                "LitData's default)"
+            ) from None
+
+    def describe_cache(self, indexes: dict[str, dict], cap: int) -> None:
+        """One line: where this node keeps the chunks it streams, and how much of them; and one
+        warning where a split is larger than that (LitData then deletes each chunk once read:
+        every epoch downloads the whole split again)."""
+        where = self.cache_dir or "LitData's default folder (~/.lightning/chunks)"
+        given = f"data.cache_size={self.cache_size}"
+        if self.cache_size is None:
+            given = "data.cache_size=null: LitData's default, from the free space there"
+        log.info(
+            f"Chunks streamed from {self.root} are cached in {where} (this node's), at most "
+            f"{_in_units(cap)} for each split ({given})"
+        )
+        nodes = getattr(self.trainer, "num_nodes", 1) if self.trainer is not None else 1
+        sizes = {s: sum(c["chunk_bytes"] for c in i["chunks"]) for s, i in indexes.items()}
+        over = {split: size for split, size in sizes.items() if size // nodes > cap}
+        if over:
+            splits = ", ".join(f"{split} ({_in_units(size)})" for split, size in over.items())
+            log.warning(
+                f"The chunk cache ({_in_units(cap)} a split) is smaller than {splits}"
+                f"{' per node' if nodes > 1 else ''}: every epoch downloads it again; give "
+                "data.cache_size more than that, on a disk with room for it."
+            )
+
     def _loader(self, dataset: Dataset, train: bool, shard: bool = True) -> Any:
         """Training: LitData's loader, which shards by rank and worker itself, sets the epoch of
-        the (seed, epoch) shuffle, and has a state Lightning keeps in checkpoints. Evaluation:
-        the split read by index, each rank every N-th image as for files, so every image is
-        read exactly once (LitData's own split deals out whole batches and gives what is left
-        to the last rank: a small split would leave the other ranks none)."""
-        if not train:
-            size = self.split_size(self._split_named(dataset))
-            collate = collate_encoded if self.decodes_on_device() else None
-            return super()._loader(IndexedSplit(dataset, size, collate), train, shard)
+        the (seed, epoch) shuffle, and has a state Lightning keeps in checkpoints; its workers
+        live through the run (a fork a worker an epoch otherwise). Evaluation: the split read
+        by index, each rank a contiguous share (ContiguousShare), so every image is read once
+        and each chunk by about one rank (LitData's own split deals out whole batches and gives
+        what is left to the last rank: a small split would leave the other ranks none)."""
         workers = self.resolved_workers()
-        self._train_loader = _resumable_loader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=workers,
-            collate_fn=collate_encoded if self.decodes_on_device() else None,
-            pin_memory=self.pin_memory and self.device.type == "cuda",
-            # LitData sets each epoch's order in the main process's copy of the dataset: a
-            # worker kept from the last epoch would replay its order
-            persistent_workers=False,
-            prefetch_factor=self.prefetch_factor if workers > 0 else None,
-        )
+        common = {
+            "num_workers": workers,
+            "collate_fn": collate_encoded if self.decodes_on_device() else None,
+            "pin_memory": self.pin_memory and self.device.type == "cuda",
+            "persistent_workers": self.persistent_workers and workers > 0,
+            "prefetch_factor": self.prefetch_factor if workers > 0 else None,
+        }
+        if not train:
+            split = IndexedSplit(dataset, self.split_size(self._split_named(dataset)))
+            rank, world_size = (0, 1)
+            if shard and self.trainer is not None:
+                rank, world_size = self.trainer.global_rank, self.trainer.world_size
+            share = ContiguousShare(split, world_size, rank)
+            return DataLoader(split, self.eval_batch_size, sampler=share, **common)
+        self._train_loader = _resumable_loader(dataset, batch_size=self.batch_size, **common)
         if self._loader_state is not None:
             self._train_loader.load_state_dict(self._loader_state)
         return self._train_loader
@@ -276,6 +453,18 @@ def _resumable_loader(*args: Any, **kwargs: Any) -> Any:
 
     class ResumableLoader(StreamingDataLoader):
         _loaded: tuple | None = None
+        _resumed_epoch_begun = False
+
+        def __iter__(self) -> Any:
+            """The loaded place holds for the first epoch iterated after the load only.
+            Lightning leaves a resumed epoch's iterator after its count of batches without
+            asking for one more, and LitData clears its restore flag only at an iterator's
+            end: the next epoch would start at the loaded place again, yield nothing and
+            never validate (or, with kept workers, replay the first epoch's order)."""
+            if self.restore and self._resumed_epoch_begun:
+                self.restore = False
+            self._resumed_epoch_begun = self.restore
+            yield from super().__iter__()
 
         def load_state_dict(self, obj: dict[str, Any]) -> None:
             place = (obj["current_epoch"], obj["num_samples_yielded"], obj["latest_worker_idx"])
