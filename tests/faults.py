@@ -2,9 +2,11 @@
 
 import os
 import signal
+import sys
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 
@@ -62,3 +64,32 @@ class FailOnRank(Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
         if self.fails and trainer.global_rank == self.rank:
             raise RuntimeError(f"rank {self.rank} fails on purpose")
+
+
+class InfiniteLossOnRank(Callback):
+    """Make the training loss of DDP rank `rank` infinite at training step `step` + 1 only (its
+    images set to infinity: the other ranks' losses stay finite at that step)."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            batch[0].fill_(float("inf"))
+
+
+class AsIfNccl(Callback):
+    """imgcls's own code sees the process group as NCCL's (a CPU has only gloo), and no process
+    group but the run's may be opened: the marks of a preemption must be combined on it."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        real_backend = dist.get_backend
+
+        def backend(group: Any = None) -> str:
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            return "nccl" if caller.startswith("imgcls.") else real_backend(group)
+
+        def no_side_group(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("a process group besides the run's was opened")
+
+        dist.get_backend, dist.new_group = backend, no_side_group

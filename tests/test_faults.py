@@ -2,6 +2,7 @@
 signalled, losses turn NaN, the disk fills, checkpoints carry code, configs have typos. Each test
 checks that no finished work is lost and that the message says what to do."""
 
+import csv
 import errno
 import json
 import os
@@ -20,6 +21,7 @@ from imgcls.run.compose import compose_config
 from imgcls.run.record import run_recorded
 from imgcls.train import build_components, main, train
 from imgcls.utils.errors import UserError
+from tests.data_factory import write_class_tree, write_shard_set
 from tests.helpers import CLI_QUIET, run_cli
 
 # 6 full steps per epoch (1,257 training digits, batches of 200, the last partial one
@@ -292,3 +294,69 @@ def test_an_unknown_key_on_the_command_line_names_the_close_one(
     assert "Did you mean trainer.max_epochs?" in stderr
     assert "The keys of trainer: " in stderr
     assert not (tmp_path / "train").exists()  # refused before any run dir was made
+
+
+def validated_epochs(log_dir: Path) -> set[int]:
+    (metrics,) = log_dir.glob("train/runs/*/csv/metrics.csv")  # the runs' rows, resumed or not
+    with open(metrics, newline="") as f:
+        return {int(row["epoch"]) for row in csv.DictReader(f) if row.get("val/acc")}
+
+
+@pytest.mark.slow(seconds=30)
+@pytest.mark.parametrize("source", ["shards", "folder"])
+def test_a_preempted_run_resumed_ends_its_epoch_where_it_would_validates_and_completes(
+    tmp_path: Path, source: str
+) -> None:
+    """SIGTERM during step 3 of 7 (epoch 0): stopped at that step's end, before the next batch
+    is fetched. Resumed, epoch 0 ends at step 7 as it would have, validates and checkpoints,
+    and the run completes; from shards every later step gets the uninterrupted run's batch."""
+    photos = write_class_tree(tmp_path / "photos", ["red", "green", "blue"], per_class=27)
+    root = photos
+    if source == "shards":
+        root = write_shard_set(tmp_path, ["red", "green", "blue"], per_class=27)
+    record = "+callbacks.record._target_=tests.data.sources.test_shards.RecordBatches"
+    args = [
+        f"data={source}",
+        f"data.root={root}",
+        "data.train_crop=32",
+        "data.eval_resize=36",
+        "data.eval_crop=32",
+        "data.batch_size=8",  # 56 training images: 7 steps an epoch
+        "data.num_workers=1",
+        "data.augment.preset=none",  # the workers' random streams are not in a checkpoint
+        "model=cifar_quick",
+        "trainer.max_epochs=2",
+        "test=false",
+        record,
+        *CLI_QUIET,
+    ]
+    whole = tmp_path / "whole"
+    cfg = compose_config(
+        "train", [*args, f"paths.log_dir={whole}", f"+callbacks.record.path={whole}.txt"]
+    )
+    run_recorded(cfg, lambda: train(cfg))
+    (ckpt,) = whole.glob("train/runs/*/checkpoints/last.ckpt")
+    steps = torch.load(ckpt, weights_only=True)["global_step"]
+    assert steps == 14
+
+    stopped = tmp_path / "stopped"
+    again = [*args, f"paths.log_dir={stopped}", f"+callbacks.record.path={stopped}.txt"]
+    fault = [
+        "+callbacks.fault._target_=tests.faults.SignalAtStep",
+        "+callbacks.fault.step=2",
+        "+callbacks.fault.name=SIGTERM",
+    ]
+    result = run_cli("train.py", [*again, *fault])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert status(stopped)["status"] == "preempted"
+    (last,) = stopped.glob("train/runs/*/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+
+    resume = compose_config("train", [*again, "ckpt_path=last"])
+    run_recorded(resume, lambda: train(resume))
+    assert status(stopped)["status"] == "completed"
+    assert torch.load(last, weights_only=True)["global_step"] == steps
+    assert validated_epochs(stopped) == validated_epochs(whole) == {0, 1}
+    if source == "shards":  # the loader's place came back with the checkpoint
+        seen = Path(f"{whole}.txt").read_text().splitlines()
+        assert Path(f"{stopped}.txt").read_text().splitlines() == seen

@@ -22,6 +22,7 @@ from tests.data_factory import (
     write_cifar,
     write_class_tree,
     write_imagenet,
+    write_label_csv,
 )
 from tests.helpers import CLI_QUIET, dirs_under, run_cli
 from tests.test_recipes import PUBLISHED
@@ -104,6 +105,30 @@ def test_channels_last_and_bf16_train_on_cpu(make_cfg) -> None:
     conv = objects["model"].net[0]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert metrics["train/loss"] == metrics["train/loss"]  # not NaN
+
+
+@pytest.mark.parametrize("multilabel", [False, True], ids=["mixup", "multilabel"])
+def test_a_net_held_in_bf16_trains_validates_and_tests(
+    make_cfg, tmp_path: Path, multilabel: bool
+) -> None:
+    """trainer.precision=bf16-true: the weights are bf16, so are the batches the device
+    transform makes (they leave it as float32 otherwise and the first conv refuses them)."""
+    task = ["data.augment.mixup_alpha=0.2"]
+    if multilabel:
+        labels = write_label_csv(tmp_path / "photos", per_class=6)
+        task += ["data=csv", f"data.csv={labels}", "model.task=multilabel", "data.train_crop=32"]
+    cfg = make_cfg(
+        "model=cifar_quick",
+        "trainer.precision=bf16-true",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+        *task,
+    )
+    metrics, objects = train(cfg)
+    assert next(objects["model"].net.parameters()).dtype == torch.bfloat16
+    assert all(math.isfinite(value) for value in metrics.values())
 
 
 def test_compile_wraps_nets_that_are_not_sequential(make_cfg, monkeypatch) -> None:

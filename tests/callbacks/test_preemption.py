@@ -35,15 +35,26 @@ def handlers() -> None:
 
 
 class SignalledAt(Callback):
-    """At the end of training step `step`, call the handler installed for `signum`, as the
-    signal arriving then would."""
+    """During training step `step` (at its batch's start), call the handler installed for
+    `signum`, as the signal arriving then would."""
 
     def __init__(self, step: int, signum: int) -> None:
         self.step, self.signum = step, signum
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step + 1 == self.step:
             signal.getsignal(self.signum)(self.signum, None)
+
+
+class FetchCount(Callback):
+    """How many training batches were handed to the loop (a batch fetched is a batch a
+    resumable loader has given out)."""
+
+    def __init__(self) -> None:
+        self.fetched = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.fetched += 1
 
 
 def checkpoint(folder: Path) -> CheckpointWithBestLink:
@@ -51,21 +62,44 @@ def checkpoint(folder: Path) -> CheckpointWithBestLink:
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
-def test_a_signal_stops_the_next_step_and_saves_last_at_this_one(
+def test_a_signal_stops_at_the_end_of_its_step_and_saves_last_there(
     tmp_path: Path, signum: int
 ) -> None:
-    preemption = PreemptionCheckpoint(signals=["SIGUSR1"])
+    """Stopped at the batch's end, no batch after it fetched: a resumed loader continues at the
+    next one (stopping at the next batch's start lost the batch fetched for it)."""
+    preemption, fetches = PreemptionCheckpoint(signals=["SIGUSR1"]), FetchCount()
     model = TinyClassifier()
     trainer = tiny_trainer(
-        callbacks=[preemption, SignalledAt(2, signum), checkpoint(tmp_path)],
+        callbacks=[preemption, SignalledAt(2, signum), fetches, checkpoint(tmp_path)],
         enable_checkpointing=True,
         limit_train_batches=5,
     )
     with pytest.raises(SIGTERMException):
         trainer.fit(model, loader(10))
     assert [step for step, _ in model.losses] == [1, 2]  # step 3 never ran
+    assert fetches.fetched == 2
     assert preemption.saved_path == tmp_path / "last.ckpt"
-    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2
+    batches = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+    assert batches["processed"] == 2  # the loop resumes after the second batch
+
+
+def test_halfway_through_accumulating_the_stop_waits_for_the_optimizer_step(
+    tmp_path: Path,
+) -> None:
+    preemption, fetches = PreemptionCheckpoint(), FetchCount()
+    model = TinyClassifier()
+    trainer = tiny_trainer(
+        callbacks=[preemption, SignalledAt(1, signal.SIGTERM), fetches, checkpoint(tmp_path)],
+        enable_checkpointing=True,
+        accumulate_grad_batches=2,
+        limit_train_batches=6,
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.fit(model, loader(12))
+    assert fetches.fetched == 2  # the first batch's gradients were not thrown away
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 1
 
 
 def test_the_signals_marked_are_sigterm_and_those_configured() -> None:
@@ -128,25 +162,12 @@ class SignalledWhileTesting(TinyClassifier):
             signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
 
 
-@pytest.mark.xfail(
-    reason="bug in src/imgcls/callbacks/preemption.py: setup installs its mark with "
-    "signal.signal before Lightning's connector records the handlers to restore, so the mark "
-    "stays the process's SIGTERM and SIGUSR1 handler after the fit and after the trainer is "
-    "done (a later SIGTERM, e.g. in a sweep's next job or any in-process caller, is swallowed)",
-    strict=True,
-)
 def test_after_the_fit_the_process_handlers_are_back() -> None:
     model, trainer = TinyClassifier(), tiny_trainer(callbacks=[PreemptionCheckpoint()])
     trainer.fit(model, loader())
     assert all(signal.getsignal(signum) is previous_handler for signum in SIGNALS)
 
 
-@pytest.mark.xfail(
-    reason="bug in src/imgcls/callbacks/preemption.py: the trainer's SIGTERM notifier stays the "
-    "callback's mark after the fit, so a SIGTERM while testing only marks a callback nothing "
-    "reads: the test runs on, where Lightning's own handler stops it",
-    strict=True,
-)
 def test_a_sigterm_while_testing_stops_the_test_as_lightning_does() -> None:
     model = SignalledWhileTesting()
     trainer = tiny_trainer(callbacks=[PreemptionCheckpoint()])

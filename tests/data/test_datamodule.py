@@ -14,6 +14,7 @@ from imgcls.data.sources.digits import DigitsDataModule
 from imgcls.data.sources.fake import FakeDataModule
 from imgcls.input_contract import InputContract
 from imgcls.utils.errors import UserError
+from imgcls.utils.seeding import reseed
 from tests.helpers import fake_trainer
 
 
@@ -131,6 +132,23 @@ def test_training_batches_draw_randomness_from_seed_and_step_with_no_callback() 
     dm.trainer.global_step = 4
     dm.on_before_batch_transfer(None, 0)
     assert not torch.equal(torch.rand(3), first)
+
+
+def test_ddp_loaders_built_after_steps_still_share_one_order() -> None:
+    """A loader rebuilt mid-run (reload_dataloaders_every_n_epochs, a resume) on each rank, with
+    the generator moved on by the per-step reseed differently on each: the ranks' shares still
+    cover every image, as the run's seed and the epoch alone fix the order."""
+    shares = []
+    for rank in (0, 1):
+        dm = FakeDataModule(train_size=40, batch_size=4, num_workers=0)
+        torch.manual_seed(7)  # the run's seed_everything, before setup
+        dm.setup()
+        dm.trainer = fake_trainer(world_size=2, rank=rank)
+        reseed(7, step=10 + rank, rank=rank)  # where each rank's generator is when it rebuilds
+        sampler = dm.train_dataloader().sampler
+        sampler.set_epoch(1)
+        shares.append(list(sampler))
+    assert sorted(shares[0] + shares[1]) == list(range(40))
 
 
 def test_each_rank_augments_the_copies_repeated_augmentation_sends_it_its_own_way() -> None:

@@ -23,7 +23,7 @@ def numbered(size: int) -> TensorDataset:
 
 def loader_of(dataset: TensorDataset, in_memory: bool, batch_size: int, train: bool, **kw):
     held = dataset.tensors if in_memory else None
-    return build_loader(dataset, batch_size, train, held, **kw)
+    return build_loader(dataset, batch_size, train, kw.pop("seed", 0), held, **kw)
 
 
 def batches_of(loader, epoch: int = 0) -> list[torch.Tensor]:
@@ -52,7 +52,7 @@ def test_balanced_sampler_draws_classes_equally_by_seed_and_epoch_in_shares() ->
 
     def drawn(in_memory: bool, rank: int, epoch: int) -> torch.Tensor:
         held = (images, labels) if in_memory else None
-        loader = build_loader(dataset, 20, True, held, weights, rank=rank, world_size=2)
+        loader = build_loader(dataset, 20, True, 7, held, weights, rank=rank, world_size=2)
         loader.sampler.set_epoch(epoch)  # as Lightning does
         return torch.cat([batch_labels for _, batch_labels in loader])
 
@@ -82,16 +82,14 @@ def test_training_order_is_a_function_of_seed_and_epoch(in_memory: bool) -> None
     dataset = numbered(40)
 
     def order(seed: int, epoch: int) -> torch.Tensor:
-        torch.manual_seed(seed)  # what the run's seed_everything does before the loaders
-        return visited(loader_of(dataset, in_memory, 8, True), epoch)
+        return visited(loader_of(dataset, in_memory, 8, True, seed=seed), epoch)
 
     first = order(7, 1)
     assert sorted(first.tolist()) == list(range(40))  # each image once
     assert torch.equal(order(7, 1), first)  # a new loader (a resumed run): the same order
     assert not torch.equal(order(7, 2), first)
     assert not torch.equal(order(8, 1), first)
-    torch.manual_seed(7)
-    other = visited(loader_of(dataset, not in_memory, 8, True), 1)
+    other = visited(loader_of(dataset, not in_memory, 8, True, seed=7), 1)
     assert torch.equal(other, first)  # files and memory visit the same order
 
 
@@ -216,12 +214,12 @@ class Collated(TensorDataset):
 
 def test_file_loaders_take_the_datasets_collate_and_workers_only_where_there_are_some() -> None:
     dataset = Collated(*numbered(6).tensors)
-    loader = build_loader(dataset, 4, False, persistent_workers=True, prefetch_factor=4)
+    loader = build_loader(dataset, 4, False, 0, persistent_workers=True, prefetch_factor=4)
     assert list(loader) == ["4 collated", "2 collated"]
     assert loader.num_workers == 0
     assert not loader.persistent_workers  # none to keep alive
     assert loader.prefetch_factor is None
-    with_workers = build_loader(dataset, 4, True, workers=2, prefetch_factor=4)
+    with_workers = build_loader(dataset, 4, True, 0, workers=2, prefetch_factor=4)
     assert with_workers.num_workers == 2  # not started: a DataLoader starts them when iterated
     assert with_workers.persistent_workers
     assert with_workers.prefetch_factor == 4

@@ -39,6 +39,41 @@ def test_the_loss_blends_the_usual_one_with_the_softened_kl() -> None:
     assert not any(p.requires_grad for p in teacher_net.parameters())
 
 
+class Untouchable(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the teacher ran")
+
+
+def test_at_alpha_0_the_teacher_is_not_run() -> None:
+    usual = torch.rand(5)
+    plain = Teacher(Untouchable(4, 3), alpha=0.0, temperature=2.0)
+    assert plain.losses(torch.randn(5, 4), torch.randn(5, 3), usual) is usual
+
+
+def test_the_teacher_runs_in_inference_mode_in_its_own_dtype_and_the_student_learns() -> None:
+    """bf16 images (trainer.precision=bf16-true) into a float32 teacher; its logits made in
+    inference mode (no autograd record), yet the student's loss backpropagates."""
+    calls = []
+
+    class Recording(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append((torch.is_inference_mode_enabled(), x.dtype))
+            return super().forward(x)
+
+    teacher = Teacher(Recording(4, 3), alpha=0.5, temperature=2.0)
+    logits = torch.randn(5, 3, requires_grad=True)
+    teacher.losses(torch.randn(5, 4).bfloat16(), logits, torch.rand(5)).sum().backward()
+    assert calls == [(True, torch.float32)]
+    assert logits.grad is not None
+    assert logits.grad.abs().sum() > 0
+
+
+def test_the_teacher_takes_the_students_memory_format() -> None:
+    teacher = Teacher(nn.Conv2d(3, 4, 3), alpha=0.5, temperature=1.0)
+    teacher.to(torch.device("cpu"), torch.channels_last)
+    assert teacher.net.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_a_student_learns_from_our_checkpoint_which_never_enters_its_own(
     make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

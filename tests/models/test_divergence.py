@@ -2,6 +2,7 @@
 one line that stops a run: the first bad step, its lr and the last good checkpoint; nothing while
 the losses are finite."""
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,13 +13,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from imgcls.models.divergence import DivergenceGuard
 from imgcls.utils.errors import UserError
 from tests.device_waits import DeviceWaitTrace
+from tests.helpers import CLI_QUIET, processes_mentioning, run_cli
 
 
 def trainer_at(lr: float = 0.1, epoch: int = 2, checkpoints: list | None = None):
     """What raise_if_diverged reads of a Trainer."""
     optimizer = SimpleNamespace(param_groups=[{"lr": lr}])
     return SimpleNamespace(
-        optimizers=[optimizer], current_epoch=epoch, checkpoint_callbacks=checkpoints or []
+        optimizers=[optimizer],
+        current_epoch=epoch,
+        checkpoint_callbacks=checkpoints or [],
+        world_size=1,
     )
 
 
@@ -90,3 +95,36 @@ def test_the_line_names_the_last_good_checkpoint_that_exists(tmp_path: Path) -> 
         message = diverged_line(guard, trainer)
         assert "No checkpoint was written before it: lower optimizer.lr" in message
         assert "deleted.ckpt" not in message
+
+
+@pytest.mark.slow(seconds=20)
+def test_one_ranks_infinite_loss_stops_every_rank_at_one_check_with_the_line(
+    tmp_path: Path,
+) -> None:
+    """Under DDP only rank 1's loss is infinite, at step 4 (the last of epoch 0): both ranks
+    raise at the same check, the run ends `failed` with the divergence line in status.json and
+    on the console, and rank 1's own log has it too (no rank left waiting, no dead-peer error)."""
+    args = [
+        "trainer=ddp_sim",
+        "model=cifar_quick",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=4",
+        "+trainer.limit_val_batches=1",
+        "+callbacks.fault._target_=tests.faults.InfiniteLossOnRank",
+        "+callbacks.fault.rank=1",
+        "+callbacks.fault.step=3",
+        f"hydra.run.dir={tmp_path}",
+        *CLI_QUIET,
+    ]
+    result = run_cli("train.py", args)
+    out = result.stdout + result.stderr
+    line = "The training loss became NaN or infinite at step 4 (epoch 0"
+    assert result.returncode == 1, out[-3000:]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed"
+    assert status["error"].startswith(f"UserError: {line}")
+    assert line in out
+    assert f"[rank 1] UserError: {line}" in (tmp_path / "train_rank1.log").read_text()
+    assert "DDP process died" not in out
+    assert "Traceback" not in out
+    assert not processes_mentioning(tmp_path)

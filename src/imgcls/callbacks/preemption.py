@@ -2,27 +2,31 @@
 resumes.
 
 SIGTERM and the signals configured (SIGUSR1: SLURM's warning, `--signal=USR1@120`) only mark
-the process. At the start of every training step the mark is combined over all ranks with an
-all-reduce (MAX) of one CPU integer, started at one step and read at the next, so no step waits
-for it and no rank waits for the device; when any rank was signalled, every rank raises
-Lightning's SIGTERMException at the same step, `last.ckpt` is written at that step (all ranks
-take part in the save), and train.py skips testing, records the run as `preempted` in
-status.json and exits with code 0. Rerunning the same command with `ckpt_path=last` continues
-at the same step (with data=shards at the same image of the epoch; other sources start the rest
-of that epoch on a fresh pass, as Lightning restarts a plain loader).
+the process. At the end of every training step the marks are combined over the ranks by an
+all-reduce (MAX) on the run's own process group and device (NCCL on GPUs: no side group to set
+up, no host wait): started at step k, read at step k + 2, by then long done (on a GPU its result
+is copied to pinned memory behind the step's work and waited for by an event). When any rank
+was signalled, every rank stops at the end of the same step, after its optimizer step and before
+the next batch is fetched: `last.ckpt` is written at that step (all ranks take part in the
+save), as a step checkpoint of Lightning's is at a batch's end, and train.py skips testing,
+records the run as `preempted` in status.json and exits with code 0. Rerunning the same command
+with `ckpt_path=last` continues at the next step (with data=shards at the next image of the
+epoch; other sources start the rest of that epoch on a fresh pass, as Lightning restarts a plain
+loader), and the resumed epoch ends, validates and checkpoints where an uninterrupted one does.
 
-Lightning's own handling is replaced, not added to, from the fit's set-up on (its SIGTERM
-notifier becomes the mark; SIGUSR1 is ours before it would install SLURM's requeue handler).
-Lightning broadcasts rank 0's flag at every step and reads it back on the host (a device wait
-per step on CUDA), and its handler broadcasts from inside the signal handler, so a signal that
-reaches a node other than rank 0's (a scheduler preempting one node) desynchronizes the
-collectives and the job hangs. Under SLURM its SIGUSR1 handler saves an `hpc_ckpt` in the new
-run's dir, where `ckpt_path=last` does not look, and requeues the job itself; here the job
-script requeues (docs/cluster.md). After the fit (testing), Lightning's handlers
-are back.
+Lightning's own handling is replaced, not added to, during the fit (its SIGTERM notifier becomes
+the mark; SIGUSR1 is ours before it would install SLURM's requeue handler). Lightning broadcasts
+rank 0's flag at every step and reads it back on the host (a device wait per step on CUDA), and
+its handler broadcasts from inside the signal handler, so a signal that reaches a node other
+than rank 0's (a scheduler preempting one node) desynchronizes the collectives and the job
+hangs. Under SLURM its SIGUSR1 handler saves an `hpc_ckpt` in the new run's dir, where
+`ckpt_path=last` does not look, and requeues the job itself; here the job script requeues
+(docs/cluster.md). After the fit the process's handlers and Lightning's notifier are back (a
+SIGTERM while testing stops the test as Lightning does).
 """
 
 import signal
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,34 @@ from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 
+# steps between a mark's all-reduce and its read: on a GPU the host runs ahead of the device,
+# and a result read at once would make it wait
+READ_LAG = 2
+
+
+class CombinedMark:
+    """One step's marks, all-reduced (MAX) over the ranks without the host waiting."""
+
+    def __init__(self, signalled: bool, device: torch.device) -> None:
+        flag = torch.full((1,), int(signalled), dtype=torch.int32, device=device)
+        if device.type == "cuda":  # queued behind the step: the host reads pinned memory later
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+            self.host.copy_(flag, non_blocking=True)
+            self.done: Any = torch.cuda.Event()
+            self.done.record()
+        else:
+            self.host = flag
+            self.done = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+
+    def any_signalled(self) -> bool:
+        """Whether any rank was signalled: read READ_LAG steps later, when it is long done."""
+        if isinstance(self.done, torch.cuda.Event):
+            self.done.synchronize()
+        else:
+            self.done.wait()
+        return bool(self.host.item())  # a host tensor: no device wait
+
 
 class PreemptionCheckpoint(Callback):
     def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGUSR1",)) -> None:
@@ -44,8 +76,10 @@ class PreemptionCheckpoint(Callback):
         self.signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
         self.saved_path: Path | None = None
         self._signalled = False  # this process got one of the signals
-        self._group: Any = None  # the CPU process group the marks are combined over
-        self._pending: tuple[Any, torch.Tensor] | None = None  # (work, its tensor)
+        self._in_flight: deque[CombinedMark] = deque()  # the marks of the last steps
+        self._combine = False  # several processes: the marks are all-reduced
+        self._stopping = False  # a rank was signalled: stop at the next optimizer step's end
+        self._last_step = 0  # the global step at the last batch's end
 
     def _mark(self, signum: int, frame: Any) -> None:
         if not self._signalled:
@@ -54,60 +88,64 @@ class PreemptionCheckpoint(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Before Lightning installs its handlers (so none of its own runs, from the sanity
-        check on): its SIGTERM notifier becomes the mark, and the other signals mark too."""
+        check on): its SIGTERM notifier becomes the mark, and the other signals mark too; its
+        teardown of the fit puts back what the process had."""
         if stage != "fit":
             return
-        self._signalled, self._pending = False, None
-        trainer._signal_connector._sigterm_notifier_fn = self._mark
+        self._signalled, self._in_flight = False, deque()
+        connector = trainer._signal_connector
+        previous = {signum: signal.getsignal(signum) for signum in self.signals}
+        connector._sigterm_notifier_fn = self._mark
         for signum in self.signals:
             signal.signal(signum, self._mark)
+        lightnings_teardown = connector.teardown
+
+        def teardown() -> None:  # Lightning restores the handlers it found: ours
+            lightnings_teardown()
+            for signum, handler in previous.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
+            del connector._sigterm_notifier_fn, connector.teardown  # Lightning's own again
+
+        connector.teardown = teardown
         # Lightning's per-step broadcast of rank 0's flag: the marks are combined here instead
         trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            # gloo: the mark stays on the host, whatever backend the gradients use (on several
-            # nodes gloo needs to reach them too: GLOO_SOCKET_IFNAME names the interface)
-            self._group = (
-                dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-            )
+        self._combine = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+        self._stopping, self._last_step = False, trainer.global_step
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
-        if self._group is None:
-            if self._signalled:
-                raise SIGTERMException
-            return
-        if self._pending is not None:
-            work, combined = self._pending
-            work.wait()
-            self._pending = None
-            if combined.item():  # a CPU tensor: no device wait
-                raise SIGTERMException  # on every rank, at this same step
-        mark = torch.tensor([int(self._signalled)], dtype=torch.int32)
-        work = dist.all_reduce(mark, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
-        self._pending = (work, mark)
+        if not self._combine:
+            self._stopping = self._signalled
+        else:
+            self._in_flight.append(CombinedMark(self._signalled, trainer.strategy.root_device))
+            if len(self._in_flight) > READ_LAG and self._in_flight.popleft().any_signalled():
+                self._stopping = True
+        # at a batch that stepped the optimizer (not halfway through accumulating gradients),
+        # on every rank at this same step
+        stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
+        if self._stopping and stepped:
+            raise SIGTERMException
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish_pending()
-
-    def _finish_pending(self) -> None:
-        """Every rank ends the same number of all-reduces: the one still in flight is waited
-        for, then the side group (if any) is released."""
-        if self._pending is not None:
-            self._pending[0].wait()
-            self._pending = None
-        if self._group is not None and self._group is not dist.group.WORLD:
-            dist.destroy_process_group(self._group)
-        self._group = None
+        """Every rank ends with the same all-reduces done (before testing uses the group)."""
+        while self._in_flight:
+            self._in_flight.popleft().any_signalled()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        self._in_flight.clear()  # not waited for: a rank failing alone never issued its own
         if not isinstance(exception, SIGTERMException):
             return
-        self._finish_pending()
         if trainer.checkpoint_callback is None or trainer.checkpoint_callback.dirpath is None:
             return
         self.saved_path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"

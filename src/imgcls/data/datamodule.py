@@ -211,6 +211,7 @@ class ImageDataModule(LightningDataModule, ABC):
             dataset,
             self.batch_size if train else self.eval_batch_size,
             train,
+            self.run_seed,
             held,
             SAMPLERS[self.sampler](self, dataset) if train else None,
             rank,
@@ -267,10 +268,18 @@ class ImageDataModule(LightningDataModule, ABC):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, torch.Tensor):  # images alone: the model's example input
-            return self.contract.normalize(batch)
+            return self._in_run_precision(self.contract.normalize(batch))
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        return self.device_batch(images, labels, training)
+        images, targets = self.device_batch(images, labels, training)
+        return self._in_run_precision(images), targets
+
+    def _in_run_precision(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in the dtype the net's weights have under `trainer.precision=bf16-true` or
+        `16-true` (Lightning casts a batch's floats before the transfer, while ours are still
+        uint8); targets stay float32, so smoothed and mixed soft targets are not quantized."""
+        plugin = getattr(self.trainer, "precision_plugin", None)
+        return images if plugin is None else plugin.convert_input(images)
 
     def first_train_images(self, count: int, device: torch.device) -> torch.Tensor:
         """The first `count` training images in split order, un-augmented and normalized: the

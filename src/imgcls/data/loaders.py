@@ -60,6 +60,7 @@ def build_loader(
     dataset: Dataset,
     batch_size: int,
     train: bool,
+    seed: int,
     held: tuple[Tensor, Tensor] | None = None,
     weights: Tensor | None = None,
     rank: int = 0,
@@ -70,15 +71,16 @@ def build_loader(
     pin_memory: bool = False,
     repeats: int = 1,
 ) -> DataLoader | IndexedBatches:
-    """This process's batches of `dataset` (`rank` of `world_size`). `held`: the split's images
+    """This process's batches of `dataset` (`rank` of `world_size`). `seed`: the run's, which
+    with the epoch alone fixes the training order (not the generator's state, which the
+    per-step reseed moves: a loader built later, or on another rank, would draw another order
+    and images would be skipped or seen twice). `held`: the split's images
     and labels, for a source held in memory, where they live (the caller moves them to the
     device once); `weights`: training images drawn in proportion to them (one per image);
     `repeats`: repeated augmentation (each training image that many times in a row, see
     ShardedOrder); `workers` and the rest apply to datasets read from files."""
     drop_last = train and math.ceil(len(dataset) / world_size) > batch_size
-    order = ShardedOrder(
-        len(dataset), train, torch.initial_seed(), rank, world_size, weights, repeats
-    )
+    order = ShardedOrder(len(dataset), train, seed, rank, world_size, weights, repeats)
     if held is not None:
         return IndexedBatches(*held, batch_size, order, drop_last)
     if train:

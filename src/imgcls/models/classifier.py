@@ -178,7 +178,7 @@ class ImageClassifier(LightningModule):
         0's GPU on every rank), since DDP syncs parameters only when it wraps the model, before
         this hook."""
         if self.teacher is not None:
-            self.teacher.to(self.device)
+            self.teacher.to(self.device, self.memory_format)
         elif (self.hparams.get("distill") or {}).get("teacher"):
             raise UserError(
                 "model.distill.teacher is set but this model was given no teacher: build it "

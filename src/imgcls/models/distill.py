@@ -49,22 +49,32 @@ class Teacher:
     def __init__(self, net: nn.Module, alpha: float, temperature: float) -> None:
         self.net = net.eval().requires_grad_(False)
         self.alpha, self.temperature = alpha, temperature
+        # the dtype it runs in: the student's batch is cast to it (under trainer.precision=
+        # bf16-true the batch is bf16, the teacher's weights float32)
+        self.dtype = next(net.parameters()).dtype
 
     def __deepcopy__(self, memo: dict) -> "Teacher":
         return self
 
-    def to(self, device: torch.device) -> "Teacher":
-        self.net.to(device)
+    def to(
+        self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> "Teacher":
+        """On the student's device, in its memory format (channels_last where the student's
+        batch is: a teacher in the other layout would convert it at every conv)."""
+        self.net.to(device, memory_format=memory_format)
         return self
 
     def losses(self, images: Tensor, logits: Tensor, losses: Tensor) -> Tensor:
-        """Per image: the usual `losses` blended with the soft-target term."""
-        with torch.no_grad():
-            target = self.net(images)
+        """Per image: the usual `losses` blended with the soft-target term (at alpha 0 the
+        usual losses alone, and the teacher is not run)."""
+        if self.alpha == 0:
+            return losses
         t = self.temperature
+        with torch.inference_mode():
+            target = F.log_softmax(self.net(images.to(self.dtype)).float() / t, dim=1)
         soft = F.kl_div(
             F.log_softmax(logits.float() / t, dim=1),
-            F.log_softmax(target.float() / t, dim=1),
+            target.clone(),  # an inference tensor cannot be saved for the backward
             reduction="none",
             log_target=True,
         ).sum(dim=1) * (t * t)

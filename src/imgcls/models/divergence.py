@@ -2,17 +2,22 @@
 device without a host read (`note`), and read where a checkpoint is written (the model's
 `on_save_checkpoint`, with or without callbacks) and sooner by callbacks.NonFiniteLossStop;
 then the run stops with one line naming the first bad step, its lr and the last good
-checkpoint."""
+checkpoint. Under DDP the read is one all-reduce (MIN) of every rank's note: all ranks stop at the
+same check with the same line, however few of them saw the bad loss (one rank raising alone
+would leave the others waiting in their next collective)."""
 
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from imgcls.utils.errors import UserError
+
+NONE_BAD = torch.iinfo(torch.long).max  # a rank's note, in the all-reduce, when it saw none
 
 
 class DivergenceGuard:
@@ -32,10 +37,9 @@ class DivergenceGuard:
     def raise_if_diverged(self, trainer: Any, lrs: Mapping[int, float] | None = None) -> None:
         """Stop with one line once a training loss has been NaN or infinite, naming its step,
         the lr then (`lrs`: by step, where known; else the lr now) and the last good
-        checkpoint. One host read."""
-        if self.first_bad_step is None:
-            return
-        step = int(self.first_bad_step)
+        checkpoint. One host read (after one all-reduce under DDP: every rank calls this at the
+        same points, and all raise or none)."""
+        step = self._first_bad_step_of_all_ranks(trainer)
         if step < 0:
             return
         lr = (lrs or {}).get(step, trainer.optimizers[0].param_groups[0]["lr"])
@@ -57,3 +61,14 @@ class DivergenceGuard:
                 f"({clip}) or use trainer.precision=32-true."
             )
         )
+
+    def _first_bad_step_of_all_ranks(self, trainer: Any) -> int:
+        first = self.first_bad_step
+        if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+            return -1 if first is None else int(first)
+        if first is None:  # no step yet on this rank: it still takes part
+            first = torch.full((), -1, dtype=torch.long, device=trainer.strategy.root_device)
+        combined = torch.where(first < 0, NONE_BAD, first)
+        dist.all_reduce(combined, op=dist.ReduceOp.MIN)
+        step = int(combined)
+        return -1 if step == NONE_BAD else step

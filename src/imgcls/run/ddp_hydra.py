@@ -34,6 +34,8 @@ from lightning.fabric.strategies.launchers import subprocess_script as fabric_la
 from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
 from lightning.pytorch.utilities import rank_zero_only
 
+from imgcls.utils.errors import UserError
+
 # how long the main process may take to leave a job after a rank died, before it is killed
 MAIN_EXIT_GRACE_S = 60.0
 # the signal by which the observer thread raises RankFailedError in the main thread
@@ -168,12 +170,14 @@ def ddp_job_scope() -> Iterator[None]:
         yield
         failed = False
     except Exception as err:
-        # rank 0 often fails first with the collective's "connection closed": name the cause
-        for child in _Job.children:
+        _Job.done.set()  # leaving already: a child's exit no longer raises here
+        for child in _Job.children:  # each rank's own error reaches its log before any is killed
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(5)
         message = _death_message(_Job.children)
-        if message and not isinstance(err, RankFailedError):
+        # rank 0 often fails first with the collective's "connection closed": name the cause,
+        # unless its own error is one every rank met (a UserError: the divergence line)
+        if message and not isinstance(err, UserError | RankFailedError):
             raise RankFailedError(message) from err
         raise
     finally:

@@ -10,12 +10,14 @@
 - and after a command line that failed, the keys closest to a misspelt one are named.
 """
 
+import logging
 import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import hydra
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from imgcls import CONFIG_DIR
@@ -41,6 +43,16 @@ def apply_extras(cfg: DictConfig) -> None:
         raise UserError(
             "This run has no tags and extras.enforce_tags is on: add e.g. tags=[baseline]."
         )
+
+
+def log_error(message: str, exc_info: bool = False) -> None:
+    """`message` in this process's log, on every rank: a DDP child's error reaches its own
+    train_rank<N>.log, marked with its rank (the run's logger speaks on rank 0 alone)."""
+    rank = rank_zero_only.rank
+    if rank == 0:
+        log.error(message, exc_info=exc_info)
+    else:
+        logging.getLogger(__name__).error(f"[rank {rank}] {message}", exc_info=exc_info)
 
 
 def finish_wandb_run() -> None:
@@ -72,7 +84,12 @@ def task_main(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[]
         try:
             return run_recorded(cfg, job)
         except UserError as err:
-            log.error(f"{type(err).__name__}: {err}")
+            log_error(f"{type(err).__name__}: {err}")
+            sys.exit(1)
+        except Exception:
+            if rank_zero_only.rank == 0:
+                raise
+            log_error("This DDP process failed:", exc_info=True)  # in its train_rank<N>.log
             sys.exit(1)
 
     hydra_entry.__doc__ = run.__doc__

@@ -35,6 +35,22 @@ def test_the_loss_is_binary_cross_entropy_per_image_with_positives_weighed() -> 
     assert balanced_pos_weights(torch.tensor([10, 90, 0]), 100) == pytest.approx([9.0, 1 / 9, 1.0])
 
 
+def test_under_bf16_logits_soft_targets_keep_float32() -> None:
+    """A smoothed target of 0.1 is 0.10009765625 in bf16: the loss is computed in float32 from
+    the targets as they are, whatever dtype the logits (trainer.precision=bf16-true) have."""
+    logits = torch.randn(4, 3).bfloat16()
+    targets = torch.full((4, 3), 0.1)
+    loss = MultiHotLoss(3).bfloat16()  # as Lightning converts the model's buffers
+    loss.pos_weight = torch.tensor([2.0, 1.0, 0.5]).bfloat16()
+    got = loss(logits, targets)
+    weights = loss.pos_weight.float()
+    exact = nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), targets, pos_weight=weights, reduction="none"
+    )
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, exact.mean(dim=1), rtol=0, atol=0)
+
+
 def test_scores_are_torchmetrics_at_the_models_thresholds_and_fit_the_f1_best() -> None:
     generator = torch.Generator().manual_seed(0)
     targets = (torch.rand(200, 4, generator=generator) < 0.3).int()
