@@ -50,11 +50,22 @@ def processes_mentioning(marker: Path) -> list[str]:
 
 def fake_trainer(world_size: int = 1, rank: int = 0, training: bool = True) -> SimpleNamespace:
     """What a datamodule reads of its trainer (DDP rank and size, the device, whether it is
-    training), without starting a Trainer."""
+    training, the training batches so far: `at_batch`), without starting a Trainer."""
     strategy = SimpleNamespace(root_device=torch.device("cpu"))
+    batches = SimpleNamespace(total=SimpleNamespace(ready=0))  # training batches so far
+    fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=batches))
     return SimpleNamespace(
-        world_size=world_size, global_rank=rank, training=training, strategy=strategy
+        world_size=world_size,
+        global_rank=rank,
+        training=training,
+        strategy=strategy,
+        fit_loop=fit_loop,
     )
+
+
+def at_batch(trainer: SimpleNamespace, batches: int) -> None:
+    """A fake_trainer `batches` training batches into its run."""
+    trainer.fit_loop.epoch_loop.batch_progress.total.ready = batches
 
 
 def compose_task(config_name: str, tmp_path: Path, *overrides: str) -> DictConfig:

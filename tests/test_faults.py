@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from imgcls.models.loading import load_classifier
@@ -307,9 +308,11 @@ def validated_epochs(log_dir: Path) -> set[int]:
 def test_a_preempted_run_resumed_ends_its_epoch_where_it_would_validates_and_completes(
     tmp_path: Path, source: str
 ) -> None:
-    """SIGTERM during step 3 of 7 (epoch 0): stopped at that step's end, before the next batch
-    is fetched. Resumed, epoch 0 ends at step 7 as it would have, validates and checkpoints,
-    and the run completes; from shards every later step gets the uninterrupted run's batch."""
+    """SIGTERM during step 7 (epoch 1 of 3, 5 steps each): stopped at that step's end, before
+    the next batch is fetched. Resumed, epoch 1 ends at step 10 as it would have, validates and
+    checkpoints, epoch 2 follows, and the run completes; from shards every later step gets the
+    uninterrupted run's batch (a loader worker kept through the epochs forgets the resumed
+    place; epochs are cut short, as limit_train_batches does, so no worker reaches its end)."""
     photos = write_class_tree(tmp_path / "photos", ["red", "green", "blue"], per_class=27)
     root = photos
     if source == "shards":
@@ -321,11 +324,12 @@ def test_a_preempted_run_resumed_ends_its_epoch_where_it_would_validates_and_com
         "data.train_crop=32",
         "data.eval_resize=36",
         "data.eval_crop=32",
-        "data.batch_size=8",  # 56 training images: 7 steps an epoch
+        "data.batch_size=8",  # 56 training images: 7 batches an epoch, 5 of them trained
+        "+trainer.limit_train_batches=5",
         "data.num_workers=1",
         "data.augment.preset=none",  # the workers' random streams are not in a checkpoint
         "model=cifar_quick",
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=3",
         "test=false",
         record,
         *CLI_QUIET,
@@ -335,28 +339,61 @@ def test_a_preempted_run_resumed_ends_its_epoch_where_it_would_validates_and_com
         "train", [*args, f"paths.log_dir={whole}", f"+callbacks.record.path={whole}.txt"]
     )
     run_recorded(cfg, lambda: train(cfg))
-    (ckpt,) = whole.glob("train/runs/*/checkpoints/last.ckpt")
-    steps = torch.load(ckpt, weights_only=True)["global_step"]
-    assert steps == 14
 
     stopped = tmp_path / "stopped"
     again = [*args, f"paths.log_dir={stopped}", f"+callbacks.record.path={stopped}.txt"]
     fault = [
         "+callbacks.fault._target_=tests.faults.SignalAtStep",
-        "+callbacks.fault.step=2",
+        "+callbacks.fault.step=6",
         "+callbacks.fault.name=SIGTERM",
     ]
     result = run_cli("train.py", [*again, *fault])
     assert result.returncode == 0, result.stderr[-2000:]
     assert status(stopped)["status"] == "preempted"
     (last,) = stopped.glob("train/runs/*/checkpoints/last.ckpt")
-    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert torch.load(last, weights_only=True)["global_step"] == 7
 
-    resume = compose_config("train", [*again, "ckpt_path=last"])
-    run_recorded(resume, lambda: train(resume))
+    epochs = ["+callbacks.epochs._target_=tests.test_faults.SavedEpochs"] * (source == "shards")
+    resume = compose_config("train", [*again, "ckpt_path=last", *epochs])
+    _, objects = run_recorded(resume, lambda: train(resume))
     assert status(stopped)["status"] == "completed"
-    assert torch.load(last, weights_only=True)["global_step"] == steps
-    assert validated_epochs(stopped) == validated_epochs(whole) == {0, 1}
+    assert torch.load(last, weights_only=True)["global_step"] == 15
+    assert validated_epochs(stopped) == validated_epochs(whole) == {0, 1, 2}
     if source == "shards":  # the loader's place came back with the checkpoint
         seen = Path(f"{whole}.txt").read_text().splitlines()
         assert Path(f"{stopped}.txt").read_text().splitlines() == seen
+        (saved_epochs,) = (c.saved for c in objects["callbacks"] if isinstance(c, SavedEpochs))
+        assert saved_epochs == [(2, 2)] * 3 + [(3, 3)] * 5  # LitData counts from 1
+
+
+class SavedEpochs(Callback):
+    """At each step's end: the epoch a checkpoint would save for the shards loader and for its
+    dataset (LitData keeps both; a resumed epoch's must agree, or a second resume in it reads
+    another epoch's order)."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[int, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        state = trainer.datamodule.state_dict()["train_loader"]
+        self.saved.append((state["current_epoch"], state["dataset"]["current_epoch"]))
+
+
+@pytest.mark.slow
+def test_a_signal_in_the_last_step_stops_the_run_before_its_test_which_the_resume_runs(
+    tmp_path: Path,
+) -> None:
+    signal_in_last_step = [
+        "+callbacks.fault._target_=tests.faults.SignalAtStep",
+        "+callbacks.fault.step=5",  # during step 6 of 6
+        "+callbacks.fault.name=SIGTERM",
+    ]
+    args = ["trainer.max_epochs=1", "test=true", "+trainer.limit_test_batches=1"]
+    result = train_cli(tmp_path, *args, *signal_in_last_step)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert status(tmp_path)["status"] == "preempted"
+    assert "not tested" in status(tmp_path)["detail"]
+    train_here(tmp_path, *args, "ckpt_path=last")
+    assert status(tmp_path)["status"] == "completed"
+    (metrics,) = tmp_path.glob("train/runs/*/metrics.json")
+    assert "test/acc" in json.loads(metrics.read_text())

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from imgcls.eval import evaluate
 from imgcls.run.task import apply_extras
-from imgcls.train import metric_value, train
+from imgcls.train import metric_value, seed_run, train
 from imgcls.utils.errors import UserError
 
 # A small fast net so these tests take seconds, not minutes.
@@ -138,3 +139,20 @@ def test_default_run_reaches_95_percent_and_leaves_a_complete_run_dir(
     assert written["test/acc"] == pytest.approx(metrics["test/acc"])
     assert metrics["val/acc_best"] >= metrics["val/acc"]
     assert metrics["test/acc"] >= 0.95  # last: a miss here still shows the checks above
+
+
+def test_an_unseeded_run_draws_a_seed_its_ddp_processes_inherit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """seed=null: rank 0 draws afresh each run (Lightning alone would take 0, or the seed an
+    earlier run of the process left in PL_GLOBAL_SEED); a DDP process it started takes the one
+    it inherited, so every rank shuffles alike."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")  # an earlier run's
+    seed_run(None)
+    first = torch.initial_seed()
+    seed_run(None)
+    assert len({first, torch.initial_seed(), 42, 0}) == 4
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    monkeypatch.setenv("PL_GLOBAL_SEED", str(first))  # as rank 0 left it for its children
+    seed_run(None)
+    assert torch.initial_seed() == first

@@ -6,14 +6,18 @@ directly); `main()` is the command line and returns the value a sweeper optimize
 
 import json
 import logging
+import os
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from imgcls.callbacks.preemption import PreemptionCheckpoint
 from imgcls.models.distill import teacher_for
 from imgcls.run.compose import instantiate, instantiate_each
 from imgcls.run.dirs import held
@@ -102,11 +106,21 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return None
 
 
+def seed_run(seed: int | None) -> None:
+    """Every RNG from `seed`; with None, from one drawn now and logged. Lightning keeps it in
+    PL_GLOBAL_SEED, which the DDP processes it starts later inherit and take: all ranks order
+    the data alike (each drawing its own would duplicate and skip images)."""
+    if seed is None:
+        inherited = os.environ.get("PL_GLOBAL_SEED") if rank_zero_only.rank > 0 else None
+        seed = int(inherited) if inherited is not None else secrets.randbelow(2**31)
+        log.info(f"seed=null: this run's seed is {seed} (seed={seed} repeats it)")
+    L.seed_everything(seed, workers=True)
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     settle(cfg)  # the lr, a resume's checkpoint and run dir, ...: the config is final from here
     configure_numerics(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed_run(cfg.get("seed"))
     with held(cfg.paths.output_dir):  # no one else trains there
         return fit_and_test(cfg, build_components(cfg))
 
@@ -119,11 +133,18 @@ def fit_and_test(cfg: DictConfig, objects: dict[str, Any]) -> tuple[dict[str, fl
 
     if cfg.get("train"):
         log.info("Training")
+        preemption = next(
+            (c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None
+        )
         try:
             with nondeterministic_ops_explained():
                 trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         except SIGTERMException as signal:  # callbacks.PreemptionCheckpoint saved last.ckpt
+            if preemption is not None and preemption.save_error is not None:
+                raise preemption.save_error from signal
             raise Preempted(f"stopped by a signal at step {trainer.global_step}") from signal
+        if preemption is not None and preemption.stopped_after_fit:
+            raise Preempted(f"signalled as the fit ended (step {trainer.global_step}): not tested")
     metrics = scalar_metrics(trainer.callback_metrics)
 
     if cfg.get("test"):

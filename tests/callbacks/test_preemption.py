@@ -174,3 +174,76 @@ def test_a_sigterm_while_testing_stops_the_test_as_lightning_does() -> None:
     trainer.fit(model, loader())
     with pytest.raises(SIGTERMException):
         trainer.test(model, loader(), verbose=False)
+
+
+class Ends(Callback):
+    """The training epochs ended and the validations run, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.events.append(("validated", trainer.global_step))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.events.append(("epoch end", trainer.global_step))
+
+
+@pytest.mark.parametrize(
+    ("settings", "signalled_in", "stopped_at", "events"),
+    [
+        ({}, 3, 4, [("validated", 3), ("epoch end", 3)]),  # the epoch's last batch
+        # a batch before a validation, mid-epoch
+        ({"val_check_interval": 2, "limit_train_batches": 4}, 2, 3, [("validated", 2)]),
+    ],
+    ids=["at an epoch's end", "before a validation"],
+)
+def test_a_stop_due_before_validation_or_an_epochs_end_waits_for_the_next_batch(
+    tmp_path: Path, settings: dict, signalled_in: int, stopped_at: int, events: list
+) -> None:
+    """Lightning resumes a checkpoint taken at a batch's end as that batch done and skips what
+    followed it: the validation and the epoch's end run first, the stop comes after them."""
+    preemption, ends = PreemptionCheckpoint(), Ends()
+    trainer = tiny_trainer(
+        callbacks=[
+            preemption,
+            SignalledAt(signalled_in, signal.SIGTERM),
+            ends,
+            checkpoint(tmp_path),
+        ],
+        enable_checkpointing=True,
+        limit_val_batches=1,
+        max_epochs=3,
+        **({"limit_train_batches": 3} | settings),
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.fit(TinyClassifier(), loader(8), loader(2))
+    assert ends.events == events
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == stopped_at
+
+
+def test_a_signal_in_the_fits_last_step_stops_the_run_before_testing() -> None:
+    preemption = PreemptionCheckpoint()
+    trainer = tiny_trainer(callbacks=[preemption, SignalledAt(2, signal.SIGTERM)])
+    trainer.fit(TinyClassifier(), loader())  # the fit ends: nothing after it to stop
+    assert preemption.stopped_after_fit
+    quiet = PreemptionCheckpoint()
+    tiny_trainer(callbacks=[quiet]).fit(TinyClassifier(), loader())
+    assert not quiet.stopped_after_fit
+
+
+def test_a_save_that_fails_is_kept_for_the_run_and_the_fit_is_torn_down(tmp_path: Path) -> None:
+    class Full(TinyClassifier):
+        def on_save_checkpoint(self, checkpoint) -> None:
+            raise OSError(28, "No space left on device")
+
+    preemption = PreemptionCheckpoint()
+    trainer = tiny_trainer(
+        callbacks=[preemption, SignalledAt(1, signal.SIGTERM), checkpoint(tmp_path)],
+        enable_checkpointing=True,
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.fit(Full(), loader())
+    assert isinstance(preemption.save_error, OSError)
+    assert preemption.saved_path is None
+    assert all(signal.getsignal(signum) is previous_handler for signum in SIGNALS)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import HalfPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.in_memory import IndexedBatches, ShardedOrder
@@ -15,7 +16,7 @@ from imgcls.data.sources.fake import FakeDataModule
 from imgcls.input_contract import InputContract
 from imgcls.utils.errors import UserError
 from imgcls.utils.seeding import reseed
-from tests.helpers import fake_trainer
+from tests.helpers import at_batch, fake_trainer
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +119,18 @@ def test_a_source_is_held_to_where_it_says_its_images_live() -> None:
     assert isinstance(held.test_dataloader(), IndexedBatches)
 
 
-def test_training_batches_draw_randomness_from_seed_and_step_with_no_callback() -> None:
+def test_training_batches_draw_randomness_from_seed_and_batch_with_no_callback() -> None:
     dm = FakeDataModule(train_size=8, batch_size=4)
     torch.manual_seed(7)  # what the run's seed_everything does before setup
     dm.setup()
     dm.trainer = fake_trainer(training=True)
-    dm.trainer.global_step = 3
+    at_batch(dm.trainer, 3)
     dm.on_before_batch_transfer(None, 0)
     first = torch.rand(3)
     torch.rand(5)  # whatever else drew in between (a sanity check, a restore)
     dm.on_before_batch_transfer(None, 0)
     assert torch.equal(torch.rand(3), first)
-    dm.trainer.global_step = 4
+    at_batch(dm.trainer, 4)  # the next batch: of the same optimizer step, if it accumulates
     dm.on_before_batch_transfer(None, 0)
     assert not torch.equal(torch.rand(3), first)
 
@@ -151,6 +152,21 @@ def test_ddp_loaders_built_after_steps_still_share_one_order() -> None:
     assert sorted(shares[0] + shares[1]) == list(range(40))
 
 
+def test_under_bf16_true_images_are_bf16_and_multi_hot_targets_float32() -> None:
+    """Lightning casts a batch's floats before the transfer (the multi-hot rows, not yet the
+    uint8 images): the images leave the device transform in the weights' dtype, the targets in
+    float32 (a mixed or smoothed target in bf16 is quantized)."""
+    dm = FakeDataModule(train_size=8, batch_size=4, num_workers=0)
+    dm.setup()
+    dm.trainer = fake_trainer(training=True)
+    dm.trainer.precision_plugin = HalfPrecision("bf16-true")
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    multi_hot = torch.tensor([[1.0, 0.0, 1.0]] * 4).bfloat16()
+    out_images, targets = dm.on_after_batch_transfer((images, multi_hot), 0)
+    assert out_images.dtype == torch.bfloat16
+    assert targets.dtype == torch.float32
+
+
 def test_each_rank_augments_the_copies_repeated_augmentation_sends_it_its_own_way() -> None:
     """Per-step reseeding is per rank: the same image on two ranks gets two augmentations."""
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
@@ -159,7 +175,7 @@ def test_each_rank_augments_the_copies_repeated_augmentation_sends_it_its_own_wa
     for rank in (0, 1, 0):
         dm = DigitsDataModule(augment={"policy": "ta_wide", "erasing": 0.5, "repeats": 2})
         dm.trainer = fake_trainer(world_size=2, rank=rank)
-        dm.trainer.global_step = 7
+        at_batch(dm.trainer, 7)
         dm.run_seed = 3
         batch = dm.on_before_batch_transfer((images, labels), 0)
         outs.append(dm.device_batch(*batch, training=True)[0])

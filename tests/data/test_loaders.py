@@ -2,6 +2,8 @@
 files or from memory alike; DDP shares padded for training and unpadded for evaluation; the last
 partial batch; the samplers by name; the worker budget; a split's labels."""
 
+import os
+import signal
 from types import SimpleNamespace
 
 import pytest
@@ -223,3 +225,21 @@ def test_file_loaders_take_the_datasets_collate_and_workers_only_where_there_are
     assert with_workers.num_workers == 2  # not started: a DataLoader starts them when iterated
     assert with_workers.persistent_workers
     assert with_workers.prefetch_factor == 4
+
+
+class SignalledInWorkers(Dataset):
+    """Each item read sends its process SIGUSR1, as SLURM's warning reaches every process."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return torch.zeros(3, 2, 2, dtype=torch.uint8), index
+
+
+def test_loader_workers_live_through_slurms_warning_signal() -> None:
+    """Its default action would kill each worker (the run failing on "DataLoader worker exited
+    unexpectedly") where the main process saves and stops (callbacks/preemption.py)."""
+    loader = build_loader(SignalledInWorkers(), 2, False, 0, workers=1)
+    assert sorted(torch.cat([labels for _, labels in loader]).tolist()) == [0, 1, 2, 3]

@@ -162,6 +162,16 @@ def test_more_cpu_processes_than_cpus_is_refused(make_cfg) -> None:
         train(make_cfg("trainer=ddp_sim", f"trainer.devices={cpus + 1}"))
 
 
+def test_an_unseeded_job_of_several_machines_is_one_line() -> None:
+    def job(seed: int | None, nodes: int) -> Any:
+        return OmegaConf.create({"seed": seed, "trainer": {"num_nodes": nodes}})
+
+    with pytest.raises(UserError, match=r"^seed=null is not allowed with trainer\.num_nodes=2"):
+        check_values(job(None, 2))
+    check_values(job(None, 1))  # one machine's processes inherit the seed drawn
+    check_values(job(7, 2))
+
+
 # -- allowed, and said -----------------------------------------------------------------------------
 def test_balancing_twice_is_allowed_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     both = OmegaConf.create(

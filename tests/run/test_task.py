@@ -4,12 +4,14 @@ DDP's second process, Hydra's multirun, and what a mistake prints."""
 import csv
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from imgcls.eval import main as eval_main
+from imgcls.run import ddp_hydra
 from tests.helpers import CLI_QUIET, dirs_under, processes_mentioning, run_cli
 
 FAST = ["model=cifar_quick", "trainer.max_epochs=2", *CLI_QUIET]
@@ -83,3 +85,41 @@ def test_the_eval_command_answers_help(command_exit, capsys: pytest.CaptureFixtu
     assert (Path(sys.executable).parent / "imgcls-eval").is_file()
     assert command_exit(eval_main, "imgcls-eval", "--help") in (0, None)
     assert "ckpt_path" in capsys.readouterr().out
+
+
+class ExitedChild:
+    """A DDP child process that has exited with `code` (what the observer polls)."""
+
+    def __init__(self, code: int) -> None:
+        self.returncode = code
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("code", "main_leaves", "fails_the_job"),
+    [
+        (ddp_hydra.USER_ERROR_EXIT, True, False),  # the main process reports the same line
+        (ddp_hydra.USER_ERROR_EXIT, False, True),  # it did not meet it: the job fails
+        (1, True, True),  # a crash of the child's own
+    ],
+)
+def test_a_child_that_left_on_the_jobs_own_error_does_not_replace_the_mains_line(
+    monkeypatch: pytest.MonkeyPatch, code: int, main_leaves: bool, fails_the_job: bool
+) -> None:
+    """Every rank raises the divergence UserError at the same check; a child exiting first must
+    not have the observer raise RankFailedError in the main process over its own line."""
+    raised: list[int] = []
+    monkeypatch.setattr(ddp_hydra.signal, "pthread_kill", lambda tid, signum: raised.append(signum))
+    monkeypatch.setattr(ddp_hydra.os, "kill", lambda pid, signum: None)  # the main's last resort
+    monkeypatch.setattr(ddp_hydra._Job, "done", threading.Event())
+    monkeypatch.setattr(ddp_hydra._Job.done, "wait", lambda timeout: main_leaves)
+    monkeypatch.setattr(ddp_hydra._Job, "failure", None)
+    observer = ddp_hydra.ChildRankObserver([ExitedChild(code)])
+    observer._terminate_all()
+    assert bool(raised) == fails_the_job
+    assert (ddp_hydra._Job.failure is not None) == fails_the_job

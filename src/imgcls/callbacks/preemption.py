@@ -80,6 +80,9 @@ class PreemptionCheckpoint(Callback):
         self._combine = False  # several processes: the marks are all-reduced
         self._stopping = False  # a rank was signalled: stop at the next optimizer step's end
         self._last_step = 0  # the global step at the last batch's end
+        self._device = torch.device("cpu")  # where the marks are all-reduced
+        self.stopped_after_fit = False  # a rank was signalled when the fit ended: no test
+        self.save_error: Exception | None = None  # why last.ckpt could not be written
 
     def _mark(self, signum: int, frame: Any) -> None:
         if not self._signalled:
@@ -93,6 +96,7 @@ class PreemptionCheckpoint(Callback):
         if stage != "fit":
             return
         self._signalled, self._in_flight = False, deque()
+        self.stopped_after_fit, self.save_error = False, None
         connector = trainer._signal_connector
         previous = {signum: signal.getsignal(signum) for signum in self.signals}
         connector._sigterm_notifier_fn = self._mark
@@ -114,6 +118,9 @@ class PreemptionCheckpoint(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._combine = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
         self._stopping, self._last_step = False, trainer.global_step
+        if self._combine:  # NCCL combines device tensors; gloo host ones (with no host wait)
+            nccl = dist.get_backend() == "nccl"
+            self._device = trainer.strategy.root_device if nccl else torch.device("cpu")
 
     def on_train_batch_end(
         self,
@@ -126,19 +133,37 @@ class PreemptionCheckpoint(Callback):
         if not self._combine:
             self._stopping = self._signalled
         else:
-            self._in_flight.append(CombinedMark(self._signalled, trainer.strategy.root_device))
+            self._in_flight.append(CombinedMark(self._signalled, self._device))
             if len(self._in_flight) > READ_LAG and self._in_flight.popleft().any_signalled():
                 self._stopping = True
         # at a batch that stepped the optimizer (not halfway through accumulating gradients),
         # on every rank at this same step
         stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
-        if self._stopping and stepped:
+        if self._stopping and stepped and not self._evaluation_follows(trainer, batch_idx):
             raise SIGTERMException
 
+    @staticmethod
+    def _evaluation_follows(trainer: L.Trainer, batch_idx: int) -> bool:
+        """Whether validation or the epoch's end comes after this batch. A stop here would lose
+        them: Lightning resumes a checkpoint taken at a batch's end as that batch done and
+        skips what followed it (the epoch's validation, its end's hooks and checkpoint). The
+        stop waits for the next batch; where the fit ends first, on_train_end tells."""
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if last or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return True
+        every = trainer.val_check_batch  # validation every this many batches, where an int
+        return isinstance(every, int) and (batch_idx + 1) % every == 0
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Every rank ends with the same all-reduces done (before testing uses the group)."""
+        """Whether any rank was signalled before the fit ended (in its last steps, or in the
+        last validation): then the run stops here, as preempted, before testing. One more
+        combined read, the last marks waited for: every rank decides alike."""
+        if not self._combine:
+            self.stopped_after_fit = self._signalled
+            return
         while self._in_flight:
             self._in_flight.popleft().any_signalled()
+        self.stopped_after_fit = CombinedMark(self._signalled, self._device).any_signalled()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -148,8 +173,13 @@ class PreemptionCheckpoint(Callback):
             return
         if trainer.checkpoint_callback is None or trainer.checkpoint_callback.dirpath is None:
             return
-        self.saved_path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
-        trainer.save_checkpoint(self.saved_path)
+        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        try:  # raising here would skip Lightning's teardown (handlers, workers, strategy)
+            trainer.save_checkpoint(path)
+        except Exception as err:  # a diverged run's refusal, a full disk: train.py raises it
+            self.save_error = err
+            return
+        self.saved_path = path
         log.warning(
             f"Preempted at step {trainer.global_step}: saved {self.saved_path}. Continue with the "
             f"same command and ckpt_path=last (or ckpt_path={self.saved_path})."

@@ -248,14 +248,17 @@ class ImageDataModule(LightningDataModule, ABC):
         return getattr(self.splits, name)
 
     def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
-        """Randomness that is a function of (seed, step), so a resumed run draws what the
+        """Randomness that is a function of (seed, batch), so a resumed run draws what the
         uninterrupted one would have drawn (device augmentation, MixUp / CutMix, dropout): the
-        global RNGs are re-seeded from (run seed, global step, rank) just before each training batch
-        is augmented, so no hook order, loader iterator or sanity check between a restore and
-        the first batch can shift the stream (~10 us a step). Data order is a function of
-        (seed, epoch) (data/loaders.py)."""
-        if self.run_seed is not None and self.trainer is not None and self.trainer.training:
-            reseed(self.run_seed, self.trainer.global_step, self.trainer.global_rank)
+        global RNGs are re-seeded from (run seed, training batches so far, rank) just before
+        each training batch is augmented, so no hook order, loader iterator or sanity check
+        between a restore and the first batch can shift the stream (~10 us a step). Batches,
+        not optimizer steps: the batches one step accumulates draw each their own. Data order
+        is a function of (seed, epoch) (data/loaders.py)."""
+        trainer = self.trainer
+        if self.run_seed is not None and trainer is not None and trainer.training:
+            batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready  # before this one
+            reseed(self.run_seed, batches, trainer.global_rank)
         return batch
 
     def transfer_batch_to_device(
@@ -270,6 +273,8 @@ class ImageDataModule(LightningDataModule, ABC):
         if isinstance(batch, torch.Tensor):  # images alone: the model's example input
             return self._in_run_precision(self.contract.normalize(batch))
         images, labels = batch
+        if isinstance(labels, torch.Tensor) and labels.is_floating_point():
+            labels = labels.float()  # multi-hot rows, which bf16-true's cast reached (exactly)
         training = self.trainer is not None and self.trainer.training
         images, targets = self.device_batch(images, labels, training)
         return self._in_run_precision(images), targets
@@ -277,7 +282,8 @@ class ImageDataModule(LightningDataModule, ABC):
     def _in_run_precision(self, images: torch.Tensor) -> torch.Tensor:
         """Images in the dtype the net's weights have under `trainer.precision=bf16-true` or
         `16-true` (Lightning casts a batch's floats before the transfer, while ours are still
-        uint8); targets stay float32, so smoothed and mixed soft targets are not quantized."""
+        uint8); targets are float32 (Lightning's cast made multi-hot rows bf16 before the
+        transfer: back to float32 before they are mixed), so soft targets are not quantized."""
         plugin = getattr(self.trainer, "precision_plugin", None)
         return images if plugin is None else plugin.convert_input(images)
 

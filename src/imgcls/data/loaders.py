@@ -13,11 +13,15 @@ Which images a training epoch draws is the sampler's (`data.sampler`, SAMPLERS):
 equally often, an epoch as many draws as images).
 """
 
+import functools
 import math
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
@@ -26,6 +30,17 @@ from imgcls.data.in_memory import IndexedBatches, ShardedOrder
 from imgcls.utils.errors import UserError
 from imgcls.utils.machine import available_cpus
 from imgcls.utils.registry import Registry
+
+
+def init_worker(worker_id: int, rank: int = 0) -> None:
+    """A loader worker ignores SIGUSR1: SLURM's warning of the end (`--signal=USR1@120`)
+    reaches every process of the job, and its default action would kill the worker, failing
+    the run ("DataLoader worker exited unexpectedly") where the main process saves and stops
+    (callbacks/preemption.py). Then Lightning's seeding of the worker, where the run seeds
+    workers (it adds its own only to a loader with none)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank)
 
 
 def auto_workers(devices: int = 1) -> int:
@@ -95,6 +110,7 @@ def build_loader(
         sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
+        worker_init_fn=functools.partial(init_worker, rank=rank) if workers > 0 else None,
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         pin_memory=pin_memory,

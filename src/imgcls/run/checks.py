@@ -89,7 +89,20 @@ def check_values(cfg: DictConfig) -> None:
     _check_data_given(cfg)
     _check_fold(cfg)
     _check_cpu_processes(cfg)
+    _check_seed_shared(cfg)
     _warn_of_double_balancing(cfg)
+
+
+def _check_seed_shared(cfg: DictConfig) -> None:
+    """The ranks of a job shuffle alike by the run's seed (data/loaders.py). With seed=null one
+    is drawn at start, which the DDP processes of one machine inherit (train.py); the
+    machines of a job started by a cluster's launcher would each draw their own."""
+    trainer = cfg.get("trainer") or {}
+    if "seed" in cfg and cfg.seed is None and (trainer.get("num_nodes") or 1) > 1:
+        raise UserError(
+            f"seed=null is not allowed with trainer.num_nodes={trainer.num_nodes}: each machine "
+            "would draw its own seed and shuffle its own way; give one, e.g. seed=12345."
+        )
 
 
 def _warn_of_double_balancing(cfg: DictConfig) -> None:

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -38,6 +39,11 @@ from imgcls.utils.errors import UserError
 
 # how long the main process may take to leave a job after a rank died, before it is killed
 MAIN_EXIT_GRACE_S = 60.0
+# a child rank's exit code for a UserError: an error of the job's own (a diverged loss, decided
+# on every rank at once), which the main process meets and reports too
+USER_ERROR_EXIT = 3
+# how long the main process has to meet it before the child's exit fails the job
+USER_ERROR_GRACE_S = 30.0
 # the signal by which the observer thread raises RankFailedError in the main thread
 _RAISE_SIGNAL = signal.SIGUSR2
 
@@ -107,10 +113,18 @@ class ChildRankObserver(fabric_launcher._ChildProcessObserver):
             child.send_signal(self._termination_signal)
         if self._job != _Job.number or _Job.done.is_set():
             return
+        if _met_the_jobs_own_error(self._child_processes) and _Job.done.wait(USER_ERROR_GRACE_S):
+            return  # the main process left with the same line
         _Job.failure = _death_message(self._child_processes)
         signal.pthread_kill(threading.main_thread().ident, _RAISE_SIGNAL)
         if not _Job.done.wait(MAIN_EXIT_GRACE_S):
             os.kill(self._main_pid, self._termination_signal)  # stuck with the dead rank
+
+
+def _met_the_jobs_own_error(children: list[subprocess.Popen]) -> bool:
+    """Every child that died left on a UserError (USER_ERROR_EXIT)."""
+    dead = [c.returncode for c in children if c.poll() not in (0, None)]
+    return bool(dead) and all(code == USER_ERROR_EXIT for code in dead)
 
 
 def _death_message(children: list[subprocess.Popen]) -> str | None:
@@ -171,9 +185,10 @@ def ddp_job_scope() -> Iterator[None]:
         failed = False
     except Exception as err:
         _Job.done.set()  # leaving already: a child's exit no longer raises here
-        for child in _Job.children:  # each rank's own error reaches its log before any is killed
+        deadline = time.monotonic() + 5  # each rank's own error reaches its log before a kill
+        for child in _Job.children:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(5)
+                child.wait(max(0.0, deadline - time.monotonic()))
         message = _death_message(_Job.children)
         # rank 0 often fails first with the collective's "connection closed": name the cause,
         # unless its own error is one every rank met (a UserError: the divergence line)

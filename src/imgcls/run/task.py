@@ -85,7 +85,7 @@ def task_main(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[]
             return run_recorded(cfg, job)
         except UserError as err:
             log_error(f"{type(err).__name__}: {err}")
-            sys.exit(1)
+            sys.exit(ddp_hydra.USER_ERROR_EXIT if rank_zero_only.rank else 1)
         except Exception:
             if rank_zero_only.rank == 0:
                 raise

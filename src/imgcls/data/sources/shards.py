@@ -26,6 +26,7 @@ for folder and CSV sources.
 """
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -40,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from imgcls.data.datamodule import ImageDataModule, Splits
 from imgcls.data.decoding.device import collate_encoded, for_device
 from imgcls.data.decoding.images import BAD_IMAGE_ERRORS, decode_any, parse_header, shrunk_jpeg
+from imgcls.data.loaders import init_worker
 from imgcls.data.sources.decode_place import DecodePlaceChoice
 from imgcls.data.sources.files import Sample
 from imgcls.utils.errors import UserError
@@ -187,19 +189,26 @@ def make_streaming_dataset(
     class Split(StreamingDataset):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            # the epoch the loader set in the main process, in memory its workers share
+            # in memory the workers share: the epoch the loader set in the main process, and
+            # whether that epoch resumes a checkpoint's place
             self._loader_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+            self.resuming = torch.zeros((), dtype=torch.bool).share_memory_()
 
         def set_epoch(self, current_epoch: int) -> None:
-            super().set_epoch(current_epoch)
-            self._loader_epoch.fill_(self.current_epoch)
+            """The loader's epoch, also on a resume (LitData keeps its own count there, and a
+            checkpoint taken in the resumed epoch would save that, not this)."""
+            self.current_epoch = current_epoch
+            self._loader_epoch.fill_(current_epoch)
 
         def __iter__(self) -> Any:
-            """Each epoch in the order of the epoch the loader is at: a persistent worker's
-            copy of the dataset counts its epochs itself, and one cut short
-            (trainer.limit_train_batches) would replay its order. (A resumed epoch's number
-            comes with LitData's state, which wins.)"""
+            """Each epoch in the order of the epoch the loader is at, from its start unless it
+            resumes: a persistent worker's copy of the dataset counts its epochs itself and
+            keeps a resumed place until it reaches its end, and one cut short
+            (trainer.limit_train_batches) would replay an order or a place. (A resumed epoch's
+            number comes with LitData's state, which wins.)"""
             self.current_epoch = int(self._loader_epoch)
+            if not self.resuming:
+                self.reset_state_dict()
             return super().__iter__()
 
         def __getitem__(self, index: Any) -> tuple[Any, Any]:
@@ -410,8 +419,10 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
         and each chunk by about one rank (LitData's own split deals out whole batches and gives
         what is left to the last rank: a small split would leave the other ranks none)."""
         workers = self.resolved_workers()
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         common = {
             "num_workers": workers,
+            "worker_init_fn": functools.partial(init_worker, rank=rank) if workers > 0 else None,
             "collate_fn": collate_encoded if self.decodes_on_device() else None,
             "pin_memory": self.pin_memory and self.device.type == "cuda",
             "persistent_workers": self.persistent_workers and workers > 0,
@@ -464,6 +475,7 @@ def _resumable_loader(*args: Any, **kwargs: Any) -> Any:
             if self.restore and self._resumed_epoch_begun:
                 self.restore = False
             self._resumed_epoch_begun = self.restore
+            self.dataset.resuming.fill_(bool(self.restore))
             yield from super().__iter__()
 
         def load_state_dict(self, obj: dict[str, Any]) -> None:

@@ -38,13 +38,14 @@ class MultiHotLoss(nn.Module):
         self.register_buffer("pos_weight", None)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        # in float32 whatever the logits' dtype: bf16 would quantize smoothed and mixed targets
+        targets = targets.float()
         if self.label_smoothing:
             off = self.label_smoothing / self.num_classes
             targets = targets * (1 - self.label_smoothing) + off
-        # in float32 whatever the logits' dtype: bf16 would quantize smoothed and mixed targets
         pos_weight = None if self.pos_weight is None else self.pos_weight.float()
         losses = F.binary_cross_entropy_with_logits(
-            logits.float(), targets.float(), pos_weight=pos_weight, reduction="none"
+            logits.float(), targets, pos_weight=pos_weight, reduction="none"
         )
         return losses.mean(dim=1)
 
