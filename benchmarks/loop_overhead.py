@@ -6,12 +6,16 @@
     python benchmarks/loop_overhead.py --device cuda --net resnet50 --size 224 --batch 256 \\
         --precision bf16-mixed --channels-last --steps 50 [--compile] [--loops device,imgcls]
 
-Three loops train the same net on the same random uint8 images (10 classes), normalized the same
+Four loops train the same net on the same random uint8 images (10 classes), normalized the same
 way, with the same SGD:
 - plain, host data: a DataLoader over the images held on the host, each batch copied to the
   device (what most hand-written loops do);
 - plain, device data: the images held on the device, each batch indexed there (airbench's loop);
+- bare Lightning: the device-data loop as a minimal LightningModule in a Trainer with no
+  callbacks, loggers, progress bar or checkpoints: Lightning's own cost per step;
 - imgcls: `train.py`'s Trainer with the default callbacks and the TensorBoard + CSV loggers.
+Each loop's time a step is printed in microseconds, and the differences: bare Lightning less the
+plain device loop is Lightning's share, imgcls less bare Lightning is ours.
 The plain loops are written as a careful engineer would: no host read per step (the loss sum
 stays on the device and is read once per epoch). Images/s is measured over each epoch's steps
 (the device synchronized at both ends; end-of-epoch work such as checkpointing is left out of
@@ -24,7 +28,7 @@ import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import lightning as L
 import torch
@@ -152,6 +156,75 @@ def plain_loop(args: argparse.Namespace, data: TensorDataset, on_device: bool) -
     return len(labels) // args.batch * args.batch / statistics.mean(durations[1:])
 
 
+class DeviceBatches:
+    """The plain device loop's batches as an iterable Lightning takes for a loader: indexed on
+    the device from a permutation drawn there, the last partial batch dropped."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch: int) -> None:
+        self.images, self.labels, self.batch = images, labels, batch
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.labels), device=self.labels.device)
+        for start in range(0, len(self) * self.batch, self.batch):
+            index = order[start : start + self.batch]
+            yield self.images[index], self.labels[index]
+
+
+class BareModule(L.LightningModule):
+    """The plain loop's step, as little of a LightningModule as trains."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__()
+        self.args = args
+        self.net = build_net(args.net, num_classes=10)
+        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.criterion = nn.CrossEntropyLoss()
+        mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        images, labels = batch
+        x = ((images.float() / 255 - self.mean) / self.std).contiguous(
+            memory_format=self.memory_format
+        )
+        return self.criterion(self.net(x), labels)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            self.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+        )
+
+
+def bare_lightning_loop(args: argparse.Namespace, data: TensorDataset) -> float:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = BareModule(args)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.net = torch.compile(model.net)
+    images, labels = (t.to(device) for t in data.tensors)
+    timer = EpochTimer()
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=args.precision,
+        max_epochs=args.epochs,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, train_dataloaders=DeviceBatches(images, labels, args.batch))
+    return len(labels) // args.batch * args.batch / statistics.mean(timer.durations[1:])
+
+
 def imgcls_loop(args: argparse.Namespace, data: TensorDataset) -> float:
     overrides = [
         f"model.net.name={args.net}",
@@ -195,8 +268,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the net")
     parser.add_argument(
         "--loops",
-        default="host,device,imgcls",
-        help="which loops to run, of host, device (the plain loops) and imgcls",
+        default="host,device,lightning,imgcls",
+        help="which loops to run, of host, device (the plain loops), lightning and imgcls",
     )
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")  # as train.yaml's default
@@ -217,16 +290,25 @@ def main() -> None:
     every = {  # --loops name: (printed name, the loop)
         "host": ("plain, host data", lambda: plain_loop(args, data, on_device=False)),
         "device": ("plain, device data", lambda: plain_loop(args, data, on_device=True)),
+        "lightning": ("bare Lightning", lambda: bare_lightning_loop(args, data)),
         "imgcls": ("imgcls", lambda: imgcls_loop(args, data)),
     }
     loops = {every[key][0]: every[key][1] for key in every if key in args.loops.split(",")}
     rates = paired_repeats(loops, args.repeats)
+    step_us = {  # each repeat's time a step
+        name: [args.batch / rate * 1e6 for rate in runs] for name, runs in rates.items()
+    }
     for name, runs in rates.items():
-        print(f"{name:>19}: {spread(runs)} images/s")
-    for baseline in ("plain, host data", "plain, device data"):
-        if baseline in rates and "imgcls" in rates:
-            label = f"imgcls/{baseline.replace(', ', ' ')}"
-            print(ratio_line(label, rates["imgcls"], rates[baseline]))
+        print(f"{name:>19}: {spread(runs)} images/s, {spread(step_us[name])} us a step")
+    for ours, below in (("bare Lightning", "plain, device data"), ("imgcls", "bare Lightning")):
+        if ours in step_us and below in step_us:
+            extra = [a - b for a, b in zip(step_us[ours], step_us[below], strict=True)]
+            print(f"{ours} - {below}: {spread(extra)} us a step")
+    for ours in ("imgcls", "bare Lightning"):
+        for baseline in ("plain, host data", "plain, device data"):
+            if baseline in rates and ours in rates:
+                label = f"{ours.replace(' ', '_')}/{baseline.replace(', ', ' ')}"
+                print(ratio_line(label, rates[ours], rates[baseline]))
 
 
 if __name__ == "__main__":
