@@ -1,10 +1,11 @@
 """callbacks/model_checkpoint.py: best.ckpt a relative link to the best epoch's checkpoint (a
-copy where links are not allowed), last.ckpt refreshed at every epoch's end and every
-`every_n_train_steps` optimizer steps."""
+copy where links are not allowed), last.ckpt refreshed at every epoch's end, every validation's
+and every `every_n_train_steps` optimizer steps, written once a step."""
 
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ SETTINGS = {
 
 
 def fit(
-    checkpoint: ModelCheckpoint, scores: list[float], batches: int = 2
+    checkpoint: ModelCheckpoint, scores: list[float], batches: int = 2, **trainer_kwargs: Any
 ) -> list[tuple[str, int]]:
     """Train len(scores) epochs of `batches` steps, epoch e validating to scores[e]: the
     checkpoints written, as (file name, global step), in order."""
@@ -34,6 +35,7 @@ def fit(
         max_epochs=len(scores),
         limit_train_batches=batches,
         limit_val_batches=1,
+        **trainer_kwargs,
     )
     written = []
     save = trainer.save_checkpoint
@@ -85,21 +87,39 @@ def test_without_links_best_is_a_copy(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_every_n_train_steps_refreshes_last_between_epochs(tmp_path: Path) -> None:
     checkpoint = CheckpointWithBestLink(dirpath=tmp_path, every_n_train_steps=2, **SETTINGS)
     written = fit(checkpoint, scores=[0.5, 0.9], batches=5)
-    # steps 2 and 4, the end of epoch 0 at step 5, then 6, 8 and the end of epoch 1 at 10
-    assert sorted({step for name, step in written if name == "last.ckpt"}) == [2, 4, 5, 6, 8, 10]
+    # steps 2 and 4, the end of epoch 0 at step 5, then 6, 8 and the end of epoch 1 at 10 (once:
+    # not at its batch's end, then again after the epoch's new best)
+    assert [step for name, step in written if name == "last.ckpt"] == [2, 4, 5, 6, 8, 10]
     assert [step for name, step in written if name.startswith("epoch_")] == [5, 10]
     assert step_of(tmp_path / "last.ckpt") == 10
     assert os.readlink(tmp_path / "best.ckpt") == "epoch_001.ckpt"
 
 
-@pytest.mark.xfail(
-    reason="bug in src/imgcls/callbacks/model_checkpoint.py: at an epoch with a new best the "
-    "class writes last.ckpt at validation's end, then Lightning's own save at the training "
-    "epoch's end writes it again at the same step (the class's save does not set Lightning's "
-    "_last_global_step_saved): a whole checkpoint written twice",
-    strict=True,
-)
 def test_each_step_writes_last_once(tmp_path: Path) -> None:
+    """Epoch 1's new best is saved at the training epoch's end: last.ckpt is written once, after
+    it (written at validation's end as well, it was a whole checkpoint twice, the first naming the
+    previous best)."""
     written = fit(CheckpointWithBestLink(dirpath=tmp_path, **SETTINGS), scores=[0.5, 0.9])
-    lasts = [step for name, step in written if name == "last.ckpt"]
-    assert lasts == sorted(set(lasts))
+    assert [step for name, step in written if name == "last.ckpt"] == [2, 4]
+    (state,) = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"].values()
+    assert Path(state["best_model_path"]).name == "epoch_001.ckpt"  # what a resume keeps
+
+
+def test_without_top_k_last_is_written_once_at_the_fits_end(tmp_path: Path) -> None:
+    """Lightning's on_train_end writes last.ckpt where none of its own saves did."""
+    checkpoint = CheckpointWithBestLink(dirpath=tmp_path, save_last=True, save_top_k=0)
+    written = fit(checkpoint, scores=[0.5, 0.9])
+    assert written == [("last.ckpt", 2), ("last.ckpt", 4)]
+
+
+def test_a_validation_within_the_epoch_refreshes_last_at_its_end(tmp_path: Path) -> None:
+    # validation after batches 2 and 4 of each epoch; only the first (step 2) a new best
+    written = fit(
+        CheckpointWithBestLink(dirpath=tmp_path, **SETTINGS),
+        scores=[0.5, 0.4],
+        batches=4,
+        val_check_interval=2,
+    )
+    assert [step for name, step in written if name == "last.ckpt"] == [2, 4, 6, 8]
+    assert [name for name, _ in written if name != "last.ckpt"] == ["epoch_000.ckpt"]
+    assert step_of(tmp_path / "last.ckpt") == 8

@@ -79,25 +79,25 @@ def test_a_run_without_loggers_keeps_no_points() -> None:
     assert pending == [0, 0, 0, 0]
 
 
-@pytest.mark.xfail(
-    reason="bug in src/imgcls/callbacks/step_loss.py: under trainer.accumulate_grad_batches it "
-    "keeps a point per batch, not per optimizer step (one at step 0 before any step, two at "
-    "each logged step), and Lightning's outputs['loss'] there is divided by the accumulation",
-    strict=True,
-)
 def test_with_gradient_accumulation_each_logged_optimizer_step_gets_one_point() -> None:
-    logger = RecordingLogger()
+    """A logged optimizer step's point is the mean loss of the batches it accumulated, not a
+    point per batch (nor one at step 0, before any step) and not Lightning's loss divided by the
+    accumulation: the epoch's last step (8) accumulated one batch, whose loss it is."""
+    curve, logger = StepLossCurve(), RecordingLogger()
+    probe = Probe(curve, logger)
     model = TinyClassifier()
     trainer = tiny_trainer(
         logger=logger,
-        callbacks=[StepLossCurve()],
-        limit_train_batches=8,
-        accumulate_grad_batches=2,  # 4 optimizer steps
+        callbacks=[curve, probe],
+        limit_train_batches=15,
+        accumulate_grad_batches=2,  # 8 optimizer steps, the last of batch 15 alone
         log_every_n_steps=2,
     )
-    trainer.fit(model, loader(16))
+    trainer.fit(model, loader(30))
     points = logger.points(TAG)
-    assert [step for step, _ in points] == [2, 4]
-    for step, value in points:  # the loss of that step's batches, not a fraction of it
+    assert [step for step, _ in points] == [2, 4, 6, 8]
+    for step, value in points:
         batches = [float(loss) for s, loss in model.losses if s == step]
-        assert min(batches) - 1e-6 <= value <= max(batches) + 1e-6
+        assert len(batches) == (1 if step == 8 else 2)
+        assert value == pytest.approx(sum(batches) / len(batches), rel=1e-6)
+    assert all(probe.pending_are_tensors)

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from imgcls.callbacks import throughput
 from imgcls.callbacks.throughput import Throughput
@@ -50,13 +51,20 @@ def lines(monkeypatch: pytest.MonkeyPatch) -> Lines:
     return lines
 
 
-def run_epoch(clock: Clock, callback: Throughput, waits_and_steps, tail: float) -> dict:
+def run_epoch(
+    clock: Clock, callback: Throughput, waits_and_steps, tail: float, resumed: bool = False
+) -> dict:
     """One epoch through the callback's hooks: before each batch of 8 images the loop waits,
-    then steps (seconds each); `tail` seconds end the epoch. What it logged."""
+    then steps (seconds each); `tail` seconds end the epoch. `resumed`: the fit starts midway
+    through it, as Lightning resumes a mid-epoch checkpoint (on_train_start, no
+    on_train_epoch_start). What it logged."""
     logged: dict[str, float] = {}
     module = SimpleNamespace(log_dict=lambda metrics, **kwargs: logged.update(metrics))
     trainer = SimpleNamespace(world_size=2, current_epoch=3)
-    callback.on_train_epoch_start(trainer, module)
+    if resumed:
+        callback.on_train_start(trainer, module)
+    else:
+        callback.on_train_epoch_start(trainer, module)
     batch = (torch.zeros(8, 3, 4, 4, dtype=torch.uint8), torch.zeros(8, dtype=torch.long))
     for wait, step in waits_and_steps:
         clock.now += wait
@@ -76,6 +84,17 @@ def test_rate_and_wait_share_of_an_epoch(clock: Clock, lines: Lines) -> None:
         "perf/data_wait_share": pytest.approx(0.2),
     }
     assert lines.infos == ["epoch 3: 3 images/s, waited for data 20% of the time"]
+    assert not lines.warnings
+
+
+def test_an_epoch_resumed_midway_is_timed_from_the_resume(clock: Clock, lines: Lines) -> None:
+    """Its clocks counted from the process's start, the resumed epoch read as data-bound."""
+    clock.now += 1000  # the process started long before the fit
+    logged = run_epoch(clock, Throughput(), [(1, 3), (1, 3)], tail=2, resumed=True)
+    assert logged == {
+        "perf/images_per_sec": pytest.approx(3.2),
+        "perf/data_wait_share": pytest.approx(0.2),
+    }
     assert not lines.warnings
 
 
@@ -100,8 +119,8 @@ def test_throughput_is_logged_per_epoch(make_cfg) -> None:
 
 
 class Timed(TinyClassifier):
-    """Each training step takes 1 s of the test's clock, each validation batch 10 s; the data
-    takes none."""
+    """Each training step takes 1 s of the test's clock, each validation batch 10 s; the
+    training data takes none."""
 
     def __init__(self, clock: Clock) -> None:
         super().__init__()
@@ -116,22 +135,32 @@ class Timed(TinyClassifier):
         return super().validation_step(batch, batch_idx)
 
 
-@pytest.mark.xfail(
-    reason="bug in src/imgcls/callbacks/throughput.py: validation inside the training epoch is "
-    "counted in its time: in mid-epoch (trainer.val_check_interval) as waiting for data (a false "
-    "'Data-bound' warning), at the epoch's end in the time that divides the images",
-    strict=True,
-)
+class SlowStream(IterableDataset):
+    """`images` of `loader`'s as a stream with no length, each taking 5 s of the test's clock to
+    load (Lightning fetches a batch ahead from a loader without a length or a limit:
+    validation's first before on_validation_start)."""
+
+    def __init__(self, clock: Clock, images: int) -> None:
+        self.clock, self.data = clock, loader(images).dataset
+
+    def __iter__(self):
+        for index in range(len(self.data)):
+            self.clock.now += 5.0
+            yield self.data[index]
+
+
 def test_validation_is_neither_waiting_for_data_nor_training_time(
     clock: Clock, lines: Lines
 ) -> None:
+    """Validation after batches 2 and 4: its steps and its data, its first batch included, are
+    neither waiting for data mid-epoch (a false 'Data-bound' warning) nor, at the epoch's end,
+    time that divides the images."""
     trainer = tiny_trainer(
         callbacks=[Throughput(data_bound_warning=0.3)],
         limit_train_batches=4,
-        val_check_interval=2,  # validation after batches 2 and 4
-        limit_val_batches=1,
+        val_check_interval=2,
     )
-    trainer.fit(Timed(clock), loader(), loader())
+    trainer.fit(Timed(clock), loader(), DataLoader(SlowStream(clock, 4), batch_size=2))
     metrics = trainer.callback_metrics
     assert not lines.warnings
     assert metrics["perf/data_wait_share"].item() == 0.0

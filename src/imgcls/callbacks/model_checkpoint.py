@@ -5,10 +5,15 @@ symlink to the best one, so `eval.py ckpt_path=<run>/checkpoints/best.ckpt` neve
 epoch looked up. Where symlinks are not allowed it is a copy.
 
 `last.ckpt` is written at the end of every epoch (Lightning 2.6 refreshes it only at an epoch
-that also saved a top-k checkpoint: after epochs without a new best it would hold an old one),
-and `every_n_train_steps=N` also refreshes it every N optimizer steps, on top of the per-epoch
+that also saved a top-k checkpoint: after epochs without a new best it would hold an old one)
+and of every validation within an epoch (`trainer.val_check_interval`), and
+`every_n_train_steps=N` also refreshes it every N optimizer steps, on top of the per-epoch
 checkpoints (Lightning's ModelCheckpoint allows one schedule or the other): a long epoch
 interrupted midway resumes from at most N steps back.
+
+Each step writes `last.ckpt` at most once, at the last of its saves: a step whose epoch ends
+leaves it to the epoch's end, after Lightning's top-k save there (a `last.ckpt` written before
+it would name the previous best, and writing it again would write a whole checkpoint twice).
 """
 
 import os
@@ -38,7 +43,8 @@ class CheckpointWithBestLink(ModelCheckpoint):
         batch_idx: int,
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.last_every_n_steps and trainer.global_step % self.last_every_n_steps == 0:
+        every = self.last_every_n_steps
+        if every and trainer.global_step % every == 0 and not self._epoch_ends_here(trainer):
             self._save_last(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -48,13 +54,25 @@ class CheckpointWithBestLink(ModelCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and not self._epoch_ends_here(trainer):
             self._save_last(trainer)
         self.link_best(trainer)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's writes last.ckpt where none of its own saves wrote a checkpoint
+        # (save_top_k=0): at the step whose epoch's end just wrote it here
+        if self._last_saved_here != trainer.global_step:
+            super().on_train_end(trainer, pl_module)
+
+    @staticmethod
+    def _epoch_ends_here(trainer: L.Trainer) -> bool:
+        """Whether the training epoch's end follows at this step (its last batch, max_steps, a
+        stop), whose save of last.ckpt comes after Lightning's top-k save of the step."""
+        return trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop.done
+
     def _save_last(self, trainer: L.Trainer) -> None:
         """last.ckpt at this step, unless this step has been saved already (by Lightning, at a
-        new best, or here: validation's end comes before the training epoch's)."""
+        new best, or here)."""
         fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.fast_dev_run
         if not self.save_last or self.dirpath is None or not fitting:
             return
