@@ -2,6 +2,7 @@
 Optuna sweeps (failed jobs included), and both notebooks executed on real runs."""
 
 import csv
+import json
 import os
 import statistics
 import sys
@@ -26,9 +27,9 @@ SWEEP_QUICK = [
 ]
 
 
-def run_notebook(name: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+def run_notebook(name: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
     """Execute notebooks/<name> top to bottom in a fresh kernel of this Python; any cell that
-    raises fails the test."""
+    raises fails the test. Returns what its cells printed."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -44,6 +45,12 @@ def run_notebook(name: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> None
     kinds = {out["output_type"] for cell in notebook.cells for out in cell.get("outputs", [])}
     assert "error" not in kinds
     assert "display_data" in kinds  # the plots and tables were drawn
+    return "".join(
+        out.get("text", "")
+        for cell in notebook.cells
+        for out in cell.get("outputs", [])
+        if out["output_type"] == "stream"
+    )
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -91,6 +98,22 @@ def test_tensorboard_holds_curves_pictures_and_hparams(make_cfg, tmp_path: Path,
     assert not tags["graph"]  # the graph is off by default
     assert (run / "csv" / "metrics.csv").is_file()
     run_notebook("01_inspect_run.ipynb", monkeypatch, IMGCLS_RUN_DIR=str(run))
+
+
+@pytest.mark.slow(seconds=20)
+def test_the_run_notebook_shows_an_interrupted_run_and_says_what_is_missing(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    """Stopped before its test (and before a best checkpoint): the curves are drawn, and the
+    missing report and checkpoint are named with the reason, not a FileNotFoundError."""
+    train(make_cfg(*QUICK, "trainer.max_epochs=1", "test=false"))
+    run = tmp_path / "run"
+    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    (run / "checkpoints" / "best.ckpt").unlink()
+    printed = run_notebook("01_inspect_run.ipynb", monkeypatch, IMGCLS_RUN_DIR=str(run))
+    stopped = "the run was stopped (Ctrl-C, a kill) before it got there"
+    assert f"Not in this run: per_class.csv, confusion.png ({stopped})" in printed
+    assert f"Not in this run: checkpoints/best.ckpt ({stopped})" in printed
 
 
 @pytest.mark.slow(seconds=25)
