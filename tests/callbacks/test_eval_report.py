@@ -2,6 +2,7 @@
 computation."""
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,9 @@ def read_csv(path: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def test_report_matches_a_hand_computation(make_cfg, tmp_path: Path) -> None:
+def test_report_matches_a_hand_computation(
+    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The confusion, per-class and calibration files against the logits computed image by
     image; the temperature fitted on the validation split (model.temperature=fit) with the
     weights the checkpoint holds (an EMA of them)."""
@@ -49,8 +52,14 @@ def test_report_matches_a_hand_computation(make_cfg, tmp_path: Path) -> None:
         "callbacks=[default,ema]",
         "callbacks.ema.decay=0.5",
     )
-    train(train_cfg)
+    with caplog.at_level("INFO"):
+        train(train_cfg)
     run = tmp_path / "run"
+    # the report says how many validation images fitted the temperature (a warning said few)
+    said = caplog.text
+    fitted = re.search(r"temperature [\d.]+, fitted on (\d+) validation images\)", said)
+    assert fitted is not None
+    assert f"The temperature is fitted on {fitted[1]} validation images" in said
     # the test stage of training wrote the report and put its figures in TensorBoard
     assert {
         "per_class.csv",

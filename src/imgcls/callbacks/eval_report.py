@@ -120,6 +120,8 @@ class TestReport:
         self.confusion = ConfusionMatrix(objective.num_classes)
         self.mistakes = ConfidentMistakes(misclassified)
         self.temperature = float(objective.temperature)
+        # how many validation images fitted it, where this run fitted it (not a loaded model)
+        self.fitted_on: int | None = getattr(objective, "temperature_images", None)
         kinds = ["raw", "calibrated"] if self.temperature != 1.0 else ["raw"]
         self.reliability = {kind: ReliabilityBins() for kind in kinds}
 
@@ -174,12 +176,13 @@ class TestReport:
                             f"{values['ece'].item():.6f}",
                         ]
                     )
-        fig = reliability_figure(calibration, temperature)
+        fig = reliability_figure(calibration, temperature, self.fitted_on)
         add_figure(trainer, "test/reliability", fig)
         save_figure(fig, str(self.output_dir / "reliability.png"))
         close_figure(fig)
         eces = ", ".join(f"{kind} {v['ece'].item():.4f}" for kind, v in calibration.items())
-        log.info(f"Expected calibration error: {eces} (temperature {temperature:.3g})")
+        fitted = f", fitted on {self.fitted_on} validation images" if self.fitted_on else ""
+        log.info(f"Expected calibration error: {eces} (temperature {temperature:.3g}{fitted})")
 
     @rank_zero_only
     def write(self, trainer: L.Trainer, names: list[str], confusion: Tensor) -> None:

@@ -19,6 +19,9 @@ from torchmetrics.utilities import dim_zero_cat
 CALIBRATION_BINS = 15
 # the temperatures a fit may reach
 TEMPERATURE_RANGE = (0.05, 20.0)
+# below this many validation images a fitted temperature is mostly noise (Guo et al. fit on
+# 5,000; 36 images once took a test split's ECE from 0.046 to 0.071): the run says so
+FEW_CALIBRATION_IMAGES = 500
 
 
 def top_confidence(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,7 +83,9 @@ class TemperatureFit(Metric):
         self.labels.append(labels)
 
     def compute(self) -> Tensor:
-        return fit_temperature(dim_zero_cat(self.logits), dim_zero_cat(self.labels))
+        labels = dim_zero_cat(self.labels)
+        self.fitted_on = len(labels)  # every rank's, as the states are gathered
+        return fit_temperature(dim_zero_cat(self.logits), labels)
 
 
 def fit_temperature(logits: Tensor, labels: Tensor) -> Tensor:

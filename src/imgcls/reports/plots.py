@@ -38,11 +38,14 @@ def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str]) -> Fig
 
 
 def reliability_figure(
-    calibration: dict[str, dict[str, torch.Tensor]], temperature: float
+    calibration: dict[str, dict[str, torch.Tensor]],
+    temperature: float,
+    fitted_on: int | None = None,
 ) -> Figure:
     """The reliability diagram: per confidence bin, how often the top class was right (bars)
     against how confident the net was (the diagonal is perfect calibration); one panel for the
-    softmax, one for the calibrated probabilities where there are any."""
+    softmax, one for the calibrated probabilities where there are any (`fitted_on`: how many
+    validation images the temperature was fitted on, where known)."""
     fig, axes = plt.subplots(
         1, len(calibration), figsize=(4.5 * len(calibration), 4.5), squeeze=False
     )
@@ -75,6 +78,8 @@ def reliability_figure(
         ax.set_xlabel("confidence (top class)")
         ax.set_ylabel("accuracy")
         title = "softmax" if kind == "raw" else f"temperature {temperature:.3g}"
+        if kind != "raw" and fitted_on:
+            title += f" (fitted on {fitted_on} images)"
         ax.set_title(f"{title}: ECE {float(values['ece']):.3f}")
         ax.legend(loc="upper left")
     fig.tight_layout()

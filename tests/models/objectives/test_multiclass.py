@@ -11,8 +11,13 @@ from torch import nn
 from torchmetrics.classification import MulticlassF1Score
 
 from imgcls.data.sources.folder import FolderDataModule
+from imgcls.models.calibration import FEW_CALIBRATION_IMAGES
 from imgcls.models.classifier import ImageClassifier
-from imgcls.models.objectives.multiclass import accuracy_metrics, balanced_class_weights
+from imgcls.models.objectives.multiclass import (
+    MulticlassObjective,
+    accuracy_metrics,
+    balanced_class_weights,
+)
 from imgcls.utils.errors import UserError
 from tests.data_factory import write_class_tree
 from tests.helpers import SGD
@@ -143,3 +148,31 @@ def test_an_imbalance_nothing_evens_out_is_said_at_fit_start(tmp_path: Path, cap
     assert "data.sampler=balanced or model.class_weights=balanced" in said()
     assert "imbalanced" not in said(sampler="balanced")
     assert "imbalanced" not in said(class_weights="balanced")
+
+
+@pytest.mark.parametrize(("images", "warned"), [(36, True), (600, False)])
+def test_a_temperature_fitted_on_few_validation_images_is_said_to_be_noise(
+    images: int, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run says how many images fitted it (the report repeats it), and warns once below
+    FEW_CALIBRATION_IMAGES, where a fit can leave the test split worse calibrated."""
+    objective = MulticlassObjective(num_classes=3, temperature="fit")
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(images, 3, generator=generator) * 4
+    labels = torch.randint(0, 3, (images,), generator=generator)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # two validation epochs: one warning
+            objective.update("val", logits, labels, torch.zeros(images))
+            objective.fitted(fit=True)
+    assert objective.temperature_images == images
+    noise = [r for r in caplog.records if "mostly noise" in r.getMessage()]
+    assert len(noise) == warned
+    if warned:
+        assert (
+            noise[0]
+            .getMessage()
+            .startswith(
+                f"The temperature is fitted on {images} validation images: below "
+                f"{FEW_CALIBRATION_IMAGES}"
+            )
+        )

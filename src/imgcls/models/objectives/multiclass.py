@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from imgcls.models.calibration import TemperatureFit
+from imgcls.models.calibration import FEW_CALIBRATION_IMAGES, TemperatureFit
 from imgcls.models.confusion import ClassAveragedScores
 from imgcls.models.objectives.base import OBJECTIVES, Objective
 from imgcls.utils.errors import UserError
@@ -65,6 +65,7 @@ class MulticlassObjective(Objective):
         fixed = temperature if isinstance(temperature, int | float) else 1.0
         self.register_buffer("temperature", torch.tensor(float(fixed)))
         self.temperature_fit = TemperatureFit() if temperature == "fit" else None
+        self.temperature_images: int | None = None  # how many it was fitted on, in this run
 
     def make_criterion(self) -> nn.Module:
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing, reduction="none")
@@ -89,6 +90,14 @@ class MulticlassObjective(Objective):
         if fit:
             self.temperature.copy_(self.temperature_fit.compute())
             values["val/temperature"] = self.temperature
+            first, self.temperature_images = self.temperature_images, self.temperature_fit.fitted_on
+            if first is None and self.temperature_images < FEW_CALIBRATION_IMAGES:
+                log.warning(
+                    f"The temperature is fitted on {self.temperature_images} validation images: "
+                    f"below {FEW_CALIBRATION_IMAGES} the fit is mostly noise and can leave the "
+                    "test split worse calibrated; use a larger validation split, or "
+                    "model.temperature=null."
+                )
         self.temperature_fit.reset()
         return values
 
