@@ -102,3 +102,18 @@ def test_litdata_still_builds_its_object_store_client_from_the_options_shards_ex
 
     assert downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] is True
     assert "client_options=_OBSTORE_CLIENT_OPTIONS" in inspect.getsource(downloader)
+
+
+def test_the_epoch_loop_decisions_checkpointing_and_preemption_ask_are_there() -> None:
+    """callbacks/model_checkpoint.py (`validation_follows`, `epoch_ends_after`), used by
+    callbacks/preemption.py too, ask Lightning's epoch loop its own decisions by name."""
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    assert callable(_TrainingEpochLoop._should_check_val_fx)
+    assert isinstance(_TrainingEpochLoop._is_training_done, property)
+    assert isinstance(_FitLoop._can_stop_early, property)
+    assert "self._data_fetcher" in inspect.getsource(_FitLoop.setup_data)
+    assert "self._should_check_val_fx(data_fetcher)" in inspect.getsource(
+        _TrainingEpochLoop.on_advance_end
+    )

@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from imgcls.callbacks.ema import EMA
+from imgcls.callbacks.preemption import PreemptionCheckpoint
 from imgcls.eval import evaluate
 from imgcls.run.task import apply_extras
-from imgcls.train import metric_value, seed_run, train
+from imgcls.train import build_components, metric_value, seed_run, train
 from imgcls.utils.errors import UserError
 
 # A small fast net so these tests take seconds, not minutes.
@@ -156,3 +159,14 @@ def test_an_unseeded_run_draws_a_seed_its_ddp_processes_inherit(
     monkeypatch.setenv("PL_GLOBAL_SEED", str(first))  # as rank 0 left it for its children
     seed_run(None)
     assert torch.initial_seed() == first
+
+
+def test_the_preemption_stop_comes_after_every_other_callbacks_batch_end(make_cfg) -> None:
+    """It raises at a batch's end: an EMA listed after it would miss that step's update (and a
+    resume would not be the uninterrupted run); only what Lightning appends itself comes after
+    it (checkpointing, its default progress bar and summary)."""
+    callbacks = build_components(make_cfg("callbacks=[default,ema]"))["trainer"].callbacks
+    at = next(i for i, c in enumerate(callbacks) if isinstance(c, PreemptionCheckpoint))
+    assert any(isinstance(c, EMA) for c in callbacks[:at])
+    lightnings = ModelCheckpoint | ProgressBar | ModelSummary
+    assert all(isinstance(c, lightnings) for c in callbacks[at + 1 :])

@@ -50,6 +50,9 @@ def build_components(cfg: DictConfig) -> dict[str, Any]:
         model.teacher = teacher_for(cfg.model.get("distill"), model)
     loggers = instantiate_each(cfg.get("logger"))
     callbacks = without_logger_callbacks(instantiate_each(cfg.get("callbacks")), loggers)
+    # the preemption stop raises at a batch's end: every other callback's hook of that batch
+    # (an EMA's update, the step loss) runs before it (Lightning puts checkpointing last)
+    callbacks.sort(key=lambda callback: isinstance(callback, PreemptionCheckpoint))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     return {
         "cfg": cfg,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from imgcls.callbacks.model_checkpoint import CheckpointWithBestLink
 from tests.callbacks.tiny import TinyClassifier, loader, tiny_trainer
@@ -123,3 +123,34 @@ def test_a_validation_within_the_epoch_refreshes_last_at_its_end(tmp_path: Path)
     assert [step for name, step in written if name == "last.ckpt"] == [2, 4, 6, 8]
     assert [name for name, _ in written if name != "last.ckpt"] == ["epoch_000.ckpt"]
     assert step_of(tmp_path / "last.ckpt") == 8
+
+
+def test_a_step_save_due_at_a_validation_waits_for_its_end(tmp_path: Path) -> None:
+    """every_n_train_steps on the validation interval: last.ckpt is written after that
+    validation, not before it (a resume from the earlier copy would skip the validation)."""
+    checkpoint = CheckpointWithBestLink(dirpath=tmp_path, every_n_train_steps=2, **SETTINGS)
+    validating = []
+
+    class Stage(Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            validating.append(trainer.global_step)
+
+    trainer = tiny_trainer(
+        callbacks=[Stage(), checkpoint],
+        enable_checkpointing=True,
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        val_check_interval=2,
+    )
+    saved_after_validation = []
+    save = trainer.save_checkpoint
+
+    def recorded(path, *args, **kwargs):
+        if Path(path).name == "last.ckpt":
+            saved_after_validation.append(trainer.global_step in validating)
+        return save(path, *args, **kwargs)
+
+    trainer.save_checkpoint = recorded
+    trainer.fit(TinyClassifier(val_scores=[0.5, 0.4]), loader(8), loader())
+    assert saved_after_validation == [True] * 4  # steps 2, 4, 6, 8: each after its validation

@@ -162,14 +162,27 @@ def test_more_cpu_processes_than_cpus_is_refused(make_cfg) -> None:
         train(make_cfg("trainer=ddp_sim", f"trainer.devices={cpus + 1}"))
 
 
-def test_an_unseeded_job_of_several_machines_is_one_line() -> None:
-    def job(seed: int | None, nodes: int) -> Any:
-        return OmegaConf.create({"seed": seed, "trainer": {"num_nodes": nodes}})
+def test_an_unseeded_job_a_launcher_starts_or_a_resume_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """seed=null draws one seed that the processes Lightning starts inherit; processes a
+    launcher starts would each draw their own, and a resume another than its run's."""
 
-    with pytest.raises(UserError, match=r"^seed=null is not allowed with trainer\.num_nodes=2"):
-        check_values(job(None, 2))
-    check_values(job(None, 1))  # one machine's processes inherit the seed drawn
-    check_values(job(7, 2))
+    def job(seed: int | None, nodes: int = 1, ckpt_path: str | None = None) -> Any:
+        trainer = {"num_nodes": nodes, "devices": 2}
+        return OmegaConf.create({"seed": seed, "trainer": trainer, "ckpt_path": ckpt_path})
+
+    launched = r"^seed=null is not allowed in a job whose processes a launcher starts"
+    with pytest.raises(UserError, match=launched):
+        check_values(job(None, nodes=2))
+    with pytest.raises(UserError, match=r"^seed=null is not allowed with ckpt_path: .* add seed=N"):
+        check_values(job(None, ckpt_path="last"))
+    check_values(job(None))  # one machine, its processes started by Lightning
+    check_values(job(7, nodes=2, ckpt_path="last"))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "42")  # torchrun on one machine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=launched):
+        check_values(job(None))
 
 
 # -- allowed, and said -----------------------------------------------------------------------------

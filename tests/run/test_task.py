@@ -88,16 +88,18 @@ def test_the_eval_command_answers_help(command_exit, capsys: pytest.CaptureFixtu
 
 
 class ExitedChild:
-    """A DDP child process that has exited with `code` (what the observer polls)."""
+    """A DDP child process that has exited with `code` (what the observer polls); None: still
+    running, until the observer's kill (then -9)."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int | None) -> None:
         self.returncode = code
 
-    def poll(self) -> int:
+    def poll(self) -> int | None:
         return self.returncode
 
     def send_signal(self, signum: int) -> None:
-        pass
+        if self.returncode is None:
+            self.returncode = -9
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,8 @@ def test_a_child_that_left_on_the_jobs_own_error_does_not_replace_the_mains_line
     monkeypatch.setattr(ddp_hydra._Job, "done", threading.Event())
     monkeypatch.setattr(ddp_hydra._Job.done, "wait", lambda timeout: main_leaves)
     monkeypatch.setattr(ddp_hydra._Job, "failure", None)
-    observer = ddp_hydra.ChildRankObserver([ExitedChild(code)])
+    # a sibling still running when the first exits: the observer's own kill is not its cause
+    observer = ddp_hydra.ChildRankObserver([ExitedChild(code), ExitedChild(None)])
     observer._terminate_all()
     assert bool(raised) == fails_the_job
     assert (ddp_hydra._Job.failure is not None) == fails_the_job

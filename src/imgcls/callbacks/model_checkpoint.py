@@ -28,6 +28,23 @@ from lightning.pytorch.trainer.states import TrainerFn
 BEST_NAME = "best.ckpt"
 
 
+def epoch_ends_after(trainer: L.Trainer) -> bool:
+    """Whether the training epoch's end follows this batch: its last batch, max_steps, or a
+    stop (early stopping, a timer) that may be taken. Lightning's own tests, as its epoch loop
+    makes them (its `done` also waits for a resumed epoch's validation: on the first batch
+    after a resume it says no at the epoch's last batch)."""
+    stopping = trainer.should_stop and trainer.fit_loop._can_stop_early
+    return trainer.fit_loop.epoch_loop._is_training_done or stopping
+
+
+def validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates after this batch: its own decision (validation enabled this
+    epoch, the batch interval, counted across epochs without check_val_every_n_epoch, or the
+    time interval), as its epoch loop takes it at the batch's end."""
+    fetcher = trainer.fit_loop._data_fetcher
+    return fetcher is not None and trainer.fit_loop.epoch_loop._should_check_val_fx(fetcher)
+
+
 class CheckpointWithBestLink(ModelCheckpoint):
     def __init__(self, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -44,7 +61,9 @@ class CheckpointWithBestLink(ModelCheckpoint):
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         every = self.last_every_n_steps
-        if every and trainer.global_step % every == 0 and not self._epoch_ends_here(trainer):
+        # a validation or the epoch's end after this batch writes it (with what they do)
+        later = validation_follows(trainer) or epoch_ends_after(trainer)
+        if every and trainer.global_step % every == 0 and not later:
             self._save_last(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -54,7 +73,8 @@ class CheckpointWithBestLink(ModelCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not trainer.sanity_checking and not self._epoch_ends_here(trainer):
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not trainer.sanity_checking and not (fitting and epoch_ends_after(trainer)):
             self._save_last(trainer)
         self.link_best(trainer)
 
@@ -63,12 +83,6 @@ class CheckpointWithBestLink(ModelCheckpoint):
         # (save_top_k=0): at the step whose epoch's end just wrote it here
         if self._last_saved_here != trainer.global_step:
             super().on_train_end(trainer, pl_module)
-
-    @staticmethod
-    def _epoch_ends_here(trainer: L.Trainer) -> bool:
-        """Whether the training epoch's end follows at this step (its last batch, max_steps, a
-        stop), whose save of last.ckpt comes after Lightning's top-k save of the step."""
-        return trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop.done
 
     def _save_last(self, trainer: L.Trainer) -> None:
         """last.ckpt at this step, unless this step has been saved already (by Lightning, at a

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from imgcls.callbacks.model_checkpoint import epoch_ends_after, validation_follows
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -139,20 +140,16 @@ class PreemptionCheckpoint(Callback):
         # at a batch that stepped the optimizer (not halfway through accumulating gradients),
         # on every rank at this same step
         stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
-        if self._stopping and stepped and not self._evaluation_follows(trainer, batch_idx):
+        if self._stopping and stepped and not self._evaluation_follows(trainer):
             raise SIGTERMException
 
     @staticmethod
-    def _evaluation_follows(trainer: L.Trainer, batch_idx: int) -> bool:
+    def _evaluation_follows(trainer: L.Trainer) -> bool:
         """Whether validation or the epoch's end comes after this batch. A stop here would lose
         them: Lightning resumes a checkpoint taken at a batch's end as that batch done and
         skips what followed it (the epoch's validation, its end's hooks and checkpoint). The
         stop waits for the next batch; where the fit ends first, on_train_end tells."""
-        last = batch_idx + 1 >= trainer.num_training_batches
-        if last or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return True
-        every = trainer.val_check_batch  # validation every this many batches, where an int
-        return isinstance(every, int) and (batch_idx + 1) % every == 0
+        return validation_follows(trainer) or epoch_ends_after(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Whether any rank was signalled before the fit ended (in its last steps, or in the

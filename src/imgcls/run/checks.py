@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from imgcls.run.cluster import as_count, cluster_process
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.machine import available_cpus
@@ -95,13 +96,24 @@ def check_values(cfg: DictConfig) -> None:
 
 def _check_seed_shared(cfg: DictConfig) -> None:
     """The ranks of a job shuffle alike by the run's seed (data/loaders.py). With seed=null one
-    is drawn at start, which the DDP processes of one machine inherit (train.py); the
-    machines of a job started by a cluster's launcher would each draw their own."""
+    is drawn at start, which the DDP processes Lightning starts inherit (train.py); processes
+    a cluster's launcher starts (torchrun, srun, several machines) would each draw their own,
+    and a resumed run another than its run's."""
+    if "seed" not in cfg or cfg.seed is not None:
+        return
     trainer = cfg.get("trainer") or {}
-    if "seed" in cfg and cfg.seed is None and (trainer.get("num_nodes") or 1) > 1:
+    nodes, devices = as_count(trainer.get("num_nodes", 1)), as_count(trainer.get("devices", 1))
+    if nodes > 1 or cluster_process(nodes, devices) is not None:
         raise UserError(
-            f"seed=null is not allowed with trainer.num_nodes={trainer.num_nodes}: each machine "
-            "would draw its own seed and shuffle its own way; give one, e.g. seed=12345."
+            "seed=null is not allowed in a job whose processes a launcher starts (several "
+            "machines, torchrun, srun): each would draw its own seed and shuffle its own way; "
+            "give one, e.g. seed=12345."
+        )
+    if cfg.get("ckpt_path") is not None:
+        raise UserError(
+            "seed=null is not allowed with ckpt_path: a resumed run continues with its run's "
+            "seed, which its train.log's first lines give (\"seed=null: this run's seed is N\"): "
+            "add seed=N."
         )
 
 

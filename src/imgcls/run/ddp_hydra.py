@@ -109,13 +109,17 @@ class ChildRankObserver(fabric_launcher._ChildProcessObserver):
         self._job = _Job.number
 
     def _terminate_all(self) -> None:
+        own_error = _met_the_jobs_own_error(self._child_processes)  # before the kills' codes
+        message = _death_message(self._child_processes)
         for child in self._child_processes:
             child.send_signal(self._termination_signal)
         if self._job != _Job.number or _Job.done.is_set():
             return
-        if _met_the_jobs_own_error(self._child_processes) and _Job.done.wait(USER_ERROR_GRACE_S):
+        if own_error and _Job.done.wait(USER_ERROR_GRACE_S):
             return  # the main process left with the same line
-        _Job.failure = _death_message(self._child_processes)
+        if self._job != _Job.number:  # the sweep has moved on to its next job
+            return
+        _Job.failure = message
         signal.pthread_kill(threading.main_thread().ident, _RAISE_SIGNAL)
         if not _Job.done.wait(MAIN_EXIT_GRACE_S):
             os.kill(self._main_pid, self._termination_signal)  # stuck with the dead rank
