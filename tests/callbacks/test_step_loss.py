@@ -1,6 +1,8 @@
 """callbacks/step_loss.py: train/loss_step gets the loss of every log_every_n_steps-th step, at
 that step's number, kept on the device and written once per epoch (or when training stops)."""
 
+from typing import Any
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -25,18 +27,20 @@ class Probe(Callback):
         )
 
 
-def test_every_nth_step_loss_is_written_at_its_step_when_the_epoch_ends() -> None:
+def probed_fit(images: int, **trainer_kwargs: Any) -> tuple[TinyClassifier, RecordingLogger, Probe]:
+    """A fit on `images` images with the curve, a recording logger and a probe of both, a point
+    every 2 steps."""
     curve, logger = StepLossCurve(), RecordingLogger()
-    probe = Probe(curve, logger)
-    model = TinyClassifier()
+    probe, model = Probe(curve, logger), TinyClassifier()
     trainer = tiny_trainer(
-        logger=logger,
-        callbacks=[curve, probe],
-        max_epochs=2,
-        limit_train_batches=5,
-        log_every_n_steps=2,
+        logger=logger, callbacks=[curve, probe], log_every_n_steps=2, **trainer_kwargs
     )
-    trainer.fit(model, loader(10))
+    trainer.fit(model, loader(images))
+    return model, logger, probe
+
+
+def test_every_nth_step_loss_is_written_at_its_step_when_the_epoch_ends() -> None:
+    model, logger, probe = probed_fit(10, max_epochs=2, limit_train_batches=5)
     losses = dict(model.losses)
     assert logger.points(TAG) == [
         (step, pytest.approx(float(losses[step]))) for step in (2, 4, 6, 8, 10)
@@ -83,17 +87,11 @@ def test_with_gradient_accumulation_each_logged_optimizer_step_gets_one_point() 
     """A logged optimizer step's point is the mean loss of the batches it accumulated, not a
     point per batch (nor one at step 0, before any step) and not Lightning's loss divided by the
     accumulation: the epoch's last step (8) accumulated one batch, whose loss it is."""
-    curve, logger = StepLossCurve(), RecordingLogger()
-    probe = Probe(curve, logger)
-    model = TinyClassifier()
-    trainer = tiny_trainer(
-        logger=logger,
-        callbacks=[curve, probe],
+    model, logger, probe = probed_fit(
+        30,
         limit_train_batches=15,
         accumulate_grad_batches=2,  # 8 optimizer steps, the last of batch 15 alone
-        log_every_n_steps=2,
     )
-    trainer.fit(model, loader(30))
     points = logger.points(TAG)
     assert [step for step, _ in points] == [2, 4, 6, 8]
     for step, value in points:
