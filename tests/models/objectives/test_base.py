@@ -3,12 +3,15 @@ epoch's values (the loss a mean over images, state reset between epochs, bests u
 real validation), the progress bar's names, class weights given or worked out from the data, and
 the state a checkpoint carries."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from imgcls.models.objectives import base
 from imgcls.models.objectives.base import OBJECTIVES, Objective
 from imgcls.utils.errors import UserError
 
@@ -52,6 +55,47 @@ def test_the_epoch_loss_is_a_mean_over_images_not_batches() -> None:
     values = objective.epoch_values("train")
     assert float(values["train/loss"]) == pytest.approx(4.0)  # the last epoch's state reset
     assert float(values["train/acc"]) == 0.5
+
+
+def test_training_batches_reach_the_metrics_a_few_at_a_time_with_the_same_epoch_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A torchmetrics update costs ~80 µs of host time: training batches are held and updated
+    together (every PENDING_BATCHES, or sooner for big logits), every one of them counted."""
+    updates: list[torch.Tensor] = []
+    recorded = record_calls(Objective.update_metrics, updates)
+    monkeypatch.setattr(Objective, "update_metrics", recorded)
+    objective, generator = Toy(3), torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(n, 3, generator=generator), torch.randint(0, 3, (n,), generator=generator))
+        for n in [5] * (base.PENDING_BATCHES + 3) + [2]
+    ]
+    for logits, targets in batches:
+        objective.update("train", logits, targets, logits.square().sum(1))
+    assert [len(logits) for logits in updates] == [5 * base.PENDING_BATCHES]  # 4 still held
+    values = objective.epoch_values("train")
+    assert [len(logits) for logits in updates][1:] == [5 * 3 + 2]  # the epoch's end takes them
+    logits, targets = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    expected_acc = (logits.argmax(1) == targets).double().mean()
+    assert float(values["train/acc"]) == pytest.approx(float(expected_acc))
+    assert float(values["train/loss"]) == pytest.approx(float(logits.square().sum(1).mean()))
+    monkeypatch.setattr(base, "PENDING_ELEMENTS", 30)  # big logits: flushed every other batch
+    updates.clear()
+    for logits, targets in batches[:4]:
+        objective.update("train", logits, targets, logits.square().sum(1))
+    assert [len(logits) for logits in updates] == [10, 10]
+    objective.update("val", *batches[0], torch.ones(5))  # evaluation batches at once
+    assert len(updates) == 3
+
+
+def record_calls(update_metrics: Callable, calls: list[torch.Tensor]) -> Callable:
+    """`update_metrics`, each call's logits kept in `calls`."""
+
+    def recorded(self: Objective, stage: str, logits: torch.Tensor, *rest: torch.Tensor) -> None:
+        calls.append(logits)
+        update_metrics(self, stage, logits, *rest)
+
+    return recorded
 
 
 def test_bests_follow_real_validations_only() -> None:
