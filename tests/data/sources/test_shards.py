@@ -308,6 +308,16 @@ def test_litdata_still_resolves_its_cache_size_as_the_cache_does() -> None:
     assert "_resolve_max_cache_size(max_cache_size" in inspect.getsource(Cache.__init__)
 
 
+def test_litdata_still_takes_whole_chunks_for_indexed_reads_from_its_private_switch() -> None:
+    """A shards split reads whole chunks for evaluation's indexed reads (a byte range of a chunk
+    whose items sit in LitData's Arrow footer reads empty): LitData's Cache is made from
+    StreamingDataset._on_demand_bytes."""
+    from litdata import StreamingDataset
+
+    source = inspect.getsource(StreamingDataset)
+    assert "on_demand_bytes=self._on_demand_bytes" in source
+
+
 def cut_short(chunk: Path) -> None:
     chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
 

@@ -189,6 +189,11 @@ def make_streaming_dataset(
     class Split(StreamingDataset):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            # Indexed reads (evaluation's contiguous shares) take whole chunks into the cache as
+            # iteration does, not each item's byte range: a range read of a chunk whose items
+            # LitData keeps in an Arrow footer (it writes one when pyarrow is installed) comes
+            # back empty. The cache is made at the first read, from this attribute.
+            self._on_demand_bytes = False
             # in memory the workers share: the epoch the loader set in the main process, and
             # whether that epoch resumes a checkpoint's place
             self._loader_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
