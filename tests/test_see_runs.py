@@ -1,11 +1,13 @@
 """Seeing runs and sweeps: TensorBoard's scalars, images and hparams, summary.csv after grid and
-Optuna sweeps (failed jobs included), and both notebooks executed on real runs."""
+Optuna sweeps (failed and pruned jobs included, two searches sharing one study), and both
+notebooks executed on real runs."""
 
 import csv
 import json
 import os
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -164,49 +166,72 @@ def test_five_fold_grid_sweep_goes_past_failed_jobs_into_summary_with_mean_and_s
     run_notebook("02_compare_sweep.ipynb", monkeypatch, IMGCLS_SWEEP_DIR=str(sweep))
 
 
-@pytest.mark.slow(seconds=15)
-def test_optuna_records_failed_trials_and_resumes_from_sqlite(tmp_path: Path) -> None:
+@pytest.mark.slow(seconds=25)
+def test_two_optuna_searches_at_once_share_one_study_each_trial_once(tmp_path: Path) -> None:
+    """Two sweep processes started together on one journal study: one runs its 2 trials at once
+    (n_jobs=2, a process each) and its pruner stops them after their first epoch; the other
+    cannot succeed (a fixed batch size of 0) and stops after its first trial with that line.
+    Every trial ran once, with its own parameters and run dir."""
     import optuna
 
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    from imgcls.reports.optuna_study import open_storage, sweep_study
+
+    storage = tmp_path / "study.journal"
     search = [
         "-m",
         "hparams_search=digits_optuna",
         f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.study_name=test",
         "hydra.sweeper.params=null",
-        "optimizer.lr=interval(-0.1,0.1)",  # a negative lr fails, before any work
+        "optimizer.lr=tag(log,interval(0.01,0.1))",
         *SWEEP_QUICK,
-        f"paths.log_dir={tmp_path}",
+        "trainer.max_epochs=2",
+        "callbacks.eval_report=null",
     ]
-    result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=3"])
-    assert result.returncode == 0, result.stderr[-3000:]  # a search fails only if all trials do
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
-    rows = read_rows(sweep / "summary.csv")
-    assert len(rows) == 3
-    for row in rows:
-        negative = float(row["optimizer.lr"]) < 0
-        assert row["status"] == ("failed" if negative else "completed"), row
-        assert ("optimizer.lr=" in row["error"]) == negative
-    assert {"failed", "completed"} == {r["status"] for r in rows}  # the seed gives both
-    study = optuna.load_study(study_name="test", storage=storage)
-    states = sorted(t.state.name for t in study.trials)
-    assert states == sorted("FAIL" if r["status"] == "failed" else "COMPLETE" for r in rows)
+    pruning = [
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=1.01",  # val/acc_best never reaches it
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+        f"paths.log_dir={tmp_path / 'a'}",
+    ]
+    hopeless = ["hydra.sweeper.n_trials=3", "data.batch_size=0", f"paths.log_dir={tmp_path / 'b'}"]
+    with ThreadPoolExecutor(2) as pool:
+        started = [
+            pool.submit(run_cli, "train.py", [*search, *extra]) for extra in (pruning, hopeless)
+        ]
+        pruned, stopped = (job.result() for job in started)
 
-    # resumed for two more trials that fail whatever their lr (before any work): a search whose
-    # every trial failed still ends with its summary, and exits with code 1
-    result = run_cli("train.py", [*search, "hydra.sweeper.n_trials=2", "data.batch_size=0"])
-    out = result.stdout + result.stderr
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "2 of 2 jobs failed" in out
+    assert pruned.returncode == 0, pruned.stderr[-3000:]  # a pruned trial did not fail
+    (sweep,) = (tmp_path / "a" / "train" / "multiruns").iterdir()
+    rows = read_rows(sweep / "summary.csv")
+    assert [(r["status"], r["epochs"]) for r in rows] == [("pruned", "1"), ("pruned", "1")]
+    assert all(float(r["val/acc_best"]) < 1.01 for r in rows)  # the value it was pruned at
+    for row in rows:  # its run dir kept, and no test after the pruning
+        run = sweep / row["job"]
+        assert json.loads((run / "status.json").read_text())["status"] == "pruned"
+        assert (run / "train.log").is_file()
+        assert not (run / "metrics.json").exists()
+        assert (run / "console.log").is_file()  # a process of its own
+
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 1
+    assert "The search stops: trial" in out
     assert "data.batch_size=0 is not allowed" in out
-    assert len(optuna.load_study(study_name="test", storage=storage).trials) == 5
-    (_, resumed) = sorted((tmp_path / "train" / "multiruns").iterdir())
-    resumed_rows = read_rows(resumed / "summary.csv")
-    assert [r["status"] for r in resumed_rows] == ["failed", "failed"]
-    # the seeded sampler goes on from the kept trials instead of repeating the first
-    assert not {r["optimizer.lr"] for r in resumed_rows} & {r["optimizer.lr"] for r in rows}
+    assert "1 of 1 jobs failed" in out
+    assert "Traceback" not in out
+    (hopeless_sweep,) = (tmp_path / "b" / "train" / "multiruns").iterdir()
+    (row,) = read_rows(hopeless_sweep / "summary.csv")
+    assert row["status"] == "failed"
+
+    study = optuna.load_study(study_name="test", storage=open_storage(str(storage)))
+    assert len(sweep_study(sweep).trials) == 3  # as notebooks/02_compare_sweep.ipynb finds it
+    trials = {t.number: t for t in study.trials}
+    assert sorted(trials) == [0, 1, 2]  # each trial once
+    assert sorted(int(r["trial"]) for r in [*rows, row]) == [0, 1, 2]
+    assert len({t.params["optimizer.lr"] for t in trials.values()}) == 3  # its own parameters
+    assert sorted(t.state.name for t in trials.values()) == ["FAIL", "PRUNED", "PRUNED"]
 
 
 def test_model_graph_on_request(make_cfg, tmp_path: Path) -> None:

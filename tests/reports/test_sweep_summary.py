@@ -221,3 +221,30 @@ def test_a_sweep_with_a_failed_job_exits_by_its_rule(
 def test_an_unknown_fail_when_is_refused() -> None:
     with pytest.raises(ValueError, match="fail_when must be one of"):
         SweepSummaryCallback("some")
+
+
+def test_an_optuna_search_shows_each_trial_its_state_and_epochs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The sweeper's facts (trial, epochs) as columns, its overrides that reach the study left
+    out, a pruned trial ranked after the completed ones with the value it was pruned at, and a
+    pruned trial is no failure."""
+    reach = ["+callbacks/sweep@callbacks=optuna_pruning", "callbacks.optuna_pruning.trial=0"]
+    ends = [
+        ({"status": "completed", "trial": 0, "epochs": 3}, {"val/acc_best": 0.9}),
+        ({"status": "pruned", "trial": 1, "epochs": 2, "metrics": {"val/acc_best": 0.95}}, None),
+        ({"status": "failed", "trial": 2, "error": "RuntimeError: CUDA out of memory"}, None),
+    ]
+    for job, (status, metrics) in enumerate(ends):
+        write_run(tmp_path / str(job), [f"optimizer.lr=0.{job + 1}", *reach], status, metrics)
+    rows, columns, _ = summarize(tmp_path)
+    assert columns == ["job", "status", "duration_s", "trial", "epochs", "optimizer.lr",
+                       "val/acc_best", "error"]  # fmt: skip
+    assert [(r["status"], r["trial"], r["epochs"], r["val/acc_best"]) for r in rows] == [
+        ("completed", 0, 3, 0.9),
+        ("pruned", 1, 2, 0.95),
+        ("failed", 2, "", ""),
+    ]
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    SweepSummaryCallback("all").on_multirun_end(config)  # no exit: 1 of 3 failed, not all
+    assert "1 of 3 jobs failed" in capsys.readouterr().err

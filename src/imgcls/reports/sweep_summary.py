@@ -3,8 +3,11 @@
 Written after every multirun into the sweep dir (a Hydra callback, configs/hydra/default.yaml),
 and rebuilt on demand for any dir holding runs: `imgcls-summary logs/train/multiruns/<time>`,
 `imgcls-summary logs/train/runs`. One row per job: its overrides, its status (completed, failed
-with the error, interrupted), its duration and its final metrics, best first by the optimized
-metric; failed jobs last. Where jobs differ only in their fold (`data.fold`, k-fold
+with the error, interrupted, pruned), its duration and its final metrics, best first by the
+optimized metric; failed jobs last. In an Optuna search each row also says its trial's number
+and the epochs it trained (a pruned trial: the epoch it was stopped at, and the value it had).
+
+Where jobs differ only in their fold (`data.fold`, k-fold
 cross-validation) or seed, two rows follow them: the mean and the standard deviation (n - 1) of
 every metric over those completed jobs.
 """
@@ -24,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from imgcls.run.record import STATUS_FILE
+from imgcls.utils.paths import STATUS_FILE
 
 SUMMARY_FILE = "summary.csv"
 # learning rates per param group are curves, not results
@@ -33,6 +36,12 @@ SKIPPED_METRIC_PREFIXES = ("lr-",)
 REPEAT_KEYS = ("data.fold", "seed")
 # the status column of the rows that summarize repeated jobs (not jobs themselves)
 REPEAT_STATISTICS = ("mean", "std")
+# facts the Optuna sweeper adds to a trial's status.json: columns after the status
+TRIAL_FACTS = ("trial", "epochs")
+# overrides the Optuna sweeper adds to each trial to reach its study (the trial column says it)
+SWEEPER_OVERRIDES = ("callbacks/sweep@callbacks", "callbacks.optuna_pruning.")
+# how a job may end without failing
+ENDED_WELL = ("completed", "pruned")
 
 
 def job_dirs(root: Path) -> list[Path]:
@@ -52,19 +61,24 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_job(job: Path, root: Path) -> dict[str, Any]:
     overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    status = _read_json(job / STATUS_FILE)
     metrics = {
         k: v
-        for k, v in _read_json(job / "metrics.json").items()
+        for k, v in (_read_json(job / "metrics.json") or status.get("metrics", {})).items()
         if not k.startswith(SKIPPED_METRIC_PREFIXES)
     }
-    status = _read_json(job / STATUS_FILE)
     if not status:  # a run from before status files, or one killed before writing it
         status = {"status": "completed" if metrics else "unknown"}
     return {
         "job": str(job.relative_to(root)) if job != root else ".",
         "status": status.get("status"),
         "duration_s": status.get("duration_s"),
-        "overrides": dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o),
+        "overrides": dict(
+            o.lstrip("+").split("=", 1)
+            for o in overrides
+            if "=" in o and not o.lstrip("+").startswith(SWEEPER_OVERRIDES)
+        ),
+        **{fact: status[fact] for fact in TRIAL_FACTS if fact in status},
         "metrics": metrics,
         "error": status.get("error", ""),
     }
@@ -95,17 +109,20 @@ def summarize(
         metric_keys.remove(metric)
         metric_keys.insert(0, metric)
 
+    facts = [fact for fact in TRIAL_FACTS if any(fact in r for r in records)]
+
     def rank(record: dict[str, Any]) -> tuple[int, float]:
         value = record["metrics"].get(metric)
-        if record["status"] != "completed" or value is None or math.isnan(value):
-            return (1, 0.0)
-        return (0, -value if direction == "maximize" else value)
+        if record["status"] not in ENDED_WELL or value is None or math.isnan(value):
+            return (2, 0.0)
+        return (ENDED_WELL.index(record["status"]), -value if direction == "maximize" else value)
 
     rows = [
         {
             "job": r["job"],
             "status": r["status"],
             "duration_s": r["duration_s"],
+            **{fact: r.get(fact, "") for fact in facts},
             **{k: r["overrides"].get(k, "") for k in override_keys},
             **{k: r["metrics"].get(k, "") for k in metric_keys},
             "error": r["error"],
@@ -113,7 +130,7 @@ def summarize(
         for r in sorted(records, key=rank)
     ]
     rows += repeat_rows(records, override_keys, metric_keys)
-    columns = ["job", "status", "duration_s", *override_keys, *metric_keys, "error"]
+    columns = ["job", "status", "duration_s", *facts, *override_keys, *metric_keys, "error"]
     return rows, columns, metric
 
 
@@ -172,14 +189,15 @@ MAX_ERROR_CHARS = 60
 
 def print_summary(rows: list[dict], columns: list[str], metric: str | None, path: Path) -> None:
     """The console view: the overrides that differ between runs and the main metrics."""
-    fixed = {"job", "status", "duration_s", "error"}
+    fixed = {"job", "status", "duration_s", "error", *TRIAL_FACTS}
     varying = [
         c
         for c in columns
         if c not in fixed and "/" not in c and len({str(r.get(c)) for r in rows}) > 1
     ]
     metrics = [m for m in dict.fromkeys([metric, *TABLE_METRICS]) if m and m in columns]
-    shown = ["job", "status", "duration_s", *varying, *metrics, "error"]
+    facts = [fact for fact in TRIAL_FACTS if fact in columns]
+    shown = ["job", "status", "duration_s", *facts, *varying, *metrics, "error"]
     jobs = sum(row["status"] not in REPEAT_STATISTICS for row in rows)
     table = Table(title=f"{jobs} runs, best first by {metric or '(no metric)'}: {path}")
     for column in shown:
@@ -191,7 +209,9 @@ def print_summary(rows: list[dict], columns: list[str], metric: str | None, path
             value = row.get(column, "")
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
             cells.append(text[:MAX_ERROR_CHARS] + ("..." if len(text) > MAX_ERROR_CHARS else ""))
-        style = {"failed": "red", "mean": "bold", "std": "bold"}.get(row["status"])
+        style = {"failed": "red", "pruned": "yellow", "mean": "bold", "std": "bold"}.get(
+            row["status"]
+        )
         table.add_row(*cells, style=style)
     Console().print(table)
 
@@ -204,7 +224,7 @@ class SweepSummaryCallback(Callback):
 
     `fail_when`: the sweep exits with code 1 (so CI sees it) when `any` job failed (the default:
     a grid's jobs are all meant to run), when `all` did (a search, where some trials failing is
-    part of searching), or `never`.
+    part of searching), or `never`. A trial its search pruned did not fail.
     """
 
     def __init__(self, fail_when: str = "any") -> None:
@@ -219,7 +239,7 @@ class SweepSummaryCallback(Callback):
             config.hydra.sweep.dir, config.get("optimized_metric"), direction
         )
         statuses = [row["status"] for row in rows if row["status"] not in REPEAT_STATISTICS]
-        failed = sum(status != "completed" for status in statuses)
+        failed = sum(status not in ENDED_WELL for status in statuses)
         if not failed:
             return
         message = f"{failed} of {len(statuses)} jobs failed (errors in {path})."

@@ -27,10 +27,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from imgcls.run import cluster
 from imgcls.utils.errors import UserError
+from imgcls.utils.paths import STATUS_FILE
 
 LOCK_FILE = "running.lock"
-# how a run ended (run/record.py); its presence marks a dir that holds a run
-STATUS_FILE = "status.json"
 
 
 def unique_dir(parent: str, name: str) -> str:

@@ -1,15 +1,16 @@
 """What a run leaves in its dir to say how it went: `status.json` (completed / failed with its
-error / preempted / interrupted, and its duration) and `metrics.json`, and the rule that one
-failed job never ends a sweep.
+error / preempted / interrupted / pruned by an Optuna search's pruner, and its duration) and
+`metrics.json`, and the rule that one failed job never ends a sweep.
 
 In a multirun, a job that raises is logged with its error, recorded as failed, and returns no
-value: Hydra's basic sweeper goes on to the next job, and Optuna records the trial as failed
-and keeps sampling (with `max_failure_rate: 1.0`; a raised error or a NaN would instead end the
-sweep, the first in Hydra's sweeper, the second in the Optuna plugin). A single run still fails
+value: Hydra's basic sweeper goes on to the next job, and the Optuna sweeper reads status.json
+to tell the study how the trial ended (run/optuna_search.py; it ends a search only on a failure
+no trial can escape). A raised error would instead end the sweep. A single run still fails
 loudly, as before.
 """
 
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,9 +21,9 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from imgcls.run.dirs import STATUS_FILE
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
+from imgcls.utils.paths import STATUS_FILE
 
 log = get_logger(__name__)
 METRICS_FILE = "metrics.json"
@@ -43,6 +44,13 @@ def write_status(output_dir: str | Path, status: dict[str, Any]) -> None:
     path.write_text(json.dumps(status, indent=2) + "\n")
 
 
+def is_pruned(err: BaseException) -> bool:
+    """Whether `err` is Optuna's TrialPruned (callbacks/optuna_pruning.py raises it in a trial);
+    read without importing Optuna, which only a search loads."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(err, optuna.TrialPruned)
+
+
 def run_recorded(cfg: DictConfig, task: Callable[[], float | None]) -> float | None:
     """Run `task`, record how it ended in the run's dir (read at the end: a resumed run moves
     it to the resumed run's); in a sweep, turn its failure into no result."""
@@ -57,6 +65,10 @@ def run_recorded(cfg: DictConfig, task: Callable[[], float | None]) -> float | N
         log.warning(f"Preempted ({preempted}); resume with ckpt_path=last.")
         return None
     except Exception as err:
+        if is_pruned(err):  # an Optuna search's pruner stopped this trial: not a failure
+            status = {"status": "pruned", "detail": str(err)}
+            log.info(f"Pruned ({err}): the run keeps its dir.")
+            return None
         status = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         if not in_multirun():
             raise

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from imgcls import CONFIG_DIR
 from imgcls.run import cluster, ddp_hydra
 from imgcls.run.hints import with_key_hints
-from imgcls.run.record import run_recorded
+from imgcls.run.record import is_pruned, run_recorded
 from imgcls.run.resolvers import register_resolvers
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -86,9 +86,11 @@ def task_main(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[]
         except UserError as err:
             log_error(f"{type(err).__name__}: {err}")
             sys.exit(ddp_hydra.USER_ERROR_EXIT if rank_zero_only.rank else 1)
-        except Exception:
+        except Exception as err:
             if rank_zero_only.rank == 0:
                 raise
+            if is_pruned(err):  # decided on every rank at once: the job's own end
+                sys.exit(ddp_hydra.USER_ERROR_EXIT)
             log_error("This DDP process failed:", exc_info=True)  # in its train_rank<N>.log
             sys.exit(1)
 

@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 
 PATH_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
+#: the file in every run dir that says how the run ended (run/record.py writes it; sweeps,
+#: their summary and run dirs read it)
+STATUS_FILE = "status.json"
 
 
 def shown(path: str | Path) -> str:

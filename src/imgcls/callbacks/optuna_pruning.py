@@ -1,0 +1,83 @@
+"""A trial of an Optuna search reports to its study, and stops when the study's pruner says so.
+
+The sweeper (hydra_plugins/imgcls_optuna_sweeper.py) adds this callback to every trial it
+starts (`+callbacks/sweep@callbacks=optuna_pruning`, configs/callbacks/sweep/), naming the
+study's storage, the study and the trial's number: the trial runs in its own process, perhaps on
+another machine, and reaches its study only through the storage. A plain run never has it.
+
+At every validation (the sanity check aside) the optimized metric is reported for the epoch; if
+the pruner then prunes, `optuna.TrialPruned` is raised at once, on every DDP rank alike (rank 0
+decides, the others hear it by broadcast): the run keeps its dir and records itself `pruned`
+(run/record.py). Optuna is imported only here, in trials.
+"""
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from imgcls.reports.optuna_study import open_storage
+from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
+# the user attribute that marks a trial whose training began (run/optuna_search.py reads it:
+# an error before it that names no searched key is one no trial can escape)
+TRAINING_STARTED = "training_started"
+
+
+def load_trial(storage: str, study_name: str, number: int, pruner: Any = None) -> Any:
+    """The running trial `number` of the study, able to report and to ask its pruner (none:
+    Optuna's NopPruner, where Optuna would put its default median pruner)."""
+    import optuna
+
+    kept = open_storage(storage)
+    pruner = pruner if pruner is not None else optuna.pruners.NopPruner()
+    study = optuna.load_study(study_name=study_name, storage=kept, pruner=pruner)
+    study_id = kept.get_study_id_from_name(study_name)
+    trial_id = kept.get_trial_id_from_study_id_trial_number(study_id, number)
+    return optuna.trial.Trial(study, trial_id)
+
+
+class OptunaPruning(Callback):
+    def __init__(
+        self, storage: str, study_name: str, trial: int, monitor: str, pruner: Any = None
+    ) -> None:
+        self.storage = storage
+        self.study_name = study_name
+        self.number = trial
+        self.monitor = monitor
+        self.pruner = pruner
+        self._trial: Any = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero and self._trial is None:
+            self._trial = load_trial(self.storage, self.study_name, self.number, self.pruner)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._trial is not None:
+            self._trial.set_user_attr(TRAINING_STARTED, True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        message = ""
+        if self._trial is not None:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is None:
+                logged = ", ".join(sorted(trainer.callback_metrics))
+                raise UserError(
+                    f"optimized_metric={self.monitor!r} was not logged at validation, so the "
+                    f"search cannot prune on it. Logged metrics: {logged}"
+                )
+            value = float(value)  # once per validation, outside any step
+            self._trial.report(value, epoch)
+            if self._trial.should_prune():
+                message = f"pruned after {epoch + 1} epochs at {self.monitor}={value:.4g}"
+        message = trainer.strategy.broadcast(message)
+        if message:
+            import optuna
+
+            log.info(f"Trial {self.number} {message}")
+            raise optuna.TrialPruned(message)
