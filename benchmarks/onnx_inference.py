@@ -1,13 +1,22 @@
-"""Inference speed of an exported net: onnxruntime against PyTorch eager, same weights, CPU.
+"""Inference speed of an exported net: onnxruntime against PyTorch eager, and int8 / fp16 ONNX
+files against the float32 one, same weights, CPU.
 
     python benchmarks/onnx_inference.py [--net resnet18] [--size 224] [--batches 1 32]
         [--threads 2] [--repeats 20]
+    python benchmarks/onnx_inference.py --ckpt logs/train/runs/<run>/checkpoints/best.ckpt
 
-The net is exported the way `python export.py format=onnx` does (imgcls.export.export_onnx),
-outputs are checked to agree, then each runtime classifies the same random batch `--repeats`
-times after warm-up, the two in turn and in rotating order (paired.py); images/s is printed as a
-median with its spread, and last, per batch size, `ratio onnxruntime/pytorch=<x>`, the median of
-the paired ratios (above 1: onnxruntime is faster).
+Without `--ckpt` a randomly initialized `--net` is exported the way `python export.py
+format=onnx` does (imgcls.export.export_onnx), outputs are checked to agree, then each runtime
+classifies the same random batch `--repeats` times after warm-up, the two in turn and in rotating
+order (paired.py); images/s is printed as a median with its spread, and last, per batch size,
+`ratio onnxruntime/pytorch=<x>`, the median of the paired ratios (above 1: onnxruntime is
+faster).
+
+With `--ckpt` (a trained run, its run dir and data in place) the run's net is exported three
+times as `export.py format=onnx quantize=...` writes it: float32, int8 (calibrated on the run's
+training images) and fp16. Each file classifies the run's whole test split (its accuracy, beside
+PyTorch's) and a batch of its test images, timed as above: `ratio int8/fp32` and `ratio
+fp16/fp32` per batch size.
 """
 
 import argparse
@@ -18,9 +27,19 @@ from pathlib import Path
 
 import torch
 
-from imgcls.export import export_onnx
+from imgcls.export import (
+    PRECISIONS,
+    export_onnx,
+    first_images,
+    quantize_onnx,
+    run_data,
+)
+from imgcls.models.loading import load_classifier
 from imgcls.models.zoo import build_net
+from imgcls.run.resolvers import register_resolvers
 from paired import paired_repeats, ratio_line, spread
+
+CALIBRATION_IMAGES = 256  # export.py's default
 
 
 def rate(run: Callable[[], object], batch: int) -> Callable[[], float]:
@@ -34,44 +53,44 @@ def rate(run: Callable[[], object], batch: int) -> Callable[[], float]:
     return timed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--net", default="resnet18")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
-
+def session_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`imgcls.export.onnx_runner`, on `threads` threads as the PyTorch side runs."""
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+def timed_runs(
+    runners: dict[str, Callable[[torch.Tensor], object]], images: torch.Tensor, repeats: int
+) -> dict[str, list[float]]:
+    """Images/s of each runner on `images`, paired and rotated after 3 warm-up calls each."""
+    timed = {name: rate(lambda run=run: run(images), len(images)) for name, run in runners.items()}
+    with torch.inference_mode():
+        for _ in range(3):
+            for run in timed.values():
+                run()
+        return paired_repeats(timed, repeats)
+
+
+def random_net(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     net = build_net(args.net, num_classes=1000).eval()
     example = torch.randn(2, 3, args.size, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(net, example, path, opset=18)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        onnx = session_runner(path, args.threads)
     print(f"{args.net} at {args.size} px, {args.threads} threads, {args.repeats} paired repeats")
     lines = []
     for batch in args.batches:
         images = torch.randn(batch, 3, args.size, args.size)
-        feed = {"images": images.numpy()}
         with torch.inference_mode():
-            diff = (torch.from_numpy(session.run(None, feed)[0]) - net(images)).abs().max()
-            runtimes = {
-                "pytorch": rate(lambda images=images: net(images), batch),
-                "onnxruntime": rate(lambda feed=feed: session.run(None, feed), batch),
-            }
-            for _ in range(3):  # warm-up
-                for run in runtimes.values():
-                    run()
-            rates = paired_repeats(runtimes, args.repeats)
+            diff = (onnx(images) - net(images)).abs().max()
+        rates = timed_runs({"pytorch": net, "onnxruntime": onnx}, images, args.repeats)
         print(
             f"batch {batch:3d}: pytorch {spread(rates['pytorch'], 1)} img/s, onnxruntime "
             f"{spread(rates['onnxruntime'], 1)} img/s (max abs logit diff {diff:.2g})"
@@ -79,6 +98,66 @@ def main() -> None:
         ratio = ratio_line("onnxruntime/pytorch", rates["onnxruntime"], rates["pytorch"], 2)
         lines.append(f"batch {batch}: {ratio}")
     print("\n".join(lines))
+
+
+def accuracy(run: Callable[[torch.Tensor], torch.Tensor], datamodule: object) -> float:
+    """Top-1 accuracy on the run's whole test split, preprocessed as the run evaluates it."""
+    right = seen = 0
+    with torch.inference_mode():
+        for images, labels in datamodule.eval_batches("test", torch.device("cpu")):
+            right += int((run(images.float()).argmax(1) == labels).sum())
+            seen += len(labels)
+    return right / seen
+
+
+def trained_run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    register_resolvers()
+    ckpt = Path(args.ckpt)
+    model = load_classifier(ckpt)
+    net, size = model.net.eval(), model.hparams.preprocessing["crop"]
+    with tempfile.TemporaryDirectory() as tmp:
+        datamodule = run_data(ckpt, Path(tmp))
+        if datamodule is None:
+            raise SystemExit(f"The run of {ckpt} (its .hydra/config.yaml and data) is not here.")
+        calibration = first_images(datamodule, "train", CALIBRATION_IMAGES)
+        runners: dict[str, Callable] = {}
+        for precision in PRECISIONS:
+            path = Path(tmp) / precision / "model.onnx"
+            path.parent.mkdir()
+            export_onnx(net, torch.randn(2, 3, size, size), path, opset=18)
+            if precision != "fp32":
+                quantize_onnx(path, precision, calibration if precision == "int8" else None)
+            runners[precision] = session_runner(path, args.threads)
+            print(f"{precision}: {sum(p.stat().st_size for p in path.parent.iterdir()):,} bytes")
+        accuracies = {"pytorch": accuracy(net, datamodule)}
+        accuracies |= {name: accuracy(run, datamodule) for name, run in runners.items()}
+        print(f"{model.hparams.net['name']} at {size} px, {args.threads} threads, ckpt {ckpt}")
+        print("test accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in accuracies.items()))
+        lines = []
+        for batch in args.batches:
+            images = first_images(datamodule, "test", batch)
+            rates = timed_runs(runners, images, args.repeats)
+            print(
+                f"batch {batch:3d}: "
+                + ", ".join(f"{k} {spread(v, 1)} img/s" for k, v in rates.items())
+            )
+            for precision in ("int8", "fp16"):
+                ratio = ratio_line(f"{precision}/fp32", rates[precision], rates["fp32"], 2)
+                lines.append(f"batch {batch}: {ratio}")
+        print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--net", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--ckpt", help="a trained run's checkpoint: fp32, int8 and fp16 files")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    trained_run(args) if args.ckpt else random_net(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""export.py from a checkpoint alone: every format round-trips, an unknown one is one line."""
+"""export.py from a checkpoint: every format round-trips, checked on the run's test images;
+int8 and fp16 ONNX files agree with the net; an unknown format or precision is one line."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,9 @@ def test_every_export_format_round_trips(trained_folder: Path, tmp_path: Path, f
     card = export(compose_task("export", tmp_path, f"ckpt_path={trained_folder}", f"format={fmt}"))
     out = tmp_path / "export"
     assert card["check"]["max_abs_logit_diff"] <= 1e-3
+    assert card["check"]["on"] == "test images"  # the run's own, read from its config
+    assert card["check"]["images"] == 6  # the test split's 6 photos (of 48), not 32
+    assert card["precision"] == "fp32"
     assert card["classes"] == FOLDER_CLASSES
     assert card["temperature"] == pytest.approx(
         float(load_classifier(trained_folder).objective.temperature)
@@ -61,3 +66,38 @@ def test_every_export_format_round_trips(trained_folder: Path, tmp_path: Path, f
 def test_export_rejects_an_unknown_format(trained_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="onnx, torchscript, state_dict, safetensors"):
         export(compose_task("export", tmp_path, f"ckpt_path={trained_folder}", "format=tflite"))
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_a_quantized_onnx_file_is_smaller_and_names_the_nets_top_class(
+    trained_folder: Path, tmp_path: Path, precision: str
+) -> None:
+    overrides = [f"ckpt_path={trained_folder}", "format=onnx", f"quantize={precision}"]
+    card = export(compose_task("export", tmp_path, *overrides))
+    out = tmp_path / "export"
+    assert card["precision"] == precision
+    assert card["check"]["on"] == "test images"
+    assert card["check"]["top1_agreement"] >= 0.9
+    assert card["check"]["max_abs_logit_diff"] > 0  # not the float32 file under a new name
+    assert set(card["files"]) == {"model.onnx"}  # the float32 file and its weights are gone
+    import onnx
+
+    weights = {t.data_type for t in onnx.load(str(out / "model.onnx")).graph.initializer}
+    assert (onnx.TensorProto.INT8 if precision == "int8" else onnx.TensorProto.FLOAT16) in weights
+    assert onnx.TensorProto.FLOAT16 not in weights or precision == "fp16"
+
+
+def test_without_the_runs_data_the_check_is_on_random_images_and_int8_is_refused(
+    trained_folder: Path, tmp_path: Path
+) -> None:
+    alone = tmp_path / "elsewhere" / "best.ckpt"  # no run dir around it: no data config
+    alone.parent.mkdir()
+    shutil.copy(trained_folder, alone)
+    card = export(compose_task("export", tmp_path / "a", f"ckpt_path={alone}", "format=state_dict"))
+    assert card["check"]["on"] == "random images"
+    assert card["check"]["max_abs_logit_diff"] <= 1e-3
+    with pytest.raises(UserError, match="calibrates on the run's training images"):
+        export(compose_task("export", tmp_path / "b", f"ckpt_path={alone}", "quantize=int8"))
+    overrides = [f"ckpt_path={trained_folder}", "format=torchscript", "quantize=fp16"]
+    with pytest.raises(UserError, match="for format=onnx"):
+        export(compose_task("export", tmp_path / "c", *overrides))

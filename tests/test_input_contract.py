@@ -35,3 +35,18 @@ def test_the_constants_are_made_once_per_device() -> None:
     contract.normalize(images)
     assert contract._affine(images.device)[0] is first[0]  # not a host copy per batch
     assert contract.normalize(images).flatten().tolist() == pytest.approx([-2.0] * 12)
+
+
+def test_normalization_is_float32_whatever_the_default_dtype() -> None:
+    """A half-precision plugin's forward context sets the default dtype (a linear probe computes
+    its features in it): the mean and std stay float32, as evaluation normalizes."""
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    expected = InputContract(4, 4, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).normalize(images)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        contract = InputContract(4, 4, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        normalized = contract.normalize(images)
+    finally:
+        torch.set_default_dtype(default)
+    torch.testing.assert_close(normalized, expected, rtol=0, atol=0)

@@ -5,6 +5,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -91,3 +92,43 @@ def test_predict_says_what_is_missing(trained_folder: Path, tmp_path: Path) -> N
         predict(
             compose_task("predict", tmp_path, f"ckpt_path={trained_folder}", f"input={tmp_path}")
         )
+
+
+def test_predict_explains_each_image(trained_folder: Path, tmp_path: Path) -> None:
+    """explain=true: each image's Grad-CAM of its top class over the image as the net saw it,
+    named by its path below the inputs (two folders' same-named files apart), in the csv."""
+    from imgcls.data.augmentation.presets import resize_center_crop
+    from imgcls.data.decoding.images import read_rgb
+    from imgcls.models.explain import Explainer
+    from imgcls.reports.plots import cam_overlay
+
+    photos = tmp_path / "new"
+    write_image(photos / "a" / "same.png", PALETTE[0])
+    write_image(photos / "b" / "same.png", PALETTE[2], size=(64, 48))
+    (photos / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    options = [f"ckpt_path={trained_folder}", f"input={photos}", "explain=true"]
+    predictions = predict(compose_task("predict", tmp_path, *options, "output_format=json"))
+    out = tmp_path / "predict"
+    made = {p.relative_to(out).as_posix() for p in (out / "explanations").rglob("*.png")}
+    assert made == {"explanations/a/same.png.png", "explanations/b/same.png.png"}
+    with open(out / "predictions.csv", newline="") as f:
+        rows = {Path(r["path"]).relative_to(photos).as_posix(): r for r in csv.DictReader(f)}
+    assert rows["a/same.png"]["explanation"] == "explanations/a/same.png.png"
+    assert rows["b/broken.jpg"]["explanation"] == ""
+    saved = json.loads((out / "predictions.json").read_text())
+    assert {row.get("explanation") for row in saved} == {None, *(f for f in made)}
+
+    # the map of the top class, laid over the image as predict preprocessed it
+    model = load_classifier(trained_folder)
+    contract = model.hparams.preprocessing
+    image = resize_center_crop(52, 48)(read_rgb(photos / "b" / "same.png"))
+    top = FOLDER_CLASSES.index(next(p for p in predictions if "b/same" in p.path).classes[0])
+    mean = torch.tensor(contract["mean"]).view(3, 1, 1)
+    std = torch.tensor(contract["std"]).view(3, 1, 1)
+    normalized = ((image.float() / 255 - mean) / std)[None]
+    maps = Explainer(model.net, normalized, model.head)(normalized, [top])
+    expected = cam_overlay(image[None], maps)[0].permute(1, 2, 0).numpy()
+    heat_map = np.asarray(Image.open(out / "explanations/b/same.png.png"))
+    assert heat_map.shape == (48, 48, 3)
+    assert np.abs(heat_map.astype(int) - expected.astype(int)).max() <= 1
+    assert not (heat_map == image.permute(1, 2, 0).numpy()).all()

@@ -1,10 +1,15 @@
 """Ship a trained net: `python export.py ckpt_path=... format=onnx|torchscript|state_dict|
-safetensors` or `imgcls-export`.
+safetensors [quantize=int8|fp16]` or `imgcls-export`.
 
 The net alone is exported (float NCHW RGB input, normalized with the card's mean / std; logits
 out), with a batch axis of any size. Every export is checked by loading the written file back,
-with the runtime its users will use, and comparing its logits with PyTorch's on a random batch.
-`model_card.json` beside it says what the net expects and how well it did.
+with the runtime its users will use, and comparing its logits with PyTorch's on images of the
+run's test split, preprocessed as the run evaluated them (the run's data config, read from its
+run dir; random images where the data is gone, and the card says which). `quantize=int8` (ONNX
+Runtime's static quantization, per-channel weights, activations calibrated on the run's training
+images) and `quantize=fp16` make a smaller ONNX file; their check is that the top class agrees
+with PyTorch's. `model_card.json` beside it says what the net expects, its precision and how
+well it did.
 """
 
 import hashlib
@@ -16,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from imgcls.input_contract import InputContract
 from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
+from imgcls.models.lora import merge_into_plain
 from imgcls.models.zoo import PRETRAINED_KEYS, build_net
+from imgcls.run.compose import instantiate
 from imgcls.run.settle import settle
 from imgcls.run.task import task_main
 from imgcls.utils.errors import UserError
@@ -29,6 +36,8 @@ from imgcls.utils.logging import get_logger
 from imgcls.utils.rich_utils import print_metrics_table
 
 log = get_logger(__name__)
+PRECISIONS = ("fp32", "int8", "fp16")
+CALIBRATION_BATCH = 32  # images a calibration pass feeds at once
 FILE_NAMES = {
     "onnx": "model.onnx",
     "torchscript": "model.torchscript.pt",
@@ -50,10 +59,61 @@ def export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int) -> Call
         dynamo=True,
         verbose=False,
     )
+    return onnx_runner(path)
+
+
+def onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
+    """Logits of a batch from the ONNX file, by ONNX Runtime on the CPU."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+def quantize_onnx(path: Path, precision: str, calibration: Tensor | None) -> None:
+    """The ONNX file at `path` in a smaller precision, in place. int8: ONNX Runtime's static
+    quantization (QDQ, int8 weights per output channel, int8 activations whose ranges come from
+    `calibration`, un-augmented training images), the form its CPU and TensorRT providers run
+    fastest; fp16: every float weight and activation halved, the input and output kept float32
+    so a caller feeds the same arrays."""
+    import onnx
+
+    full = path.with_name(f"{path.stem}.fp32{path.suffix}")
+    model = onnx.load(str(path))  # with the weights of an external .data file beside it
+    onnx.save(model, str(full))
+    for written in path.parent.glob(f"{path.name}*"):
+        written.unlink()
+    try:
+        if precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            halved = convert_float_to_float16(onnx.load(str(full)), keep_io_types=True)
+            onnx.save(halved, str(path))
+            return
+        from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        class Images(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter(calibration.split(CALIBRATION_BATCH))
+
+            def get_next(self) -> dict | None:
+                batch = next(self.batches, None)
+                return None if batch is None else {"images": batch.numpy()}
+
+        prepared = path.with_name(f"{path.stem}.prepared{path.suffix}")
+        quant_pre_process(str(full), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(path),
+            Images(),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
+        prepared.unlink()
+    finally:
+        full.unlink()
 
 
 def export_torchscript(net: nn.Module, example: Tensor, path: Path) -> Callable:
@@ -80,6 +140,37 @@ def export_weights(net: nn.Module, path: Path, net_cfg: dict, num_classes: int) 
     return fresh
 
 
+def check_export(
+    run: Callable, net: nn.Module, datamodule: Any | None, cfg: DictConfig, size: int
+) -> dict[str, Any]:
+    """The exported file's logits against PyTorch's on the first `check_batch` images of the
+    run's test split (random ones where the data is gone). A float32 file must match within
+    `check_tolerance`; a quantized one must name the same top class for `check_agreement` of
+    the images, since int8 or fp16 logits are meant to differ a little."""
+    if datamodule is not None:
+        images, on = first_images(datamodule, "test", cfg.check_batch), "test images"
+    else:
+        log.warning("The run's data is not here: the export is checked on random images.")
+        images, on = torch.randn(cfg.check_batch, 3, size, size), "random images"
+    with torch.inference_mode():
+        exported, expected = run(images).float(), net(images).float()
+    diff = (exported - expected).abs().max().item()
+    agreement = (exported.argmax(1) == expected.argmax(1)).float().mean().item()
+    quantized = bool(cfg.quantize)
+    return {
+        "on": on,
+        "images": len(images),
+        "max_abs_logit_diff": diff,
+        "top1_agreement": agreement,
+        "required": (
+            {"top1_agreement": cfg.check_agreement}
+            if quantized
+            else {"max_abs_logit_diff": cfg.check_tolerance}
+        ),
+        "passed": agreement >= cfg.check_agreement if quantized else diff <= cfg.check_tolerance,
+    }
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -101,12 +192,50 @@ def checkpoint_metrics(checkpoint: dict[str, Any], ckpt_path: Path) -> dict[str,
     return metrics
 
 
+def run_data(ckpt_path: Path, out_dir: Path) -> Any | None:
+    """The datamodule of the run that wrote the checkpoint (`<run>/checkpoints/x.ckpt`: its
+    `.hydra/config.yaml`), writing what it writes (split.csv) under `out_dir`; None where the
+    run's config or its data is gone."""
+    saved = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        return None
+    data = OmegaConf.load(saved).data
+    if "artifacts_dir" in data:
+        data.artifacts_dir = str(out_dir)
+    if "num_workers" in data:  # a batch or a few: read here, no worker processes started
+        data.num_workers = 0
+    try:
+        datamodule = instantiate(data)
+        datamodule.setup()
+    except (UserError, OSError) as err:
+        log.warning(f"The run's data ({data._target_}) cannot be read here: {err}")
+        return None
+    return datamodule
+
+
+def first_images(datamodule: Any, split: str, count: int) -> Tensor:
+    """The first `count` images of a split, preprocessed as the run evaluates them."""
+    batches, seen = [], 0
+    for images, _ in datamodule.eval_batches(split, torch.device("cpu")):
+        batches.append(images[: count - seen].float())
+        seen += len(batches[-1])
+        if seen >= count:
+            break
+    return torch.cat(batches)
+
+
 def export(cfg: DictConfig) -> dict[str, Any]:
     settle(cfg)
     if not cfg.get("ckpt_path"):
         raise UserError("export needs ckpt_path=<run>/checkpoints/best.ckpt")
     if cfg.format not in FILE_NAMES:
         raise UserError(f"format={cfg.format!r} is not one of {', '.join(FILE_NAMES)}.")
+    precision = cfg.quantize or "fp32"
+    if precision not in PRECISIONS or (cfg.quantize and cfg.format != "onnx"):
+        raise UserError(
+            f"quantize={cfg.quantize} (format={cfg.format}): quantize takes int8 or fp16, "
+            "for format=onnx; null keeps float32."
+        )
     ckpt_path = Path(cfg.ckpt_path)
     checkpoint = read_checkpoint(ckpt_path)  # read once: the model and its metrics
     model = classifier_from_checkpoint(checkpoint, ckpt_path)
@@ -115,28 +244,50 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if not {"resize", "crop", "mean", "std"} <= saved.keys():
         raise UserError(f"{ckpt_path} records no input size and normalization (an older one).")
     contract = InputContract.from_dict(saved)
-    net = model.net.eval().to(memory_format=torch.contiguous_format)
+    # plain weights: a LoRA run's adapters merged (loading merges a checkpoint's already)
+    net = merge_into_plain(model.net).eval().to(memory_format=torch.contiguous_format)
     size = contract.crop
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FILE_NAMES[cfg.format]
+    datamodule = run_data(ckpt_path, out_dir)
+    if datamodule is None and precision == "int8":
+        raise UserError(
+            f"quantize=int8 calibrates on the run's training images, and the run of {ckpt_path} "
+            "(its .hydra/config.yaml and data) cannot be read here: export from the run dir, "
+            "with its data in place, or use quantize=fp16."
+        )
     example = torch.randn(2, 3, size, size)
-    log.info(f"Exporting {hparams.net['name']} as {cfg.format} to {path}")
+    log.info(f"Exporting {hparams.net['name']} as {cfg.format} ({precision}) to {path}")
     if cfg.format == "onnx":
         run = export_onnx(net, example, path, cfg.onnx_opset)
+        if cfg.quantize:
+            calibration = None
+            if precision == "int8":
+                calibration = first_images(datamodule, "train", cfg.calibration_images)
+            quantize_onnx(path, precision, calibration)
+            run = onnx_runner(path)
     elif cfg.format == "torchscript":
         run = export_torchscript(net, example, path)
     else:
         run = export_weights(net, path, dict(hparams.net), hparams.num_classes)
 
-    batch = torch.randn(cfg.check_batch, 3, size, size)  # another batch size than the example
-    with torch.inference_mode():
-        diff = (run(batch).float() - net(batch).float()).abs().max().item()
-    log.info(f"Check: max abs logit difference, {cfg.format} vs PyTorch = {diff:.3g}")
-    if not diff <= cfg.check_tolerance:
+    check = check_export(run, net, datamodule, cfg, size)
+    log.info(
+        f"Check on {check['images']} {check['on']}: {cfg.format} ({precision}) vs PyTorch, max abs "
+        f"logit difference {check['max_abs_logit_diff']:.3g}, top-1 agreement "
+        f"{check['top1_agreement']:.1%}"
+    )
+    if not check["passed"]:
+        held_to = (
+            f"check_tolerance={cfg.check_tolerance}"
+            if precision == "fp32"
+            else f"check_agreement={cfg.check_agreement}"
+        )
         raise UserError(
-            f"The {cfg.format} export does not reproduce the net: max abs logit difference "
-            f"{diff:.3g} > check_tolerance={cfg.check_tolerance}. The file is at {path}."
+            f"The {cfg.format} ({precision}) export does not reproduce the net: max abs logit "
+            f"difference {check['max_abs_logit_diff']:.3g}, top-1 agreement "
+            f"{check['top1_agreement']:.1%}, held to {held_to}. The file is at {path}."
         )
     # every file the export wrote (ONNX puts large weights in a .data file beside the graph),
     # readable by all like any other file the run writes (safetensors writes 0600)
@@ -161,8 +312,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         },
         "task": hparams.get("task", "multiclass"),
         **model.objective.card(model.class_names),
+        "precision": precision,
         "metrics": checkpoint_metrics(checkpoint, ckpt_path),
-        "check": {"max_abs_logit_diff": diff, "tolerance": cfg.check_tolerance},
+        "check": check,
     }
     (out_dir / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     print_metrics_table(card["metrics"], title=f"{path} (+ model_card.json)")

@@ -49,8 +49,10 @@ class InputContract:
 
     def _affine(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if device not in self._scale_shift:
-            mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+            # float32 whatever the default dtype (a half-precision plugin's forward context
+            # sets it): the same normalization in every context
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
             self._scale_shift[device] = (1.0 / (255.0 * std), -mean / std)
         return self._scale_shift[device]
 

@@ -66,14 +66,14 @@ def test_report_matches_a_hand_computation(
         "confusion.csv",
         "confusion.png",
         "misclassified.png",
+        "explanations.png",
         "calibration.csv",
         "reliability.png",
     } <= {p.name for p in run.iterdir()}
     events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.*")).parent))
     events.Reload()
-    assert {"test/confusion", "test/misclassified", "test/reliability"} <= set(
-        events.Tags()["images"]
-    )
+    tags = {"test/confusion", "test/misclassified", "test/explanations", "test/reliability"}
+    assert tags <= set(events.Tags()["images"])
 
     cfg = make_cfg(
         f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
@@ -151,3 +151,35 @@ def test_the_most_confident_mistakes_are_kept_across_batches() -> None:
     assert labels.tolist() == [row[2] for row in best]
     assert preds.tolist() == [row[3] for row in best]
     assert torch.equal(images, torch.stack([row[1] for row in best]))
+
+
+def test_wrong_images_are_explained_or_the_reason_said(caplog: pytest.LogCaptureFixture) -> None:
+    """Each wrong image beside the maps of its predicted and true class (three cells an image);
+    a net with no map to take: one logged line and no figure, the report goes on."""
+    from types import SimpleNamespace
+
+    from imgcls.callbacks.eval_report import explain_mistakes
+    from imgcls.models.nets import NETS
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 32, 32)
+    pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    labels, preds = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
+    captions = ["a → b", "b → c", "c → a"]
+    net = NETS["lenet"](num_classes=3)
+    model = SimpleNamespace(net=net, head=net[-1], device=torch.device("cpu"))
+    fig = explain_mistakes(model, images, pixels, labels, preds, captions, ["a", "b", "c"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["a → b\nCAM of: b | a", "b → c\nCAM of: c | b", "c → a\nCAM of: a | c"]
+    cell = fig.axes[0].get_images()[0].get_array()  # image, gap, map of b, gap, map of a
+    assert cell.shape == (32, 3 * 32 + 2 * 2, 3)
+    assert (cell[:, :32] == pixels[0].permute(1, 2, 0).numpy()).all()  # the image as it is
+    maps = [cell[:, 34:66], cell[:, 68:]]
+    assert not (maps[0] == cell[:, :32]).all()  # overlaid with its maps,
+    assert not (maps[0] == maps[1]).all()  # one for each class
+
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    model = SimpleNamespace(net=mlp, head=mlp[-1], device=torch.device("cpu"))
+    with caplog.at_level("WARNING"):
+        assert explain_mistakes(model, images, pixels, labels, preds, captions, list("abc")) is None
+    assert "No explanations.png: Sequential cannot be explained" in caplog.text

@@ -5,12 +5,15 @@ image:
   equals the class's recall), precision, recall and F1 of every class;
 - `confusion.csv` and `confusion.png`: the confusion matrix (rows true, columns predicted);
 - `misclassified.png`: the most confidently wrong test images, with true and predicted names;
+- `explanations.png`: those images beside their Grad-CAM maps (models/explain.py) for the
+  predicted and for the true class; a net it cannot explain is said in one logged line;
 - `calibration.csv` and `reliability.png`: the expected calibration error (also logged as
   `test/ece`) and the reliability diagram, of the net's softmax and, where the model has a
   temperature (model.temperature), of its calibrated probabilities (`test/ece_calibrated`).
 
 Several labels per image (model.task=multilabel): `per_class.csv` with each class's support,
-average precision, and precision, recall and F1 at its threshold.
+average precision, and precision, recall and F1 at its threshold (no wrong images, so no
+explanations).
 
 The counts are a torchmetrics metric (models/confusion.py), synced over devices; the wrong images
 are those seen by rank 0. Nothing is read back to the host until the test epoch ends.
@@ -24,16 +27,19 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from imgcls.callbacks.tensorboard_images import add_figure
 from imgcls.models.calibration import ReliabilityBins
 from imgcls.models.confusion import ConfusionMatrix, per_class_scores
+from imgcls.models.explain import Explainer, NotExplainableError
 from imgcls.models.objectives import MulticlassObjective, MultilabelObjective
 from imgcls.models.objectives.multilabel import PerClassScores
 from imgcls.reports.plots import (
     close_figure,
     confusion_figure,
+    explanation_figure,
     image_grid_figure,
     reliability_figure,
     save_figure,
@@ -136,7 +142,8 @@ class TestReport:
         for kind, bins in self.reliability.items():
             calibrated = self.objective.calibrated(logits) if kind == "calibrated" else logits
             bins.update(calibrated, labels)
-        if rank_zero:  # the wrong images are those seen by rank 0
+        # the wrong images are those seen by rank 0; a linear probe's feature rows are none
+        if rank_zero and images.ndim == 4:
             self.mistakes.update(images, logits, labels)
 
     def finish(self, trainer: L.Trainer, names: list[str]) -> dict[str, Tensor]:
@@ -205,19 +212,55 @@ class TestReport:
         if len(images):
             triples = zip(labels.tolist(), preds.tolist(), confidence.tolist(), strict=True)
             captions = [f"{names[t]} → {names[p]}\n{c:.0%}" for t, p, c in triples]
+            pixels = trainer.datamodule.contract.denormalize(images)
             figures["misclassified"] = image_grid_figure(
-                trainer.datamodule.contract.denormalize(images),
-                captions,
-                "most confidently wrong (true → predicted, confidence)",
+                pixels, captions, "most confidently wrong (true → predicted, confidence)"
             )
+            explained = explain_mistakes(
+                trainer.lightning_module, images, pixels, labels, preds, captions, names
+            )
+            if explained is not None:
+                figures["explanations"] = explained
         for name, fig in figures.items():
             add_figure(trainer, f"test/{name}", fig)
             save_figure(fig, str(self.output_dir / f"{name}.png"))
             close_figure(fig)
+        pictures = "".join(f", {name}.png" for name in figures if name != "confusion")
         log.info(
             f"Evaluation report: {self.output_dir}/per_class.csv, confusion.csv/.png, "
-            "calibration.csv, reliability.png"
+            f"calibration.csv, reliability.png{pictures}"
         )
+
+
+def explain_mistakes(
+    model: L.LightningModule,
+    images: Tensor,
+    pixels: Tensor,
+    labels: Tensor,
+    preds: Tensor,
+    captions: list[str],
+    names: list[str],
+) -> Figure | None:
+    """The wrong images beside the Grad-CAM maps of their predicted and true classes, all in
+    one forward and backward of the model's own net (not a DDP wrapper: rank 0 alone, no
+    collective); None, with the reason logged, for a net that cannot be explained."""
+    head = getattr(model, "head", None)  # an exported file's net has none by that name
+    normalized = images.to(model.device)
+    try:
+        explainer = Explainer(model.net, normalized[:1], head)
+    except NotExplainableError as err:
+        log.warning(f"No explanations.png: {err}")
+        return None
+    maps = explainer(torch.cat([normalized, normalized]), torch.cat([preds, labels]))
+    predicted, true = maps.split(len(images))
+    return explanation_figure(
+        pixels,
+        predicted,
+        true,
+        captions,
+        [names[p] for p in preds.tolist()],
+        [names[t] for t in labels.tolist()],
+    )
 
 
 class MultilabelReport:

@@ -107,6 +107,49 @@ def image_grid_figure(
     return fig
 
 
+def cam_overlay(images: torch.Tensor, maps: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
+    """uint8 NCHW images with their class-activation maps (N, H, W in [0, 1]) laid over them
+    in the jet colours Grad-CAM's papers use (red: where the class's evidence is), `weight` the
+    map's share of each pixel; uint8 NCHW."""
+    jet = torch.from_numpy(matplotlib.colormaps["jet"](maps.clamp(0, 1).numpy())[..., :3])
+    heat = jet.permute(0, 3, 1, 2).float()
+    mixed = (1 - weight) * images.cpu().float() / 255 + weight * heat
+    return (mixed * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def explanation_figure(
+    images: torch.Tensor,
+    predicted: torch.Tensor,
+    true: torch.Tensor,
+    captions: Sequence[str],
+    predicted_names: Sequence[str],
+    true_names: Sequence[str],
+    per_row: int = 4,
+) -> Figure:
+    """Each wrong image (uint8 NCHW) beside its class-activation maps (N, H, W in [0, 1]) for
+    the predicted and for the true class, as one cell of three pictures, `per_row` cells a row:
+    where the net found the class it chose, and where it looked for the one it missed. One axes
+    a cell, not three: a figure's cost is its axes."""
+    n, width = len(images), images.shape[-1]
+    gap = torch.full((*images.shape[:3], max(1, width // 16)), 255, dtype=torch.uint8)
+    cells = torch.cat(
+        [images.cpu(), gap, cam_overlay(images, predicted), gap, cam_overlay(images, true)], dim=3
+    )
+    per_row = max(1, min(per_row, n))
+    rows = max(1, -(-n // per_row))
+    fig, axes = plt.subplots(rows, per_row, figsize=(4.2 * per_row, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        ax.imshow(cells[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        caption = captions[i].replace("\n", "  ")  # one line: the second names the maps
+        ax.set_title(f"{caption}\nCAM of: {predicted_names[i]} | {true_names[i]}", fontsize=8)
+    fig.suptitle("most confidently wrong: image, Grad-CAM of the predicted and of the true class")
+    height = 1.9 * rows
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.7 / height, hspace=0.5)
+    return fig
+
+
 def save_figure(fig: Figure, path: str) -> None:
     fig.savefig(path, dpi=100)
 

@@ -35,3 +35,29 @@ def test_k_folds_never_put_imagenets_val_images_which_are_its_test_split_in_trai
     assert len(test) == 6
     assert not test & {p for p, _ in samples["train"] + samples["val"]}
     assert len(samples["train"]) + len(samples["val"]) == 18
+
+
+def test_a_minival_from_train_validates_on_held_out_train_images_and_tests_on_val(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_imagenet(tmp_path / "imagenet", train_per_class=6, val_per_class=2)
+    plain = ImageNetDataModule(root=str(root))
+    assert plain.test_is_validation
+    minival = ImageNetDataModule(root=str(root), val_from_train=3)
+    assert not minival.test_is_validation
+    samples = minival.split_samples()
+    val, train = {p for p, _ in samples["val"]}, {p for p, _ in samples["train"]}
+    assert len(val) == 3
+    assert sorted(label for _, label in samples["val"]) == [0, 1, 2]  # stratified
+    assert not val & train
+    assert len(train) == 18 - 3
+    assert all("/train/" in p for p in val)
+    assert {p for p, _ in samples["test"]} == {p for p, _ in plain.split_samples()["test"]}
+    with pytest.raises(UserError, match="not below the 18 train images"):
+        ImageNetDataModule(root=str(root), val_from_train=18).split_samples()
+    with pytest.raises(UserError, match=r"without data\.folds"):
+        ImageNetDataModule(root=str(root), val_from_train=3, folds=2)
+    for source, warned in ((plain, True), (minival, False)):
+        caplog.clear()
+        source.test_dataloader()
+        assert ("test split is the validation split" in caplog.text) == warned

@@ -124,10 +124,8 @@ class FolderDataModule(DecodePlaceChoice, ImageDataModule):
         # with folds, validation is a fold of train (and of a listed val split, pooled with it)
         missing = [s for s in SPLIT_NAMES if s not in samples and not (self.folds and s == "val")]
         if missing:
-            fractions = [self.split[SPLIT_NAMES.index(s)] for s in ("train", *missing)]
-            if self.folds:
-                fractions[0] += self.split[1]
             train = samples["train"]
+            fractions = self.carved_fractions(missing, len(train))
             strata = [stratum(label) for _, label in train]
             parts = stratified_split(strata, fractions, self.split_seed)
             for name, part in zip(("train", *missing), parts, strict=True):
@@ -145,6 +143,14 @@ class FolderDataModule(DecodePlaceChoice, ImageDataModule):
                 raise UserError(f"The {name} split of {self.root} has no images. {self.expected}")
         self._warn_of_classes_missing_from(samples)
         return samples
+
+    def carved_fractions(self, missing: list[str], train_images: int) -> list[float]:
+        """The shares of the train folder's `train_images` that stay in train and go to each
+        `missing` split: `data.split`'s (with folds, validation's share stays in the pool)."""
+        fractions = [self.split[SPLIT_NAMES.index(s)] for s in ("train", *missing)]
+        if self.folds:
+            fractions[0] += self.split[1]
+        return fractions
 
     def listed_samples(self) -> dict[str, list[Sample]]:
         """The samples of the splits that have folders of their own."""

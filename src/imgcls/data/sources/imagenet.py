@@ -1,12 +1,16 @@
 """ImageNet in its folder layout (`data=imagenet data.root=DIR`):
 DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG (val sorted into class folders, as
 torchvision's and timm's scripts expect). The labelled val set doubles as the test split, as is
-usual since the test labels are not public. Classes show as names (tench, goldfish, ...), not
-WordNet ids, and any subset of the 1000 classes works. Names are unique: ImageNet-1k has two
-cranes and two maillots, told apart here; any other clash gets its WordNet id.
+usual since the test labels are not public: then the test score is on the images that picked
+best.ckpt, and the run says so. `data.val_from_train=N` holds about N train images out
+(stratified, seeded by `split_seed`) as the validation split instead, a "minival", so the choice
+and the score use different images. Classes show as names (tench, goldfish, ...), not WordNet
+ids, and any subset of the 1000 classes works. Names are unique: ImageNet-1k has two cranes and
+two maillots, told apart here; any other clash gets its WordNet id.
 """
 
 from functools import cached_property
+from typing import Any
 
 from timm.data import ImageNetInfo
 
@@ -37,6 +41,19 @@ def class_names_of(wnids: list[str]) -> list[str]:
 
 
 class ImageNetDataModule(FolderDataModule):
+    def __init__(self, root: str, val_from_train: int | None = None, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        if val_from_train is not None and (val_from_train < 1 or self.folds):
+            raise UserError(
+                f"data.val_from_train={val_from_train}: give a number of train images (1 or "
+                "more) to validate on, without data.folds (folds carve validation themselves)."
+            )
+        self.val_from_train = val_from_train
+
+    @property
+    def test_is_validation(self) -> bool:
+        return self.val_from_train is None
+
     def split_dirs(self) -> dict:
         train, val = self.root / "train", self.root / "val"
         if not (train.is_dir() and val.is_dir()):
@@ -44,7 +61,16 @@ class ImageNetDataModule(FolderDataModule):
                 f"data.root={self.root} is not an ImageNet folder: expected {LAYOUT} "
                 "(see torchvision.datasets.ImageNet or timm's docs for preparing val/)."
             )
-        return {"train": train, "val": val, "test": val}
+        return {"train": train, "val": None if self.val_from_train else val, "test": val}
+
+    def carved_fractions(self, missing: list[str], train_images: int) -> list[float]:
+        """The minival: `val_from_train` of the train folder's images."""
+        if self.val_from_train >= train_images:
+            raise UserError(
+                f"data.val_from_train={self.val_from_train} is not below the {train_images} "
+                "train images: hold out fewer (10000 is a common ImageNet minival)."
+            )
+        return [train_images - self.val_from_train, self.val_from_train]
 
     @cached_property
     def class_names(self) -> list[str]:

@@ -1,0 +1,103 @@
+"""A file `export.py` wrote, scored as its users will run it: `eval.py ckpt_path=<export
+dir>/model.onnx` (or `model.torchscript.pt`, `model.pth`, `model.safetensors`) runs the file
+itself (ONNX Runtime, TorchScript, or the state dict in its net) inside the model its
+`model_card.json` describes (classes, task, temperature or thresholds, input contract), so the
+evaluation report of an int8 ONNX file is written as a checkpoint's is, on the same test split
+with the card's preprocessing."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from imgcls.models.classifier import ImageClassifier
+from imgcls.models.zoo import PRETRAINED_KEYS
+from imgcls.utils.errors import UserError
+
+#: the file name export.py gives each format, by suffix
+FORMATS = {
+    ".onnx": "onnx",
+    ".pt": "torchscript",
+    ".pth": "state_dict",
+    ".safetensors": "safetensors",
+}
+CARD = "model_card.json"
+
+
+def names_an_export(path: str | Path) -> bool:
+    """Whether `path` names a file of export.py's rather than a checkpoint."""
+    return Path(str(path)).suffix in FORMATS
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The model card export.py wrote beside the file."""
+    card_path = Path(path).parent / CARD
+    if not Path(path).is_file() or not card_path.is_file():
+        raise UserError(
+            f"ckpt_path={path}: an exported model is scored with the {CARD} export.py wrote "
+            "beside it; pass the file in its export dir, or a checkpoint (.ckpt)."
+        )
+    return json.loads(card_path.read_text())
+
+
+def export_hyperparameters(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint says of its model, said from the card of an exported file."""
+    card = read_card(path)
+    hparams = {
+        "net": {**card["architecture"], **PRETRAINED_KEYS},
+        "num_classes": card["num_classes"],
+        "optimizer": {},
+        "task": card.get("task", "multiclass"),
+        "class_names": card["classes"],
+        "preprocessing": {k: card["input"][k] for k in ("resize", "crop", "mean", "std")},
+    }
+    if "temperature" in card:
+        hparams["temperature"] = card["temperature"]
+    return hparams
+
+
+class ExportedNet(nn.Module):
+    """The exported file as a net: logits of a float NCHW batch, on the batch's device. An ONNX
+    file runs in ONNX Runtime on the CPU (a copy each way, one wait per batch: evaluation only);
+    a TorchScript file is the module it holds."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "torchscript":
+            self.module = torch.jit.load(str(path), map_location="cpu")
+            return
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.kind == "torchscript":
+            return self.module(images)
+        feed = {"images": images.detach().float().cpu().numpy()}
+        return torch.from_numpy(self.session.run(None, feed)[0]).to(images.device)
+
+
+def classifier_from_export(path: str | Path) -> ImageClassifier:
+    """The model of an exported file: the card's classifier with the file as its net (ONNX,
+    TorchScript) or with the file's weights in its net (state dict, safetensors)."""
+    path = Path(path)
+    card = read_card(path)
+    model = ImageClassifier(**export_hyperparameters(path))
+    kind = FORMATS[path.suffix]
+    if kind in ("onnx", "torchscript"):
+        model.net = ExportedNet(path, kind)
+    else:
+        if kind == "safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        model.net.load_state_dict(state)
+    if "thresholds" in card:  # a multi-label model's, per class
+        thresholds = [card["thresholds"][name] for name in card["classes"]]
+        model.objective.thresholds.copy_(torch.tensor(thresholds))
+    return model.eval()
