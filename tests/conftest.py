@@ -7,6 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+# Nothing downloads in tests: the Hugging Face libraries read these once, when first imported
+# (test modules import them at collection, before any fixture runs)
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
 import torch
 from omegaconf import DictConfig
 
@@ -78,14 +83,13 @@ def offline_weight_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Pretrained weights come from a session cache that tests fill (data_factory's
     cache_torchvision_weights), never from the user's cache or the network."""
     home = tmp_path_factory.mktemp("torch_home")
-    saved = {key: os.environ.get(key) for key in ("TORCH_HOME", "HF_HUB_OFFLINE")}
-    os.environ.update(TORCH_HOME=str(home), HF_HUB_OFFLINE="1")
+    saved = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
     yield home
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    if saved is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = saved
 
 
 def pytest_configure(config: pytest.Config) -> None:

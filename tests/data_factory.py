@@ -243,6 +243,36 @@ def write_shard_set(root: Path, classes: Sequence[str] = ("a", "b"), per_class: 
     return root / "shards"
 
 
+def hf_split(
+    photos: Path,
+    classes: Sequence[str] = ("a", "b"),
+    per_class: int = 10,
+    extra: Sequence[tuple[bytes | None, int]] = (),
+    names: Sequence[str] | None = None,
+):
+    """A Hugging Face Dataset of a class tree's photos (written to `photos`): an Image column
+    holding the files' bytes and a ClassLabel column (of `names`, default `classes`), then the
+    `extra` rows (image bytes or None, label index or -1)."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    names = list(names or classes)
+    files = sorted(write_class_tree(photos, classes, per_class).glob("*/*"))
+    rows = [(f.read_bytes(), names.index(f.parent.name)) for f in files] + list(extra)
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=names)})
+    images = [None if data is None else {"bytes": data, "path": None} for data, _ in rows]
+    return Dataset.from_dict({"image": images, "label": [y for _, y in rows]}, features=features)
+
+
+def write_hf_dataset(root: Path, **split) -> Path:
+    """root/hf: `hf_split`'s dataset (of the photos in root/photos) as the train split of a
+    DatasetDict saved with save_to_disk (data=hf)."""
+    from datasets import DatasetDict
+
+    DatasetDict(train=hf_split(root / "photos", **split)).save_to_disk(root / "hf")
+    return root / "hf"
+
+
 def teacher_checkpoint(path: Path, net: str = "cifar_quick", seed: int = 0) -> Path:
     """An untrained classifier of the digits' classes and normalization, saved as our checkpoint:
     a teacher for distillation (its predictions matter less than its wiring)."""

@@ -13,6 +13,7 @@ from tests.data_factory import (
     cache_torchvision_weights,
     write_cifar,
     write_class_tree,
+    write_hf_dataset,
     write_imagenet,
     write_label_csv,
     write_shard_set,
@@ -47,6 +48,7 @@ DATA_ON_DISK = {
     "imgcls.data.sources.imagenet.ImageNetDataModule": ("root", write_imagenet),
     "imgcls.data.sources.csv_source.CsvDataModule": ("csv", write_label_csv),
     "imgcls.data.sources.shards.ShardsDataModule": ("root", write_shard_set),
+    "imgcls.data.sources.hf.HFDataModule": ("path", write_hf_dataset),
 }
 
 
@@ -69,8 +71,17 @@ def test_option_composes_and_builds(
     overrides = [f"{group}={option}"]
     if (group, option) == ("experiment", "finetune_folder"):
         cache_torchvision_weights("resnet50")
-    if (group, option) == ("experiment", "finetune_vit_folder"):
+    if (group, option) in {
+        ("experiment", "finetune_vit_folder"),
+        ("experiment", "dinov2_linear_probe"),
+        ("experiment", "dinov2_lora_folder"),
+    }:
         overrides.append("model.net.pretrained=false")  # timm's weights need the Hub
+    if (group, option) == ("experiment", "dinov2_linear_probe"):
+        overrides.append(f"model.probe.cache_dir={tmp_path / 'cache'}")
+    if (group, option) == ("experiment", "linear_probe"):  # its loaders make features: a tiny ViT
+        overrides += ["model.net.name=timm/test_vit", "model.net.pretrained=false"]
+        overrides += ["+model.net.img_size=224", f"model.probe.cache_dir={tmp_path / 'cache'}"]
     if (group, option) in NEEDS_GPU:
         overrides.append("trainer.accelerator=cpu")
     if (group, option) == ("logger", "wandb"):

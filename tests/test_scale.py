@@ -46,6 +46,11 @@ def test_every_experiment_runs_one_batch(make_cfg, tmp_path: Path, experiment: s
         cache_torchvision_weights("resnet50")
         root = write_class_tree(tmp_path / "photos", ["cat", "dog"], 10)
         overrides += [f"data.root={root}", "data.batch_size=2"]
+    elif experiment == "linear_probe":  # a tiny ViT from scratch, its features cached in tmp
+        root = write_class_tree(tmp_path / "photos", ["cat", "dog"], 10)
+        overrides += [f"data.root={root}", "model.net.name=timm/test_vit"]
+        overrides += ["model.net.pretrained=false", "+model.net.img_size=224"]
+        overrides.append(f"model.probe.cache_dir={tmp_path / 'cache'}")
     elif experiment == "imagenet_fake_smoke":
         overrides.append("data.batch_size=2")  # a ResNet-50 at 224 px: one batch is enough
     metrics, _ = train(make_cfg(*overrides))

@@ -121,6 +121,7 @@ def test_default_run_reaches_95_percent_and_leaves_a_complete_run_dir(
         "weights_path": None,
         "head_init": "default",
         "drop_path_rate": None,
+        "grad_checkpointing": False,
     }
     assert hparams["preprocessing"] == {
         "resize": 32,

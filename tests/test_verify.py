@@ -1,10 +1,10 @@
-"""verify.py: every problem of a photo folder, a CSV listing or shards, found up front and
-listed."""
+"""verify.py: every problem of a photo folder, a CSV listing, a Hugging Face dataset or shards,
+found up front and listed."""
 
 from pathlib import Path
 
 from imgcls.verify import verify
-from tests.data_factory import BAD, photo_tree, write_label_csv, write_shard_set
+from tests.data_factory import BAD, photo_tree, write_hf_dataset, write_label_csv, write_shard_set
 
 
 def test_verify_lists_every_problem(make_cfg, tmp_path: Path) -> None:
@@ -45,3 +45,16 @@ def test_verify_lists_the_chunks_of_shards_missing_or_cut_short(make_cfg, tmp_pa
         str(val): f"missing (its index.json lists it, {val_size} bytes)",
     }
     assert (tmp_path / "run" / "problems.csv").read_text().count("\n") == 3
+
+
+def test_verify_lists_the_rows_of_a_dataset_that_cannot_be_read_or_used(
+    make_cfg, tmp_path: Path
+) -> None:
+    extra = [(b"<html></html>", 0), (None, 1), (b"\xff\xd8\xff", -1)]
+    dataset = write_hf_dataset(tmp_path, per_class=5, extra=extra)
+    cfg = make_cfg("data=hf", f"data.path={dataset}", config_name="verify")
+    assert dict(verify(cfg)) == {
+        "train[12]": "no label",
+        "train[10]": "not an image file (no known image format)",
+        "train[11]": "the row has no image",
+    }

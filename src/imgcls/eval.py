@@ -1,14 +1,20 @@
 """Evaluate a checkpoint on the test split: `python eval.py ckpt_path=...` or `imgcls-eval`.
 
-The model (architecture, class names) comes from the checkpoint; the data from the `data` group,
-which must be the dataset the model was trained on (checked by class names), preprocessed as the
-checkpoint was trained (its input contract: run/settle.py).
+The model (architecture, class names) comes from the checkpoint, or from the model card of a
+file export.py wrote (models/exported.py); the data from the `data` group, preprocessed as the
+checkpoint was trained (its input contract: run/settle.py). The data's classes are the model's,
+or some of them, found by name or by `class_map` (models/class_map.py). A timm model trained
+elsewhere, with its own weights, takes a checkpoint's place: `ckpt_path=timm/local-dir:DIR` (a
+folder timm's save_for_hf or `imgcls-push --local` wrote) or `ckpt_path=timm/hf-hub:<user>/
+<repo>`; its class names are its config's `label_names`, its preprocessing its pretrained
+config's.
 """
 
 from typing import Any
 
 from omegaconf import DictConfig
 
+from imgcls.models.class_map import scored_on
 from imgcls.models.loading import load_classifier
 from imgcls.run.compose import instantiate, instantiate_each
 from imgcls.run.numerics import configure_numerics, nondeterministic_ops_explained
@@ -24,18 +30,15 @@ log = get_logger(__name__)
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if not cfg.get("ckpt_path"):
-        raise UserError("eval needs a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt")
+        raise UserError(
+            "eval needs a checkpoint: ckpt_path=<run dir>/checkpoints/best.ckpt, or a timm model "
+            "with its weights: ckpt_path=timm/local-dir:<folder> or timm/hf-hub:<user>/<repo>"
+        )
     settle(cfg)  # the checkpoint's input contract and labels into the data config
     configure_numerics(cfg)
     model = load_classifier(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
-    if model.class_names != datamodule.class_names:
-        raise UserError(
-            f"The checkpoint was trained on {model.hparams.num_classes} classes "
-            f"({', '.join(model.class_names[:5])}, ...) but data={cfg.data._target_} has "
-            f"{datamodule.num_classes} ({', '.join(datamodule.class_names[:5])}, ...): "
-            "pass the data config the model was trained with."
-        )
+    scored_on(model, datamodule.class_names, cfg.get("class_map"))  # a subset, or renamed
     trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_each(cfg.get("callbacks")),

@@ -3,14 +3,23 @@
 
 Everything the model needs travels in the checkpoint (architecture, weights, class names, eval
 resize / crop, mean / std, its temperature or its labels' thresholds), so this works on any
-machine with the checkpoint alone. One label per image: the top_k classes, most probable first;
-several (model.task=multilabel): every label whose probability reaches its threshold. Images of any
-mode (RGBA, grayscale, palette, CMYK, 16-bit) are converted to RGB; a file that is not a readable
-image gets a row with its error instead of stopping the batch.
+machine with the checkpoint alone. A timm model trained elsewhere takes a checkpoint's place:
+`ckpt_path=timm/local-dir:DIR` or `ckpt_path=timm/hf-hub:<user>/<repo>`, its class names from its
+config's `label_names`, its preprocessing from its pretrained config. One label per image: the
+top_k classes, most probable first; several (model.task=multilabel): every label whose
+probability reaches its threshold. Images of any mode (RGBA, grayscale, palette, CMYK, 16-bit)
+are converted to RGB; a file that is not a readable image gets a row with its error instead of
+stopping the batch.
+
+`explain=true`: each image's Grad-CAM map of its top class (models/explain.py) laid over the
+image as the net saw it, `explanations/<its path below the inputs' common folder>.png` beside
+predictions.csv (a tree as the inputs', so same-named files in two folders keep two maps), its
+path in the `explanation` column.
 """
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +35,9 @@ from imgcls.data.decoding.images import IMAGE_SUFFIXES, BadImageError, read_rgb
 from imgcls.data.loaders import auto_workers
 from imgcls.data.sources.files import list_images
 from imgcls.input_contract import IMAGENET_MEAN, IMAGENET_STD, InputContract
+from imgcls.models.explain import Explainer
 from imgcls.models.loading import load_classifier
+from imgcls.reports.plots import cam_overlay
 from imgcls.run.settle import settle
 from imgcls.run.task import task_main
 from imgcls.utils.errors import UserError
@@ -81,6 +92,7 @@ class Prediction:
     classes: list[str] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
     error: str = ""
+    explanation: str = ""  # its heat map, relative to the output dir (explain=true)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,13 +118,27 @@ def checkpoint_contract(saved: dict[str, Any], cfg: DictConfig) -> InputContract
     return InputContract(int(resize), int(crop), tuple(mean), tuple(std))
 
 
-@torch.inference_mode()
+def explanation_names(paths: list[Path]) -> list[Path]:
+    """Where each image's heat map goes below `explanations/`: its path below the images'
+    common folder, `.png` added (a.jpg and a.png stay apart, as do two folders' a.jpg)."""
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    return [Path(os.path.relpath(p, root) + ".png") for p in absolute]
+
+
 def predict(cfg: DictConfig) -> list[Prediction]:
+    """Not under inference mode whole: explain=true needs gradients of a net loaded outside it
+    (a parameter made under it cannot be saved for a backward pass)."""
     settle(cfg)
     if not cfg.get("ckpt_path") or not cfg.get("input"):
-        raise UserError("predict needs ckpt_path=<run>/checkpoints/best.ckpt and input=PATH.")
+        raise UserError(
+            "predict needs ckpt_path=<run>/checkpoints/best.ckpt (or a timm model with its "
+            "weights: timm/local-dir:<folder>, timm/hf-hub:<user>/<repo>) and input=PATH."
+        )
     if cfg.output_format not in OUTPUT_FORMATS:
         raise UserError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}.")
+    if not isinstance(cfg.explain, bool):
+        raise UserError(f"explain must be true or false, got {cfg.explain!r}.")
     device = resolve_device(cfg.device)
     model = load_classifier(cfg.ckpt_path).to(device)
     contract = checkpoint_contract(model.hparams.get("preprocessing") or {}, cfg)
@@ -128,43 +154,73 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     )
     top_k = min(cfg.top_k, model.hparams.num_classes)
     names = model.class_names
+    output_dir = Path(cfg.paths.output_dir)
+    explainer, heat_maps = None, []
+    if cfg.explain:  # a net it cannot explain is refused before any image is read
+        blank = torch.zeros(1, 3, contract.crop, contract.crop, device=device)
+        explainer = Explainer(model.net, blank, getattr(model, "head", None))
+        heat_maps = explanation_names(paths)
     predictions = []
     done = 0
-    for images, errors in loader:
-        images = contract.normalize(images.to(device, non_blocking=True))
-        logits = model.eval_logits(images, tta_flip=cfg.tta_flip or None)
-        probs, indices = model.probabilities(logits).sort(dim=1, descending=True)
-        # one label per image: the top k; several: every label at or above its threshold
-        listed = model.objective.listed(probs, indices, top_k).cpu()
-        probs, indices = probs.cpu(), indices.cpu()
+    for pixels, errors in loader:
+        with torch.inference_mode():
+            images = contract.normalize(pixels.to(device, non_blocking=True))
+            logits = model.eval_logits(images, tta_flip=cfg.tta_flip or None)
+            probs, indices = model.probabilities(logits).sort(dim=1, descending=True)
+            # one label per image: the top k; several: every label at or above its threshold
+            listed = model.objective.listed(probs, indices, top_k).cpu()
+            probs, indices = probs.cpu(), indices.cpu()
+        if explainer is not None:  # the top class of each, the batch at once
+            overlays = cam_overlay(pixels, explainer(images, indices[:, 0]))
         for i, error in enumerate(errors):
             path = str(paths[done + i])
             if error:
                 predictions.append(Prediction(path, error=error))
-            else:
-                kept = listed[i]
-                classes = [names[j] for j in indices[i][kept].tolist()]
-                predictions.append(Prediction(path, classes, probs[i][kept].tolist()))
+                continue
+            kept = listed[i]
+            classes = [names[j] for j in indices[i][kept].tolist()]
+            predictions.append(Prediction(path, classes, probs[i][kept].tolist()))
+            if explainer is not None:
+                relative = Path("explanations") / heat_maps[done + i]
+                save_png(overlays[i], output_dir / relative)
+                predictions[-1].explanation = str(relative)
         done += len(errors)
     columns = max([top_k, *(len(p.classes) for p in predictions)])
-    write_predictions(predictions, columns, Path(cfg.paths.output_dir), cfg.output_format)
+    write_predictions(predictions, columns, output_dir, cfg.output_format, bool(cfg.explain))
+    if cfg.explain:
+        log.info(f"Heat maps of the top class: {output_dir / 'explanations'}")
     print_predictions(predictions, cfg.print_rows)
     return predictions
 
 
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """A uint8 CHW image as a PNG, its folders made."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+
+
 def write_predictions(
-    predictions: list[Prediction], top_k: int, output_dir: Path, output_format: str
+    predictions: list[Prediction],
+    top_k: int,
+    output_dir: Path,
+    output_format: str,
+    explained: bool = False,
 ) -> None:
+    """predictions.csv (and .json); `explained`: with each image's heat map's path."""
     output_dir.mkdir(parents=True, exist_ok=True)
     staged = output_dir / ".predictions.csv.tmp"  # renamed when whole: never a half-written csv
     with open(staged, "w", newline="", **PATH_TEXT) as f:
         writer = csv.writer(f)
         ranks = [(f"class_{r}", f"prob_{r}") for r in range(1, top_k + 1)]
-        writer.writerow(["path", *[name for pair in ranks for name in pair], "error"])
+        extra = ["explanation"] if explained else []
+        writer.writerow(["path", *[name for pair in ranks for name in pair], "error", *extra])
         for p in predictions:
             cells = [c for pair in zip(p.classes, p.probabilities, strict=True) for c in pair]
             cells = [f"{c:.6f}" if isinstance(c, float) else c for c in cells]
-            writer.writerow([p.path, *cells, *[""] * (2 * top_k - len(cells)), p.error])
+            heat_map = [p.explanation] if explained else []
+            writer.writerow([p.path, *cells, *[""] * (2 * top_k - len(cells)), p.error, *heat_map])
     staged.replace(output_dir / "predictions.csv")
     files = ["predictions.csv"]
     if output_format == "json":
@@ -176,6 +232,7 @@ def write_predictions(
                     for c, q in zip(p.classes, p.probabilities, strict=True)
                 ],
                 **({"error": p.error} if p.error else {}),
+                **({"explanation": p.explanation} if p.explanation else {}),
             }
             for p in predictions
         ]

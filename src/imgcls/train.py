@@ -18,7 +18,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.callbacks.preemption import PreemptionCheckpoint
+from imgcls.data.features import FeatureDataModule
 from imgcls.models.distill import teacher_for
+from imgcls.models.features import FeatureExtractor
 from imgcls.run.compose import instantiate, instantiate_each
 from imgcls.run.dirs import held
 from imgcls.run.numerics import configure_numerics, nondeterministic_ops_explained
@@ -48,6 +50,13 @@ def build_components(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.get("train"):  # a frozen teacher to distil from (model.distill), never saved
         model.teacher = teacher_for(cfg.model.get("distill"), model)
+    probe = cfg.model.get("probe") or {}
+    if cfg.get("train") and probe.get("enabled"):  # the head trains on cached features
+        net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
+        for key in ("head_init", "weights", "pretrained", "weights_path"):  # in the hash
+            net_config.pop(key, None)
+        features = FeatureExtractor(model.net, model.head_name, net_config, probe.get("cache_dir"))
+        datamodule = FeatureDataModule(datamodule, features)
     loggers = instantiate_each(cfg.get("logger"))
     callbacks = without_logger_callbacks(instantiate_each(cfg.get("callbacks")), loggers)
     # the preemption stop raises at a batch's end: every other callback's hook of that batch

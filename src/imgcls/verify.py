@@ -1,16 +1,19 @@
 """Scan a dataset up front: `imgcls-verify data=folder data.root=DIR` (or `data=csv
-data.csv=FILE`, or `data=shards data.root=DIR|s3://bucket/prefix`).
+data.csv=FILE`, `data=hf data.path=DIR|user/name`, `data=shards data.root=DIR|s3://...`).
 
 Decodes every image of every split exactly as training would, and prints a table of the files
-that cannot be read and why (and of the class folders without images, or the CSV rows training
-would leave out); also written to `problems.csv` in the run dir. Exit code 1 if any,
-so it can guard a data pipeline. Training itself skips such files (`data.on_bad_image=skip`).
+(or a dataset's rows) that cannot be read and why (and of the class folders without images, or
+the CSV's or dataset's rows training would leave out); also written to `problems.csv` in the run
+dir. Exit code 1 if any, so it can guard a data pipeline. Training itself skips such files
+(`data.on_bad_image=skip`).
 Shards: every chunk missing or not the size its split's index.json gives (a copy or upload
 cut short), which a run refuses to start on.
 """
 
 import csv
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -20,6 +23,7 @@ from rich.table import Table
 from imgcls.data.decoding.images import BadImageError, read_rgb
 from imgcls.data.loaders import auto_workers
 from imgcls.data.sources.folder import FolderDataModule
+from imgcls.data.sources.hf import HFDataModule
 from imgcls.data.sources.shards import ShardsDataModule, check_chunks, read_meta
 from imgcls.run.compose import instantiate
 from imgcls.run.settle import settle
@@ -28,9 +32,9 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.paths import PATH_TEXT, shown
 
 
-def problem(path: str) -> str | None:
+def problem(path: str, read: Callable = read_rgb) -> str | None:
     try:
-        read_rgb(path)
+        read(path)
     except (BadImageError, OSError) as err:
         return str(err)
     return None
@@ -46,7 +50,9 @@ def find_problems(datamodule: FolderDataModule) -> list[tuple[str, str]]:
         for link, target in sorted(datamodule.skipped_links.items())
     ]
     with ProcessPoolExecutor(max_workers=auto_workers() + 1) as pool:
-        reasons = pool.map(problem, paths, chunksize=64)
+        # a dataset's rows are read from its columns, files from disk
+        read = datamodule.row_reader() if isinstance(datamodule, HFDataModule) else read_rgb
+        reasons = pool.map(partial(problem, read=read), paths, chunksize=64)
         problems += [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
     return problems
 

@@ -1,5 +1,6 @@
 """Fine-tuning: pretrained weights from each source, head replacement, head lr (the frozen
-backbone: tests/callbacks/test_frozen_backbone.py)."""
+backbone: tests/callbacks/test_frozen_backbone.py); the input contract and class names of a timm
+model in a folder."""
 
 from pathlib import Path
 from urllib.error import URLError
@@ -10,7 +11,13 @@ import torchvision
 from lightning.pytorch.callbacks import Callback
 
 from imgcls.input_contract import InputContract
-from imgcls.models.pretrained import find_head, read_state_dict, weights_contract
+from imgcls.models.pretrained import (
+    find_head,
+    read_state_dict,
+    timm_label_names,
+    timm_pretrained_cfg,
+    weights_contract,
+)
 from imgcls.models.zoo import build_net
 from imgcls.run.settle import data_values
 from imgcls.train import train
@@ -130,3 +137,25 @@ def test_the_input_contract_follows_the_weights(make_cfg, tmp_path: Path) -> Non
     assert weights_contract(timm_net) == InputContract(256, 224, *imagenet)
     cfg = make_cfg(*folder_overrides(tmp_path), "model=resnet50", "model.net.weights=IMAGENET1K_V2")
     assert data_values(cfg, None)["data.train_crop"] == 224
+
+
+def test_a_timm_model_in_a_folder_brings_its_own_contract_and_class_names(
+    tmp_path: Path,
+) -> None:
+    """A model timm's save_for_hf wrote (as the Hub holds them): its pretrained config's mean,
+    std, size and crop_pct are the input contract, its label_names the class names."""
+    import timm
+    from timm.models import save_for_hf
+
+    net = timm.create_model("test_vit", num_classes=2, img_size=32)
+    stats = {"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.2, 0.25)}
+    data = {"input_size": (3, 32, 32), "crop_pct": 0.8, **stats}
+    names = {"label_names": ["cat", "dog"]}
+    save_for_hf(net, str(tmp_path / "m"), names, safe_serialization=True, data_config=data)
+    name = f"timm/local-dir:{tmp_path / 'm'}"
+    assert weights_contract({"name": name, "pretrained": True}) == InputContract(40, 32, **stats)
+    assert weights_contract({"name": name, "pretrained": False}) is None  # from scratch
+    config = timm_pretrained_cfg(name.removeprefix("timm/"))
+    assert (config["architecture"], timm_label_names(config)) == ("test_vit", ["cat", "dog"])
+    assert timm_label_names({"num_classes": 2, "label_names": {"1": "b", "0": "a"}}) == ["a", "b"]
+    assert timm_label_names({"num_classes": 3, "label_names": ["a", "b"]}) is None

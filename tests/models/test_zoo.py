@@ -1,6 +1,12 @@
 """models/zoo.py: a net by name, ours, torchvision's or timm's; the one line for a name none of
 them has; the CIFAR stem; the head sized and initialized; stochastic depth reaching the net or
-refused; a net as its pretrained weights come (from the offline cache, never downloaded)."""
+refused; a net as its pretrained weights come (from the offline cache, never downloaded); timm
+models from a folder or the Hub (a tmp folder and a tmp Hugging Face cache, offline); gradient
+checkpointing."""
+
+import shutil
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -141,3 +147,100 @@ def test_a_pretrained_net_comes_with_its_own_head_from_the_cache() -> None:
         pretrained_config("lenet", "model.distill.teacher")
     with pytest.raises(UserError, match=r"Unknown model\.distill\.teacher='resnet5O'"):
         pretrained_config("resnet5O", "model.distill.teacher")
+
+
+def save_timm(folder: Path, classes: int = 3, **data_config: Any) -> nn.Module:
+    """A tiny timm ViT (32 px) with random weights, written as timm's save_for_hf writes a model
+    for the Hub: the stand-in for a model shared on the Hub."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_vit", num_classes=classes, img_size=32).eval()
+    names = {"label_names": [f"class{i}" for i in range(classes)]}
+    save_for_hf(net, str(folder), names, safe_serialization=True, data_config=data_config or None)
+    return net
+
+
+def hub_cache(root: Path, repo: str, folder: Path) -> Path:
+    """The Hugging Face cache as a download of `repo` leaves it (refs/main -> a snapshot)."""
+    commit = "0" * 40
+    cached = root / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, cached / "snapshots" / commit)
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text(commit)
+    return root
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache of this test's own, offline: nothing downloads."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_a_timm_model_from_a_folder_or_the_hub_comes_with_its_own_weights(
+    tmp_path: Path, offline_hub: Path
+) -> None:
+    saved = save_timm(tmp_path / "vit")
+    images = torch.randn(2, 3, 32, 32)
+    hub_cache(offline_hub, "someone/tiny-vit", tmp_path / "vit")
+    with torch.no_grad():
+        expected = saved(images)
+        for name in (f"timm/local-dir:{tmp_path / 'vit'}", "timm/hf-hub:someone/tiny-vit"):
+            net = build_net(name, num_classes=3, pretrained=True).eval()
+            assert torch.equal(net(images), expected), name
+            net_config = pretrained_config(name, "model.distill.teacher")
+            assert pretrained_classes(net_config) == 3  # from its config.json
+    # another class count: the body loaded, a fresh head sized for it
+    other = build_net(f"timm/local-dir:{tmp_path / 'vit'}", num_classes=5, pretrained=True)
+    assert other.head.out_features == 5
+    assert torch.equal(other.blocks[0].attn.qkv.weight, saved.blocks[0].attn.qkv.weight)
+
+
+def test_a_wrong_hub_or_folder_name_is_one_line(tmp_path: Path, offline_hub: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    wrong = {
+        f"timm/local-dir:{tmp_path / 'nope'}": "is not a folder",
+        f"timm/local-dir:{tmp_path / 'empty'}": "has no config.json",
+        "timm/hub:someone/tiny-vit": "Unknown model source 'hub'",
+        "timm/hf-hub:": "no model id",
+        "timm/someone/tiny-vit": "Use 'hf-hub:someone/tiny-vit'",
+        "timm/hf-hub:someone/missing": "could not be fetched from the Hugging Face Hub",
+    }
+    for name, says in wrong.items():
+        for pretrained in (True, False):
+            with pytest.raises(UserError) as err:
+                build_net(name, num_classes=3, pretrained=pretrained)
+            assert says in str(err.value), name
+            assert "\n" not in str(err.value), name
+    save_timm(tmp_path / "no_weights")
+    (tmp_path / "no_weights" / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"Could not get timm/local-dir:.*pretrained weights"):
+        build_net(f"timm/local-dir:{tmp_path / 'no_weights'}", num_classes=3, pretrained=True)
+
+
+def test_gradient_checkpointing_recomputes_timm_blocks_and_is_refused_elsewhere() -> None:
+    """The same gradients, the blocks' forward run again in the backward pass (their
+    activations were not kept); our nets and torchvision's have no such switch."""
+    net = build_net("timm/test_vit", 3, img_size=32, grad_checkpointing=True).train()
+    calls: list[int] = []
+    net.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    images = torch.randn(2, 3, 32, 32)
+    net(images).square().sum().backward()
+    assert len(calls) == 2  # the forward pass, and again in the backward pass
+    recomputed = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net.set_grad_checkpointing(False)
+    net(images).square().sum().backward()
+    assert len(calls) == 3
+    for (name, p), grad in zip(net.named_parameters(), recomputed, strict=True):
+        assert torch.allclose(p.grad, grad, atol=1e-6), name
+    for name in ("resnet18", "lenet"):
+        with pytest.raises(UserError, match=f"grad_checkpointing=true: {name} has no gradient"):
+            build_net(name, 3, grad_checkpointing=True)

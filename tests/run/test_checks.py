@@ -52,6 +52,17 @@ REFUSED = [
     ("model.temperature", "fitted", "null, fit, or a number > 0"),
     ("model.threshold", 1, "fit, or a number in (0, 1)"),
     ("model.threshold", 0, "fit, or a number in (0, 1)"),
+    ("model.probe.enabled", "yes", "true or false"),
+    ("model.probe.knn_k", 0, "a whole number >= 1 (nearest train images voting)"),
+    ("model.probe.knn_temperature", 0, "a number > 0 (DINO's: 0.07)"),
+    ("model.lora.rank", -1, "null or 0 (off), or a whole number >= 1"),
+    ("model.lora.alpha", 0, "a number > 0 (the update: alpha / rank x BA)"),
+    ("model.lora.dropout", 1.0, "a number in [0, 1)"),
+    (
+        "model.lora.targets",
+        "qkv",
+        "null (the net's family's layers) or a list of layer names, [attn.qkv,mlp.fc1]",
+    ),
     ("trainer.max_epochs", 0, "a whole number >= 1, or -1 for no limit"),
     ("trainer.max_epochs", -2, "a whole number >= 1, or -1 for no limit"),
     ("trainer.min_epochs", -1, "a whole number >= 0, or null"),
@@ -89,6 +100,9 @@ ALLOWED = [
     ("model.temperature", 1.5),
     ("model.threshold", "fit"),
     ("model.threshold", 0.3),
+    ("model.lora.rank", None),
+    ("model.lora.rank", 8),
+    ("model.lora.targets", ["attn.qkv", "mlp.fc1"]),
     ("trainer.max_epochs", -1),
     ("trainer.max_epochs", 1),
     ("trainer.min_epochs", None),
@@ -183,6 +197,41 @@ def test_an_unseeded_job_a_launcher_starts_or_a_resume_is_one_line(
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match=launched):
         check_values(job(None))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("trainer.devices", 2, r"^trainer\.devices=2 \(num_nodes=1\) is not allowed .*devices=1"),
+        ("trainer.num_nodes", 2, r"^trainer\.devices=1 \(num_nodes=2\)"),
+        ("model.task", "multilabel", r"^model\.task=multilabel .*one label per image"),
+        ("data.augment.preset", "standard", r"un-augmented images: preset=none\.$"),
+        ("data.augment.mixup_alpha", 0.2, r"^data\.augment\.mixup_alpha=0\.2 .*leave it at 0"),
+        ("data.augment.policy", "ta_wide", r"^data\.augment\.policy=ta_wide"),
+        ("data.augment.repeats", 3, r"^data\.augment\.repeats=3"),
+        ("model.tta_flip", True, r"^model\.tta_flip=True .*through eval\.py"),
+        ("model.distill.teacher", "t.ckpt", r"^model\.distill\.teacher .*images at each step"),
+        ("callbacks.frozen_backbone.unfreeze_at_epoch", 2, r"never unfrozen"),
+    ],
+)
+def test_a_linear_probe_refuses_what_needs_images_or_processes(
+    key: str, value: Any, said: str
+) -> None:
+    """Features computed once, un-augmented, on one device: each misfit is one line."""
+    probe = OmegaConf.create(
+        {
+            "train": True,
+            "model": {"task": "multiclass", "probe": {"enabled": True}},
+            "data": {"augment": {"preset": "none", "mixup_alpha": 0.0}},
+            "trainer": {"devices": 1, "num_nodes": 1},
+        }
+    )
+    check_values(probe)
+    OmegaConf.update(probe, key, value)
+    assert re.search(said, refusal(probe)), refusal(probe)
+    OmegaConf.update(probe, "model.probe.enabled", False)
+    if key not in ("trainer.devices", "trainer.num_nodes"):  # a CPU DDP's count is the machine's
+        check_values(probe)  # the same values without a probe
 
 
 # -- allowed, and said -----------------------------------------------------------------------------

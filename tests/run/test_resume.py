@@ -288,6 +288,8 @@ def test_a_checkpoint_of_the_same_run_fits(fit) -> None:
     check_checkpoint_fits(*fit(), DIGITS)
     # where the weights came from and the head's init are overridden by the checkpoint's
     check_checkpoint_fits(*fit("model.net.weights=DEFAULT", "model.net.head_init=zeros"), DIGITS)
+    # gradient checkpointing trades memory for compute: a resume may switch it
+    check_checkpoint_fits(*fit("model.net.grad_checkpointing=true"), DIGITS)
     # no class names saved (an older checkpoint): nothing to hold the data to
     check_checkpoint_fits(*fit(class_names=None), ["a", "b"])
 

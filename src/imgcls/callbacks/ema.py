@@ -5,6 +5,7 @@ Per step, torch's AveragedModel asks `n_averaged == 0` of a device tensor (a hos
 and Lightning's EMA averages one tensor at a time. `HostCountedEMA` counts updates on the host
 and averages all floating-point tensors in one fused `lerp` (integer buffers such as BatchNorm's
 step count are copied): the same average, no sync, a few kernels instead of three per tensor.
+Parameters that never train (a LoRA run's backbone) are not averaged: they are their average.
 
 Checkpoints hold the averaged weights as `state_dict` (what eval, predict and export load) and the
 raw ones as `current_model_state` (what a resumed fit continues from). Lightning keeps its averaged
@@ -18,7 +19,6 @@ and a checkpoint holds the ones just fitted (on the averaged weights' logits, si
 runs on those).
 """
 
-import itertools
 from typing import Any
 
 import lightning as L
@@ -27,6 +27,12 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+
+
+def fixed_parameters(model: nn.Module) -> set[int]:
+    """The ids of the model's parameters that never train (a LoRA run's backbone, the
+    model's `fixed_parameters()`): their average is themselves, so they are not averaged."""
+    return {id(p) for p in getattr(model, "fixed_parameters", list)()}
 
 
 def fitted_buffers(model: nn.Module) -> tuple[str, ...]:
@@ -43,20 +49,31 @@ class HostCountedEMA(AveragedModel):
         super().__init__(model, device=device, use_buffers=use_buffers)
         self.decay = decay
         self.updates = 0  # n_averaged, known on the host
+        fixed = fixed_parameters(model)  # by position: the copy's parameters are in the same order
+        self.averaged = [id(p) not in fixed for p in model.parameters()]
 
-    def _tensors(self, model: nn.Module) -> list[torch.Tensor]:
+    def _tensors(self, model: nn.Module, every: bool) -> list[torch.Tensor]:
+        """Its parameters (the fixed ones only when `every`), then its buffers where averaged."""
+        params = [
+            p.detach()
+            for p, on in zip(model.parameters(), self.averaged, strict=True)
+            if on or every
+        ]
         if self.use_buffers:
-            return [t.detach() for t in itertools.chain(model.parameters(), model.buffers())]
-        return [p.detach() for p in model.parameters()]
+            return params + [t.detach() for t in model.buffers()]
+        return params
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
-        averaged, current = self._tensors(self.module), self._tensors(model)
+        # the first copies everything: a fixed parameter may have been set since the copy was
+        # made (a data-dependent init at the fit's start)
+        first = self.updates == 0
+        averaged, current = self._tensors(self.module, first), self._tensors(model, first)
         floating = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
         others = [
             (a, c) for a, c in zip(averaged, current, strict=True) if not a.is_floating_point()
         ]
-        if self.updates == 0:
+        if first:
             torch._foreach_copy_(*map(list, zip(*floating, strict=True)))
         else:
             targets, sources = map(list, zip(*floating, strict=True))

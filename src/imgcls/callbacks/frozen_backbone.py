@@ -5,7 +5,8 @@ A frozen backbone neither learns nor moves its BatchNorm statistics: its BatchNo
 in eval mode, as torchvision's FrozenBatchNorm (Lightning's own freeze would normalize with each
 batch's statistics instead). Its parameters stay in the optimizer's groups, without gradients,
 so the LR schedule covers them from the start and unfreezing adds no param group. Parameters a
-net keeps fixed by design (fast_cifar's whitening stem) stay fixed.
+net keeps fixed by design (fast_cifar's whitening stem, a LoRA run's backbone: models/lora.py)
+stay fixed: with LoRA the head trains alone, then the adapters join it.
 
 `'callbacks=[default,frozen_backbone]' callbacks.frozen_backbone.unfreeze_at_epoch=3`
 """

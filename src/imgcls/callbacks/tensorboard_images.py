@@ -36,8 +36,8 @@ class TrainingBatchGrid(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.logged or not trainer.is_global_zero:
-            return
+        if self.logged or not trainer.is_global_zero or batch[0].ndim != 4:
+            return  # once; a linear probe's feature rows are no pictures
         self.logged = True
         images, labels = batch[0][: self.max_images], batch[1][: self.max_images]
         names = pl_module.objective.target_names(labels, pl_module.class_names)

@@ -10,13 +10,14 @@ normalized and mixed there, in `on_after_batch_transfer`. The data path of a run
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from imgcls.data.augmentation.presets import Augmentation, Pipeline, build_pipeline
@@ -29,6 +30,11 @@ from imgcls.utils.logging import get_logger
 from imgcls.utils.seeding import reseed
 
 log = get_logger(__name__)
+TEST_IS_VALIDATION = (
+    "The test split is the validation split here (ImageNet's val folder): the test scores are "
+    "on the images that picked best.ckpt, so they read high. data.val_from_train=N validates "
+    "on N held-out train images instead."
+)
 
 
 @dataclass
@@ -60,6 +66,9 @@ class ImageDataModule(LightningDataModule, ABC):
     native_size: int | None = None
     #: True where a source can give several labels per image (multi-hot targets)
     supports_multilabel: bool = False
+    #: True where the test split is the validation split (ImageNet's val folder): the test
+    #: score is then on the images that picked best.ckpt, and a run says so
+    test_is_validation: bool = False
 
     def __init__(
         self,
@@ -241,6 +250,8 @@ class ImageDataModule(LightningDataModule, ABC):
         return self._loader(self._split("val"), train=False)
 
     def test_dataloader(self) -> DataLoader:
+        if self.test_is_validation:
+            log.warning(TEST_IS_VALIDATION)
         return self._loader(self._split("test"), train=False)
 
     def _split(self, name: str) -> Dataset:
@@ -287,13 +298,19 @@ class ImageDataModule(LightningDataModule, ABC):
         plugin = getattr(self.trainer, "precision_plugin", None)
         return images if plugin is None else plugin.convert_input(images)
 
+    def eval_batches(self, split: str, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """A split's (images, labels) in split order, all of it whatever this process's share,
+        preprocessed for evaluation and normalized on `device`: with `data.augment.preset=none`
+        the train split too is un-augmented (a linear probe's features, data/features.py)."""
+        for batch in self._loader(self._split(split), train=False, shard=False):
+            images, labels = self.transfer_batch_to_device(batch, device, 0)
+            yield self.device_batch(images, labels, training=False)
+
     def first_train_images(self, count: int, device: torch.device) -> torch.Tensor:
         """The first `count` training images in split order, un-augmented and normalized: the
         same sample on every device and every run, for data-dependent initializations."""
         batches, seen = [], 0
-        for batch in self._loader(self._split("train"), train=False, shard=False):
-            images, labels = self.transfer_batch_to_device(batch, device, 0)
-            images, _ = self.device_batch(images, labels, training=False)
+        for images, _ in self.eval_batches("train", device):
             batches.append(images[: count - seen])
             seen += len(batches[-1])
             if seen >= count:

@@ -17,6 +17,8 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from imgcls.models.divergence import DivergenceGuard
+from imgcls.models.knn import knn_accuracy
+from imgcls.models.lora import apply_lora, describe, fixed_parameters, lora_on
 from imgcls.models.migration import migrate
 from imgcls.models.objectives import OBJECTIVES, Objective
 from imgcls.models.optim import build_optimizer, build_scheduler
@@ -60,9 +62,14 @@ class ImageClassifier(LightningModule):
         tta_shift: int = 0,
         preprocessing: dict[str, Any] | None = None,
         distill: dict[str, Any] | None = None,
+        probe: dict[str, Any] | None = None,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         """`distill`: what the teacher was (kept with the run's hyperparameters); the teacher
-        itself is set by the entry point that trains (`teacher`)."""
+        itself is set by the entry point that trains (`teacher`). `probe.enabled`: a linear
+        probe, the backbone frozen (its features cached: data/features.py), the head alone
+        trained; `probe.knn_k`, `probe.knn_temperature`: the k-NN scored beside it. `lora`: the
+        net's low-rank adapters (models/lora.py), recorded with their targets resolved."""
         super().__init__()
         self.save_hyperparameters(logger=False)  # train.py logs the whole config
         self.objective: Objective = OBJECTIVES[task](
@@ -72,6 +79,18 @@ class ImageClassifier(LightningModule):
         self.divergence = DivergenceGuard()
         self.net = build_net(num_classes=num_classes, **net)
         self.head_name = find_head(self.net, num_classes)
+        if lora_on(lora):  # before the memory format and compile: they take the adapted net
+            if (probe or {}).get("enabled"):
+                raise UserError(
+                    "model.probe trains the head alone and model.lora adapts the backbone: "
+                    "set model.lora.rank=null for a linear probe."
+                )
+            self.hparams.lora = apply_lora(self.net, lora, self.head_name)
+        self._knn: dict[str, Tensor] = {}  # a probe's k-NN accuracy per split, computed once
+        if (probe or {}).get("enabled"):  # the backbone never learns: the head's are the params
+            head = {id(p) for p in self.head.parameters()}
+            for param in self.net.parameters():
+                param.requires_grad_(id(param) in head and param.requires_grad)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         # The compiled net is kept off the module tree so state_dict keys stay `net.*` (no
@@ -98,6 +117,10 @@ class ImageClassifier(LightningModule):
         return tuple(f"objective.{name}" for name in self.objective.fitted_on_validation)
 
     def forward(self, images: Tensor) -> Tensor:
+        """Logits of images; a batch of feature rows (a linear probe's cached features,
+        data/features.py: what the head receives) goes to the head alone."""
+        if images.ndim == 2:
+            return self.head(images)
         images = images.contiguous(memory_format=self.memory_format)
         # `is not None`, not `or`: a compiled module's truth value asks its len(), which only
         # containers such as nn.Sequential have
@@ -145,9 +168,28 @@ class ImageClassifier(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+        self._log_knn("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        self._log_knn("test")
+
+    def _log_knn(self, stage: str) -> None:
+        """A linear probe's k-NN accuracy on its cached features (models/knn.py), computed once
+        per split: the features do not change. Only where the data is features."""
+        probe = self.hparams.get("probe") or {}
+        features = getattr(self.trainer.datamodule, "split_features", None)
+        if not probe.get("enabled") or features is None:
+            return
+        if stage not in self._knn:
+            self._knn[stage] = knn_accuracy(
+                *(t.to(self.device) for t in features("train")),
+                *(t.to(self.device) for t in features(stage)),
+                self.hparams.num_classes,
+                probe.get("knn_k", 20),
+                probe.get("knn_temperature", 0.07),
+            )
+        self.log(f"{stage}/knn_acc", self._knn[stage])
 
     # -- the fit's start and end -------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -177,6 +219,8 @@ class ImageClassifier(LightningModule):
         rank 0's are broadcast all the same (as CPU tensors: a pickled CUDA tensor lands on rank
         0's GPU on every rank), since DDP syncs parameters only when it wraps the model, before
         this hook."""
+        if lora_on(self.hparams.get("lora")):
+            log.info(describe(self.net, self.head_name, self.hparams.lora))
         if self.teacher is not None:
             self.teacher.to(self.device, self.memory_format)
         elif (self.hparams.get("distill") or {}).get("teacher"):
@@ -208,12 +252,21 @@ class ImageClassifier(LightningModule):
         self.divergence.raise_if_diverged(self.trainer)
         checkpoint[RUN_LENGTH] = {"max_epochs": self.trainer.max_epochs}
 
+    def fixed_parameters(self) -> list[nn.Parameter]:
+        """The net's parameters that never train (a LoRA run's backbone, a linear probe's):
+        kept out of the optimizer and the EMA."""
+        if (self.hparams.get("probe") or {}).get("enabled"):
+            head = {id(p) for p in self.head.parameters()}
+            return [p for p in self.net.parameters() if id(p) not in head]
+        return fixed_parameters(self.net, self.head_name)
+
     def configure_optimizers(self) -> dict[str, Any]:
         trainer = self.trainer
         optimizer = build_optimizer(
             self.net,
             self.hparams.optimizer,
             self.head,
+            fixed=self.fixed_parameters(),
             grad_scaler=getattr(trainer.precision_plugin, "scaler", None) is not None,
             clipping=bool(trainer.gradient_clip_val),
         )

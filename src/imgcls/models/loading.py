@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from imgcls.models.classifier import ImageClassifier
-from imgcls.models.zoo import PRETRAINED_KEYS
+from imgcls.models.exported import classifier_from_export, names_an_export
+from imgcls.models.lora import lora_on, merged_weights
+from imgcls.models.zoo import PRETRAINED_KEYS, names_a_pretrained_net, pretrained_hyperparameters
 from imgcls.utils.errors import UserError
 
 
@@ -49,6 +51,13 @@ def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
 
 
 def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
+    """The model of one of our checkpoints, of a file export.py wrote (models/exported.py), or
+    a timm model with its own weights and as its config describes it (`timm/local-dir:DIR`,
+    `timm/hf-hub:<user>/<repo>`: models/zoo.py)."""
+    if names_a_pretrained_net(ckpt_path):
+        return ImageClassifier(**pretrained_hyperparameters(str(ckpt_path))).eval()
+    if names_an_export(ckpt_path):  # export.py's file, run as its users run it
+        return classifier_from_export(ckpt_path)
     path = Path(ckpt_path)
     return classifier_from_checkpoint(read_checkpoint(path), path)
 
@@ -66,11 +75,18 @@ def classifier_of(hyper_parameters: dict[str, Any]) -> ImageClassifier:
 
 def classifier_from_checkpoint(checkpoint: dict[str, Any], path: Path) -> ImageClassifier:
     """The model a read checkpoint holds, on the CPU, rebuilt from its own hyperparameters, with
-    the checkpoint's weights (read as today's model expects them: models/migration.py)."""
+    the checkpoint's weights (read as today's model expects them: models/migration.py). A LoRA
+    run's adapters come merged into its weights: the plain net, as eval, predict, export and a
+    teacher take it (its `hparams.lora` still says how it was trained; peft not imported)."""
     try:
-        model = classifier_of(checkpoint["hyper_parameters"])
+        lora = checkpoint["hyper_parameters"].get("lora")
+        model = classifier_of({**checkpoint["hyper_parameters"], "lora": None})
         model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["state_dict"])
+        state = checkpoint["state_dict"]
+        if lora_on(lora):
+            state = merged_weights(state, lora)
+            model.hparams.lora = lora
+        model.load_state_dict(state)
     except (TypeError, RuntimeError, KeyError) as err:
         raise UserError(f"Cannot load {path} as an imgcls checkpoint: {one_line(err)}") from err
     return model.eval()

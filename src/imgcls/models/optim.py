@@ -29,7 +29,7 @@ import copy
 import functools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -61,11 +61,14 @@ def param_groups(
     head: nn.Module | None = None,
     lr_mult: dict[str, float] | None = None,
     no_decay_norm_and_bias: bool = False,
+    fixed: Iterable[nn.Parameter] = (),
 ) -> list[dict[str, Any]]:
     """Backbone, norm-layer and head groups (the latter two at their `lr_mult` x lr; one
     backbone group when both are 1), each split into decayed and not-decayed parameters when
     asked. Frozen parameters stay in their group: they have no gradient, so the optimizer skips
-    them until they are unfrozen."""
+    them until they are unfrozen. `fixed` parameters never train (a LoRA run's backbone): in no
+    group, so no optimizer state either."""
+    fixed_ids = {id(p) for p in fixed}
     mults = {"backbone": 1.0, "head": 1.0, "norm": 1.0, **(lr_mult or {})}
     head_ids = (
         {id(p) for p in head.parameters()} if head is not None and mults["head"] != 1 else set()
@@ -77,6 +80,8 @@ def param_groups(
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
+            if id(p) in fixed_ids:
+                continue
             part = "head" if id(p) in head_ids else "backbone"
             if part == "backbone" and mults["norm"] != 1 and isinstance(module, NORM_LAYERS):
                 part = "norm"
@@ -96,11 +101,15 @@ def param_groups(
 
 
 def layer_decay_groups(
-    model: nn.Module, kwargs: dict[str, Any], ours: dict[str, Any]
+    model: nn.Module,
+    kwargs: dict[str, Any],
+    ours: dict[str, Any],
+    fixed: Iterable[nn.Parameter] = (),
 ) -> list[dict[str, Any]]:
     """timm's layer-decay param groups (`param_groups_layer_decay`), each at its scale times the
     lr, so every scheduler scales them alike. Frozen parameters (callbacks.FrozenBackbone) are
-    grouped too: timm leaves them out, and they could then never train once unfrozen."""
+    grouped too: timm leaves them out, and they could then never train once unfrozen; `fixed`
+    ones (a LoRA run's backbone) are left out: a LoRA adapter takes its block's scale."""
     decay = ours["layer_decay"]
     if not 0 < decay <= 1:
         raise UserError(f"optimizer.imgcls.layer_decay={decay} must be in (0, 1] (0.65: MAE's).")
@@ -120,9 +129,11 @@ def layer_decay_groups(
             f"{type(model).__name__} has none: use a timm/ net (timm/vit_small_patch16_224, "
             "timm/convnext_tiny, ...) or optimizer.imgcls.layer_decay=null."
         )
+    from timm.models import group_parameters
     from timm.optim import param_groups_layer_decay
 
-    frozen = [p for p in model.parameters() if not p.requires_grad]
+    fixed_ids = {id(p) for p in fixed}
+    frozen = [p for p in model.parameters() if not p.requires_grad and id(p) not in fixed_ids]
     for p in frozen:
         p.requires_grad_(True)
     try:
@@ -133,14 +144,17 @@ def layer_decay_groups(
     finally:
         for p in frozen:
             p.requires_grad_(False)
-    # named by timm's layer id: 0 the stem, the highest the head
+    # named by timm's layer id: 0 the stem, the highest the head (counted over every parameter:
+    # a LoRA run's stem has none in the groups)
     below = [round(math.log(g["lr_scale"], decay)) if decay < 1 else 0 for g in groups]
+    top = max(group_parameters(model, model.group_matcher(coarse=False), reverse=True).values())
+    top = top if decay < 1 else 0
     built = []
     for group, depth in sorted(zip(groups, below, strict=True), key=lambda pair: pair[1]):
         scale = group.pop("lr_scale")
         group.pop("param_names", None)
         kind = "no_decay" if group["weight_decay"] == 0 else "decay"
-        name = f"layer{max(below) - depth}_{kind}"
+        name = f"layer{top - depth}_{kind}"
         built.append(group | {"lr": kwargs["lr"] * scale, "name": name})
     return built
 
@@ -151,14 +165,16 @@ def build_optimizer(
     head: nn.Module | None = None,
     grad_scaler: bool = False,
     clipping: bool = False,
+    fixed: Iterable[nn.Parameter] = (),
 ) -> Optimizer:
     """`grad_scaler`: the run scales its loss (16-mixed), so the optimizer is a fused one where
-    torch has it (`fused_for_grad_scaler`); `clipping`: gradients are clipped."""
+    torch has it (`fused_for_grad_scaler`); `clipping`: gradients are clipped; `fixed`:
+    parameters that never train (a LoRA run's backbone), in no param group."""
     kwargs = dict(cfg)
     optimizer_class = get_class(kwargs.pop("_target_"))
     ours = dict(kwargs.pop("imgcls", None) or {})
     if ours.get("layer_decay") is not None:
-        groups = layer_decay_groups(model, kwargs, ours)
+        groups = layer_decay_groups(model, kwargs, ours, fixed)
     else:
         groups = param_groups(
             model,
@@ -166,6 +182,7 @@ def build_optimizer(
             head,
             ours.get("lr_mult"),
             ours.get("no_decay_norm_and_bias", False),
+            fixed,
         )
     fused = grad_scaler and fused_for_grad_scaler(optimizer_class, kwargs, clipping)
     optimizer = optimizer_class(groups, **({"fused": True} | kwargs if fused else kwargs))

@@ -7,7 +7,10 @@ that does not fit means the weights belong to another architecture, and the run 
 
 - torchvision weight enums: `model.net.weights=DEFAULT` (or `IMAGENET1K_V2`, ...), downloaded
   once into torch's hub cache (`$TORCH_HOME/hub/checkpoints`);
-- timm models: `model.net.name=timm/convnext_tiny model.net.pretrained=true` (Hugging Face cache);
+- timm models: `model.net.name=timm/convnext_tiny model.net.pretrained=true` (Hugging Face cache),
+  any timm model on the Hub by its repo (`timm/hf-hub:<user>/<repo>`) or in a folder timm's
+  `save_for_hf` (or `imgcls-push --local`) wrote (`timm/local-dir:<path>`): the architecture, its
+  arguments, the class names and the preprocessing come from that model's own config.json;
 - a local file: `model.net.weights_path=FILE`, a state_dict (`.pth`, `.safetensors`), a
   torchvision reference checkpoint (`{"model": ...}`) or one of our own checkpoints.
 """
@@ -23,6 +26,7 @@ import torchvision
 from torch import Tensor, nn
 
 from imgcls.input_contract import InputContract
+from imgcls.models.lora import lora_on, merged_weights
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -105,7 +109,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except Exception as err:  # pickled objects, truncated files, not a torch file at all
         raise UserError(f"Cannot read weights from {path}: {err}") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning's
-        state = {k[4:]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
+        lora = (state.get("hyper_parameters") or {}).get("lora")
+        weights = state["state_dict"]
+        if lora_on(lora):  # a LoRA run's: its adapters merged, the plain net's weights
+            weights = merged_weights(weights, lora)
+        state = {k[4:]: v for k, v in weights.items() if k.startswith("net.")}
     elif isinstance(state, dict) and isinstance(state.get("model"), dict):  # torchvision refs
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -141,9 +149,86 @@ def load_pretrained(net: nn.Module, state: dict[str, Tensor], head: str, source:
     )
 
 
+def squeezed(err: Exception, limit: int = 300) -> str:
+    """A library's error as one line, cut at `limit` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def timm_source(name: str) -> tuple[str | None, str]:
+    """(source, id) of a timm model name without `timm/`: (None, name) for timm's own registry
+    (`convnext_tiny`, `convnext_tiny.fb_in1k`), ("hf-hub", "<user>/<repo>") or ("local-dir",
+    "<path>"); one line for a malformed one (an unknown source, nothing after the colon)."""
+    from timm.models import parse_model_name
+
+    try:
+        return parse_model_name(name)
+    except ValueError as err:
+        raise UserError(
+            f"timm/{name}: {err} Name a timm model as timm/<name>, timm/hf-hub:<user>/<repo> "
+            "or timm/local-dir:<folder>."
+        ) from err
+
+
+def timm_pretrained_cfg(name: str) -> dict[str, Any] | None:
+    """timm's pretrained config of a timm model name without `timm/` (its `architecture` among
+    the keys), None where timm's registry knows the net but no weights for it. A Hub repo's or a
+    folder's comes from its config.json (the Hub's: fetched once into the Hugging Face cache,
+    read from there offline); one line where there is none to read."""
+    import timm
+    from timm.models import load_model_config_from_hf
+    from timm.models._hub import load_model_config_from_path  # what timm's local-dir: reads
+
+    source, model_id = timm_source(name)
+    if source is None:
+        found = timm.models.get_pretrained_cfg(name)
+        return None if found is None else found.to_dict()
+    if source == "local-dir":
+        folder = Path(model_id).expanduser()
+        if not (folder / "config.json").is_file():
+            what = "has no config.json" if folder.is_dir() else "is not a folder"
+            raise UserError(
+                f"timm/local-dir:{model_id} {what}: name a folder timm's save_for_hf (or "
+                "imgcls-push --local) wrote, config.json and model.safetensors."
+            )
+        try:
+            cfg, architecture, _ = load_model_config_from_path(folder)
+        except (KeyError, ValueError, TypeError) as err:  # not timm's layout, unreadable JSON
+            raise UserError(
+                f"timm/local-dir:{model_id}: its config.json is not timm's ({squeezed(err)})."
+            ) from err
+    else:
+        try:
+            cfg, architecture, _ = load_model_config_from_hf(model_id)
+        except Exception as err:  # offline and not cached, no such repo, no config.json
+            from huggingface_hub import constants
+
+            raise UserError(
+                f"timm/hf-hub:{model_id} could not be fetched from the Hugging Face Hub "
+                f"({type(err).__name__}: {squeezed(err, 200)}). Check the repo's name; offline "
+                f"(HF_HUB_OFFLINE=1) it must be in the Hugging Face cache ({constants.HF_HUB_CACHE}"
+                "): fetch it once on a machine with internet and copy that cache here, or name a "
+                "folder that holds it: timm/local-dir:<folder>."
+            ) from err
+    return {**cfg, "architecture": architecture}
+
+
+def timm_label_names(cfg: Mapping[str, Any]) -> list[str] | None:
+    """The class names a timm model's config gives its outputs (`label_names`: a list, or a dict
+    from class index to name), None where it names none or not every one."""
+    names = cfg.get("label_names")
+    if isinstance(names, Mapping):
+        by_index = {int(k): str(v) for k, v in names.items()}
+        names = [by_index.get(i) for i in range(len(by_index))]
+    if not names or any(n is None for n in names) or len(names) != cfg.get("num_classes"):
+        return None
+    return [str(n) for n in names]
+
+
 def weights_contract(net: Mapping[str, Any]) -> InputContract | None:
     """The input contract pretrained weights were trained with (a `model.net` config):
-    torchvision's weight transforms, timm's pretrained config, or the contract of one of our
+    torchvision's weight transforms, timm's pretrained config (a Hub repo's or a folder's own
+    config.json for `timm/hf-hub:` and `timm/local-dir:`), or the contract of one of our
     checkpoints named by `weights_path`; None for a net from scratch or from a plain state_dict
     file (the data config decides then)."""
     name, weights, path = net.get("name", ""), net.get("weights"), net.get("weights_path")
@@ -157,14 +242,15 @@ def weights_contract(net: Mapping[str, Any]) -> InputContract | None:
         preset = torchvision_weights(name, weights).transforms()
         return InputContract(preset.resize_size[0], preset.crop_size[0], preset.mean, preset.std)
     if name.startswith("timm/") and net.get("pretrained"):
-        import timm
         from timm.data import resolve_data_config
 
-        pretrained = timm.models.get_pretrained_cfg(name.removeprefix("timm/"))
+        pretrained = timm_pretrained_cfg(name.removeprefix("timm/"))
         if pretrained is None:
             return None
-        resolved = resolve_data_config(pretrained_cfg=pretrained.to_dict())
-        crop = resolved["input_size"][-1]
+        resolved = resolve_data_config(pretrained_cfg=pretrained)
+        # a net built at another size than its weights' (timm's `img_size`: a ViT's position
+        # embedding resampled) is fed that size, with the weights' crop_pct and statistics
+        crop = int(net.get("img_size") or resolved["input_size"][-1])
         resize = math.floor(crop / resolved["crop_pct"])
         return InputContract(resize, crop, tuple(resolved["mean"]), tuple(resolved["std"]))
     return None

@@ -1,15 +1,20 @@
 """A network by name: our own small nets (models/nets NETS), every torchvision classification
-model, timm's (`timm/<name>`); one "Unknown ... Did you mean" line for any other name.
+model, timm's (`timm/<name>`, and any timm model on the Hugging Face Hub or in a folder:
+`timm/hf-hub:<user>/<repo>`, `timm/local-dir:<path>`); one "Unknown ... Did you mean" line for any
+other name.
 
 `build_net("resnet50", num_classes=37)` gives torchvision's ResNet-50 with a 37-way head;
 `build_net("timm/convnext_tiny", 37, pretrained=True)` timm's ConvNeXt. Extra keyword arguments
 go to the model's constructor (`depth=56` for resnet_cifar, `dropout=0.2` for an EfficientNet).
 `pretrained_config("resnet50:IMAGENET1K_V2", key)` names a net as its pretrained weights come, its
-head and class count (`pretrained_classes`) included: a teacher to distil from.
+head and class count (`pretrained_classes`) included: a teacher to distil from; and
+`pretrained_hyperparameters` says of such a net what one of our checkpoints would say (classes,
+class names, preprocessing), so eval and predict take a timm model trained elsewhere.
 """
 
 import difflib
 import inspect
+from pathlib import Path
 from typing import Any
 
 import torchvision
@@ -22,7 +27,11 @@ from imgcls.models.pretrained import (
     init_head,
     load_pretrained,
     read_state_dict,
+    timm_label_names,
+    timm_pretrained_cfg,
+    timm_source,
     torchvision_weights,
+    weights_contract,
 )
 from imgcls.utils.errors import UserError
 
@@ -59,12 +68,23 @@ def with_cifar_stem(net: nn.Module) -> nn.Module:
 
 
 def timm_net(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """timm's net `name` (without `timm/`): a registry name, tagged or not, or a Hub repo or a
+    folder (`hf-hub:`, `local-dir:`) whose config.json names the architecture and its
+    arguments. Every name timm cannot build is one line, before anything is built."""
     import timm
 
-    if not timm.is_model(name.split(".")[0]):  # "convnext_tiny" or tagged "convnext_tiny.fb_in1k"
+    source, _ = timm_source(name)
+    if source is None and not timm.is_model(name.split(".")[0]):  # "convnext_tiny.fb_in1k"
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {' or '.join('timm/' + c for c in close)}?" if close else ""
         raise UserError(f"timm has no model {name!r}.{hint} See timm.list_models().")
+    if source is not None:  # its config.json read (fetched once from the Hub) or one line
+        architecture = timm_pretrained_cfg(name)["architecture"]
+        if not timm.is_model(architecture):
+            raise UserError(
+                f"timm/{name} is a {architecture!r}, which this timm ({timm.__version__}) cannot "
+                "build: upgrade timm."
+            )
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as err:
@@ -76,11 +96,38 @@ def timm_net(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn
     except Exception as err:
         if not pretrained:
             raise
+        where = (
+            "They download once into the Hugging Face cache (~/.cache/huggingface): fetch them "
+            "on a machine with internet and copy that cache here (HF_HUB_OFFLINE=1 then uses "
+            "it), or pass model.net.weights_path=<file> and model.net.pretrained=false."
+        )
+        if source == "local-dir":
+            where = "The folder must hold them as save_for_hf writes them (model.safetensors)."
         raise UserError(
-            f"Could not get timm/{name}'s pretrained weights ({type(err).__name__}: {err}). They "
-            "download once into the Hugging Face cache (~/.cache/huggingface): fetch them on a "
-            "machine with internet and copy that cache here (HF_HUB_OFFLINE=1 then uses it), or "
-            "pass model.net.weights_path=<file> and model.net.pretrained=false."
+            f"Could not get timm/{name}'s pretrained weights ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}). {where}"
+        ) from err
+
+
+def no_grad_checkpointing(name: str) -> UserError:
+    return UserError(
+        f"model.net.grad_checkpointing=true: {name} has no gradient checkpointing; timm's nets "
+        "have it (timm/vit_*, timm/convnext_*, ...), or leave it false."
+    )
+
+
+def set_grad_checkpointing(net: nn.Module, name: str) -> None:
+    """Gradient checkpointing (timm's `set_grad_checkpointing`): the blocks' activations are
+    recomputed in the backward pass instead of kept, memory traded for one more forward pass of
+    the blocks per step, so a big backbone trains at a batch that would not fit otherwise."""
+    if not hasattr(net, "set_grad_checkpointing"):
+        raise no_grad_checkpointing(name)
+    try:
+        net.set_grad_checkpointing(True)
+    except (AssertionError, NotImplementedError) as err:  # timm's way of saying "not this net"
+        raise UserError(
+            f"model.net.grad_checkpointing=true: {name} does not support it in timm "
+            f"({err or 'not implemented'}); leave it false."
         ) from err
 
 
@@ -123,15 +170,19 @@ def build_net(
     weights_path: str | None = None,
     head_init: str = "default",
     drop_path_rate: float | None = None,
+    grad_checkpointing: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """The net, its pretrained weights loaded (see models/pretrained.py), its head initialized.
     `drop_path_rate`: stochastic depth, timm's `drop_path_rate` or torchvision's
     `stochastic_depth_prob` (ConvNeXt, EfficientNet), refused for a net with neither (and for
-    torchvision's Swin and MaxViT, whose builders fix it themselves)."""
+    torchvision's Swin and MaxViT, whose builders fix it themselves). `grad_checkpointing`: timm's
+    (`set_grad_checkpointing`), refused for other nets."""
     if drop_path_rate is not None:
         kwargs[drop_path_argument(name, drop_path_rate)] = drop_path_rate
     source = source_of(name)
+    if grad_checkpointing and source != "timm":  # ours and torchvision's: before any building
+        raise no_grad_checkpointing(name)
     if cifar_stem and source != "torchvision":
         raise UserError("model.net.cifar_stem=true applies to torchvision ResNets only.")
     if pretrained and source != "timm":
@@ -166,6 +217,8 @@ def build_net(
     elif weights_path:
         load_pretrained(net, read_state_dict(weights_path), head, str(weights_path))
     init_head(net.get_submodule(head), head_init)
+    if grad_checkpointing:
+        set_grad_checkpointing(net, name)
     return net
 
 
@@ -183,13 +236,42 @@ def pretrained_config(spec: str, key: str) -> dict[str, Any]:
 
 def pretrained_classes(net: dict[str, Any]) -> int:
     """How many classes the weights of a `pretrained_config` predict, known without a
-    download (torchvision's weight metadata, timm's pretrained config)."""
+    download of the weights (torchvision's weight metadata, timm's pretrained config)."""
     name = net["name"]
     if not name.startswith("timm/"):
         return len(torchvision_weights(name, net["weights"]).meta["categories"])
-    import timm
-
-    pretrained = timm.models.get_pretrained_cfg(name.removeprefix("timm/"))
+    pretrained = timm_pretrained_cfg(name.removeprefix("timm/"))
     if pretrained is None:
         raise UserError(f"timm has no pretrained weights for {name}.")
-    return pretrained.num_classes
+    return int(pretrained["num_classes"])
+
+
+def names_a_pretrained_net(path: str | Path) -> bool:
+    """Whether a `ckpt_path` names a timm model with its own weights (`timm/local-dir:DIR`,
+    `timm/hf-hub:<user>/<repo>`, `timm/<name>`) rather than a checkpoint file."""
+    return str(path).startswith("timm/") and not Path(path).exists()
+
+
+def pretrained_hyperparameters(spec: str, key: str = "ckpt_path") -> dict[str, Any]:
+    """What one of our checkpoints says of its model, said of a timm model with its pretrained
+    weights (a model trained elsewhere, or pushed by `imgcls-push`): its net, classes, class
+    names (its config's `label_names`) and input contract (its pretrained config's mean, std,
+    size and crop), so eval and predict take it as they take a checkpoint."""
+    net = pretrained_config(spec, key)
+    if not spec.startswith("timm/"):
+        raise UserError(
+            f"{key}={spec}: pass one of our checkpoints (.ckpt) or a timm model with its weights: "
+            "timm/local-dir:<folder>, timm/hf-hub:<user>/<repo> or timm/<name>."
+        )
+    pretrained = timm_pretrained_cfg(spec.removeprefix("timm/"))
+    if pretrained is None:
+        raise UserError(f"{key}={spec}: timm has no pretrained weights for it.")
+    contract = weights_contract(net)
+    assert contract is not None  # a pretrained timm config always resolves one
+    return {
+        "net": net,
+        "num_classes": int(pretrained["num_classes"]),
+        "optimizer": {},
+        "class_names": timm_label_names(pretrained),
+        "preprocessing": contract.as_dict(),
+    }

@@ -75,6 +75,19 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v == "fit" or (_number(0, 1, low_open=True)(v)),
         "fit, or a number in (0, 1)",
     ),
+    "model.probe.enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "model.probe.knn_k": (_whole(1), "a whole number >= 1 (nearest train images voting)"),
+    "model.probe.knn_temperature": (_number(0, low_open=True), "a number > 0 (DINO's: 0.07)"),
+    "model.lora.rank": (_optional(_whole(0)), "null or 0 (off), or a whole number >= 1"),
+    "model.lora.alpha": (_number(0, low_open=True), "a number > 0 (the update: alpha / rank x BA)"),
+    "model.lora.dropout": (_number(0, 1), "a number in [0, 1)"),
+    "model.lora.targets": (
+        lambda v: (
+            v is None
+            or (OmegaConf.is_list(v) and len(v) > 0 and all(isinstance(t, str) and t for t in v))
+        ),
+        "null (the net's family's layers) or a list of layer names, [attn.qkv,mlp.fc1]",
+    ),
     "trainer.max_epochs": (_epochs, "a whole number >= 1, or -1 for no limit"),
     "trainer.min_epochs": (_optional(_whole(0)), "a whole number >= 0, or null"),
     "trainer.accumulate_grad_batches": (_whole(1), "a whole number >= 1"),
@@ -91,6 +104,7 @@ def check_values(cfg: DictConfig) -> None:
     _check_fold(cfg)
     _check_cpu_processes(cfg)
     _check_seed_shared(cfg)
+    _check_probe(cfg)
     _warn_of_double_balancing(cfg)
 
 
@@ -115,6 +129,56 @@ def _check_seed_shared(cfg: DictConfig) -> None:
             "seed, which its train.log's first lines give (\"seed=null: this run's seed is N\"): "
             "add seed=N."
         )
+
+
+def _check_probe(cfg: DictConfig) -> None:
+    """A linear probe trains the head on features computed once from un-augmented images
+    (data/features.py): what needs images at each step, or several processes, has no place."""
+    model = cfg.get("model") or {}
+    if not (model.get("probe") or {}).get("enabled") or not cfg.get("train"):
+        return
+
+    def refuse(what: str, why: str) -> None:
+        raise UserError(f"{what} is not allowed with model.probe.enabled=true: {why}.")
+
+    cached = "the probe trains on features computed once from un-augmented images"
+    trainer = cfg.get("trainer") or {}
+    if as_count(trainer.get("devices", 1)) > 1 or as_count(trainer.get("num_nodes", 1)) > 1:
+        refuse(
+            f"trainer.devices={trainer.get('devices')} (num_nodes={trainer.get('num_nodes', 1)})",
+            "a frozen backbone's features are computed once and the head trains on them in "
+            "seconds, on one device: trainer.devices=1",
+        )
+    if model.get("task", "multiclass") != "multiclass":
+        refuse(f"model.task={model.get('task')}", "it probes one label per image (multiclass)")
+    augment = (cfg.get("data") or {}).get("augment") or {}
+    if augment.get("preset", "none") != "none":
+        refuse(f"data.augment.preset={augment.get('preset')}", f"{cached}: preset=none")
+    unaugmented = {
+        "policy": (None, "none"),
+        "erasing": (None, 0),
+        "mixup_alpha": (0,),
+        "cutmix_alpha": (0,),
+        "repeats": (1,),
+    }
+    for key, off in unaugmented.items():
+        if augment.get(key, off[0]) not in off:
+            refuse(f"data.augment.{key}={augment.get(key)}", f"{cached}: leave it at {off[0]}")
+    for key in ("tta_flip", "tta_shift"):
+        if model.get(key):
+            refuse(
+                f"model.{key}={model.get(key)}",
+                f"{cached}; evaluate best.ckpt with it through eval.py (model.{key}=...)",
+            )
+    if (model.get("distill") or {}).get("teacher"):
+        refuse("model.distill.teacher", "a teacher needs the images at each step")
+    if ((model.get("lora") or {}).get("rank") or 0) > 0:
+        refuse(f"model.lora.rank={model.lora.rank}", "the backbone is frozen, adapters too")
+    callbacks = cfg.get("callbacks") or {}
+    if ((callbacks.get("frozen_backbone") or {}).get("unfreeze_at_epoch")) is not None:
+        refuse("callbacks.frozen_backbone.unfreeze_at_epoch", "the backbone is never unfrozen")
+    if callbacks.get("progressive_resize"):
+        refuse("callbacks.progressive_resize", f"{cached}, at the eval crop")
 
 
 def _warn_of_double_balancing(cfg: DictConfig) -> None:

@@ -32,8 +32,9 @@ from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 LAST = "last"
-# net settings a checkpoint's weights override: where the initial weights came from, the head's init
-NOT_THE_NETS_SHAPE = {*PRETRAINED_KEYS, "head_init"}
+# net settings a checkpoint's weights override: where the initial weights came from, the head's
+# init; and gradient checkpointing (memory against compute: a resume may switch it)
+NOT_THE_NETS_SHAPE = {*PRETRAINED_KEYS, "head_init", "grad_checkpointing"}
 # overrides a resume may change: the checkpoint, where the run logs, what watches it, and the
 # run's length (an LR schedule laid over the run stretches to it)
 FREE_ON_RESUME = (

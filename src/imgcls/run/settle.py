@@ -24,8 +24,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from imgcls.input_contract import InputContract
+from imgcls.models.exported import export_hyperparameters, names_an_export
 from imgcls.models.loading import read_checkpoint
+from imgcls.models.lora import check_resume
 from imgcls.models.pretrained import weights_contract
+from imgcls.models.zoo import names_a_pretrained_net, pretrained_hyperparameters
 from imgcls.run.checks import check_values
 from imgcls.run.compose import instantiate, set_in_struct
 from imgcls.run.derived import derived_values
@@ -52,6 +55,7 @@ def settle(cfg: DictConfig) -> dict[str, Any]:
             if key.startswith("data."):
                 set_in_struct(data, key.removeprefix("data."), value)
         check_checkpoint_fits(resume, cfg, instantiate(data).class_names)
+        check_resume(resume.checkpoint["hyper_parameters"].get("lora"), cfg.model.get("lora"))
         settled["ckpt_path"] = str(resume.ckpt)
         if resume.run_dir is not None:
             settled["paths.output_dir"] = str(resume.run_dir)
@@ -70,6 +74,10 @@ def evaluated_checkpoint(cfg: DictConfig) -> dict[str, Any] | None:
     """The checkpoint an evaluation scores (its tensors mapped, not read), or None."""
     if cfg.get("train") or not cfg.get("ckpt_path") or "data" not in cfg:
         return None
+    if names_a_pretrained_net(cfg.ckpt_path):  # a timm model trained elsewhere: what it says
+        return {"hyper_parameters": pretrained_hyperparameters(cfg.ckpt_path)}
+    if names_an_export(cfg.ckpt_path):  # an exported file: what its model card says
+        return {"hyper_parameters": export_hyperparameters(cfg.ckpt_path)}
     return read_checkpoint(Path(cfg.ckpt_path), mmap=True)
 
 

@@ -21,9 +21,8 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
-from imgcls.data.sources.files import Sample
+from imgcls.data.sources.files import Sample, report_bad_rows
 from imgcls.data.sources.folder import SPLIT_NAMES, FolderDataModule
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -32,8 +31,6 @@ from imgcls.utils.paths import PATH_TEXT
 log = get_logger(__name__)
 COLUMNS = ("path", "labels", "split")
 LABEL_SEPARATORS = re.compile(r"[;,\s]+")
-# bad rows shown one line each on the console (all of them are in bad_rows.txt)
-SHOWN_BAD_ROWS = 20
 
 
 class CsvDataModule(FolderDataModule):
@@ -145,19 +142,4 @@ class CsvDataModule(FolderDataModule):
         return list(self.bad_rows)
 
     def _report_bad_rows(self) -> None:
-        if not self.bad_rows:
-            return
-        lines = [f"{where}: {why}" for where, why in self.bad_rows]
-        for line in lines[:SHOWN_BAD_ROWS]:
-            log.warning(f"Row left out: {line}")
-        more = len(self.bad_rows) - SHOWN_BAD_ROWS
-        listing = self.artifacts_dir / "bad_rows.txt" if self.artifacts_dir else None
-        if listing is not None and rank_zero_only.rank == 0:
-            listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text("\n".join(lines) + "\n", **PATH_TEXT)
-        log.warning(
-            f"{len(self.bad_rows)} row(s) of {self.csv_path} left out"
-            + (f" ({more} more than shown)" if more > 0 else "")
-            + (f"; all are listed in {listing}" if listing else "")
-            + "."
-        )
+        report_bad_rows(self.bad_rows, str(self.csv_path), self.artifacts_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import Dataset
 
 from imgcls.data.decoding.images import IMAGE_SUFFIXES, BadImageError, read_rgb
@@ -22,6 +23,8 @@ from imgcls.utils.paths import PATH_TEXT, shown
 
 log = get_logger(__name__)
 BAD_POLICIES = ("skip", "error")
+# bad rows of a listing shown one line each on the console (all of them are in bad_rows.txt)
+SHOWN_BAD_ROWS = 20
 
 
 def is_image_name(name: str) -> bool:
@@ -210,3 +213,27 @@ class ImageFileDataset(Dataset):
             # one short append: safe across workers
             with open(self.bad_images_file, "a", **PATH_TEXT) as f:
                 f.write(f"{path}\t{reason}\n")
+
+
+def report_bad_rows(
+    bad_rows: Sequence[tuple[str, str]], source: str, artifacts_dir: Path | None
+) -> None:
+    """The rows of a listing (a CSV, a table of images) that a source leaves out: the first few
+    one line each on the console, all of them in `bad_rows.txt` in the run dir, so a run on a
+    listing with a few broken rows goes on and says which."""
+    if not bad_rows:
+        return
+    lines = [f"{where}: {why}" for where, why in bad_rows]
+    for line in lines[:SHOWN_BAD_ROWS]:
+        log.warning(f"Row left out: {line}")
+    more = len(bad_rows) - SHOWN_BAD_ROWS
+    listing = artifacts_dir / "bad_rows.txt" if artifacts_dir else None
+    if listing is not None and rank_zero_only.rank == 0:
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text("\n".join(lines) + "\n", **PATH_TEXT)
+    log.warning(
+        f"{len(bad_rows)} row(s) of {source} left out"
+        + (f" ({more} more than shown)" if more > 0 else "")
+        + (f"; all are listed in {listing}" if listing else "")
+        + "."
+    )
