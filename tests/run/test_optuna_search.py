@@ -121,11 +121,10 @@ def search_in(tmp_path: Path, config: dict[str, Any], **settings: Any) -> Optuna
         task_function=None,
         launcher=None,
         sampler=optuna.samplers.RandomSampler(seed=0),
-        direction="maximize",
         study_name="s",
         n_trials=4,
         n_jobs=1,
-        **settings,
+        **{"direction": "maximize", **settings},
     )
 
 
@@ -182,3 +181,20 @@ def test_a_trial_gets_its_values_the_fixed_ones_and_the_way_to_its_study(tmp_pat
         "callbacks.optuna_pruning.study_name='s'",
         "callbacks.optuna_pruning.trial=0",
     ]
+
+
+def test_a_multi_objective_trial_marks_its_start_but_reports_nothing(tmp_path: Path) -> None:
+    """No intermediate values exist for several objectives: the callback still marks when the
+    trial's training starts, so a NaN line in training is no reason to stop the search."""
+    search = search_in(
+        tmp_path,
+        {},
+        storage=str(tmp_path / "multi.journal"),
+        max_failure_rate=1.0,
+        direction=["maximize", "minimize"],
+    )
+    space, fixed = search_space(["data.batch_size=choice(32)"])
+    study = search.open_study(space)
+    overrides = search.trial_overrides(study, study.ask(), space, fixed)
+    assert "+callbacks/sweep@callbacks=optuna_pruning" in overrides
+    assert overrides[-1] == "callbacks.optuna_pruning.report=false"

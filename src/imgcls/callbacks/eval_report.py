@@ -42,7 +42,6 @@ from imgcls.reports.plots import (
     explanation_figure,
     image_grid_figure,
     reliability_figure,
-    save_figure,
 )
 from imgcls.utils.logging import get_logger
 
@@ -184,8 +183,7 @@ class TestReport:
                         ]
                     )
         fig = reliability_figure(calibration, temperature, self.fitted_on)
-        add_figure(trainer, "test/reliability", fig)
-        save_figure(fig, str(self.output_dir / "reliability.png"))
+        add_figure(trainer, "test/reliability", fig, str(self.output_dir / "reliability.png"))
         close_figure(fig)
         eces = ", ".join(f"{kind} {v['ece'].item():.4f}" for kind, v in calibration.items())
         fitted = f", fitted on {self.fitted_on} validation images" if self.fitted_on else ""
@@ -222,8 +220,7 @@ class TestReport:
             if explained is not None:
                 figures["explanations"] = explained
         for name, fig in figures.items():
-            add_figure(trainer, f"test/{name}", fig)
-            save_figure(fig, str(self.output_dir / f"{name}.png"))
+            add_figure(trainer, f"test/{name}", fig, str(self.output_dir / f"{name}.png"))
             close_figure(fig)
         pictures = "".join(f", {name}.png" for name in figures if name != "confusion")
         log.info(

@@ -41,8 +41,17 @@ def load_trial(storage: str, study_name: str, number: int, pruner: Any = None) -
 
 class OptunaPruning(Callback):
     def __init__(
-        self, storage: str, study_name: str, trial: int, monitor: str, pruner: Any = None
+        self,
+        storage: str,
+        study_name: str,
+        trial: int,
+        monitor: str,
+        pruner: Any = None,
+        report: bool = True,
     ) -> None:
+        """`report`: the metric to the study at each validation (a multi-objective study has
+        no intermediate values: its trials only mark when their training starts)."""
+        self.report = report
         self.storage = storage
         self.study_name = study_name
         self.number = trial
@@ -59,7 +68,7 @@ class OptunaPruning(Callback):
             self._trial.set_user_attr(TRAINING_STARTED, True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not self.report:
             return
         epoch = trainer.current_epoch
         message = ""

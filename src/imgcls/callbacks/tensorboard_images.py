@@ -17,15 +17,30 @@ from matplotlib.figure import Figure
 
 from imgcls.models.confusion import ConfusionMatrix
 from imgcls.models.objectives import MulticlassObjective
-from imgcls.reports.plots import close_figure, confusion_figure, image_grid_figure
+from imgcls.reports.plots import (
+    close_figure,
+    confusion_figure,
+    image_grid_figure,
+    rendered,
+    save_png,
+)
 
 
-def add_figure(trainer: L.Trainer, tag: str, fig: Figure) -> None:
-    """Log a figure to every TensorBoard logger of the run (rank 0), at the current step."""
-    if trainer.is_global_zero:
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(tag, fig, trainer.global_step, close=False)
+def add_figure(trainer: L.Trainer, tag: str, fig: Figure, path: str | None = None) -> None:
+    """Log a figure to every TensorBoard logger of the run (rank 0), at the current step, and
+    write it as a PNG at `path` (where given): drawn once for both."""
+    loggers = [
+        logger
+        for logger in (trainer.loggers if trainer.is_global_zero else [])
+        if isinstance(logger, TensorBoardLogger)
+    ]
+    if not loggers and path is None:
+        return
+    pixels = rendered(fig)
+    for logger in loggers:
+        logger.experiment.add_image(tag, pixels, trainer.global_step, dataformats="HWC")
+    if path is not None:
+        save_png(pixels, path)
 
 
 class TrainingBatchGrid(Callback):

@@ -6,8 +6,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 # Above this many classes, tick labels and cell counts would overlap into a grey blur.
 MAX_LABELLED_CLASSES = 30
@@ -150,8 +152,15 @@ def explanation_figure(
     return fig
 
 
-def save_figure(fig: Figure, path: str) -> None:
-    fig.savefig(path, dpi=100)
+def rendered(fig: Figure) -> np.ndarray:
+    """The figure drawn once, as RGB pixels (H, W, 3 uint8): what its PNG file and TensorBoard
+    both take, so it is not drawn twice (a figure's cost is its drawing)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_png(pixels: np.ndarray, path: str) -> None:
+    Image.fromarray(pixels).save(path)
 
 
 def close_figure(fig: Figure) -> None:

@@ -302,13 +302,14 @@ class OptunaSearch:
             self.extend_space(self.config, trial)
         overrides = [f"{name}={value}" for name, value in trial.params.items()]
         overrides += [f"{name}={value}" for name, value in fixed.items()]
-        if len(self.directions) == 1:  # intermediate values exist for one objective only
-            overrides += [
-                PRUNING_GROUP,
-                f"{PRUNING_KEY}.storage={quoted(self.storage)}",
-                f"{PRUNING_KEY}.study_name={quoted(study.study_name)}",
-                f"{PRUNING_KEY}.trial={trial.number}",
-            ]
+        overrides += [  # every trial marks when its training starts (cannot_succeed)
+            PRUNING_GROUP,
+            f"{PRUNING_KEY}.storage={quoted(self.storage)}",
+            f"{PRUNING_KEY}.study_name={quoted(study.study_name)}",
+            f"{PRUNING_KEY}.trial={trial.number}",
+        ]
+        if len(self.directions) > 1:  # intermediate values exist for one objective only
+            overrides.append(f"{PRUNING_KEY}.report=false")
         return overrides
 
     # -- the loop -------------------------------------------------------------------------------
