@@ -20,7 +20,13 @@ from imgcls.utils.machine import available_cpus
 
 # Quiet and quick: no config tree, no live progress bar in captured output.
 QUIET = {
-    "train": ["extras.print_config=false", "++callbacks.rich_progress_bar=null"],
+    # and no Grad-CAM maps in the report (a forward and backward at every test's end):
+    # tests/callbacks/test_eval_report.py asks for them
+    "train": [
+        "extras.print_config=false",
+        "++callbacks.rich_progress_bar=null",
+        "++callbacks.eval_report.explain=false",
+    ],
     "eval": ["extras.print_config=false"],
 }
 

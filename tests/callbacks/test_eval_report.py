@@ -51,6 +51,7 @@ def test_report_matches_a_hand_computation(
         # validated on the averaged weights: the checkpoint's temperature is theirs
         "callbacks=[default,ema]",
         "callbacks.ema.decay=0.5",
+        "callbacks.eval_report.explain=true",  # tests run without it (tests/conftest.py)
     )
     with caplog.at_level("INFO"):
         train(train_cfg)
@@ -77,10 +78,13 @@ def test_report_matches_a_hand_computation(
 
     cfg = make_cfg(
         f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+        "callbacks.eval_report.explain=false",
         config_name="eval",
         run_dir=tmp_path / "eval",
     )
     metrics, _ = evaluate(cfg)
+    assert (tmp_path / "eval" / "misclassified.png").is_file()
+    assert not (tmp_path / "eval" / "explanations.png").exists()  # explain=false: no maps
     logits, labels, names = hand_logits(cfg, "test")
     confusion = torch.zeros(len(names), len(names), dtype=torch.long)
     for true, pred in zip(labels, logits.argmax(1), strict=True):

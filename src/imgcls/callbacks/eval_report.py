@@ -86,16 +86,19 @@ class EvaluationReport(Callback):
     """The test split's report, by the model's task: TestReport for one label per image,
     MultilabelReport for several (REPORTS)."""
 
-    def __init__(self, output_dir: str, misclassified: int = 16) -> None:
-        """`misclassified`: how many of the most confidently wrong images to show (0: none)."""
+    def __init__(self, output_dir: str, misclassified: int = 16, explain: bool = True) -> None:
+        """`misclassified`: how many of the most confidently wrong images to show (0: none);
+        `explain`: their class-activation maps too (a forward and backward of those images)."""
         self.output_dir = Path(output_dir)
         self.misclassified = misclassified
+        self.explain = explain
         self.report: TestReport | MultilabelReport | None = None
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         objective = pl_module.objective
         make = REPORTS[type(objective)]
-        self.report = make(objective, self.output_dir, self.misclassified).to(pl_module.device)
+        report = make(objective, self.output_dir, self.misclassified, self.explain)
+        self.report = report.to(pl_module.device)
 
     def on_test_batch_end(
         self,
@@ -120,8 +123,15 @@ class TestReport:
     images, and the reliability of the probabilities (of the softmax, "raw", and of the
     calibrated ones where the model has a temperature)."""
 
-    def __init__(self, objective: MulticlassObjective, output_dir: Path, misclassified: int):
+    def __init__(
+        self,
+        objective: MulticlassObjective,
+        output_dir: Path,
+        misclassified: int,
+        explain: bool = True,
+    ) -> None:
         self.objective, self.output_dir = objective, output_dir
+        self.explain = explain  # the wrong images' class-activation maps too
         self.confusion = ConfusionMatrix(objective.num_classes)
         self.mistakes = ConfidentMistakes(misclassified)
         self.temperature = float(objective.temperature)
@@ -214,10 +224,10 @@ class TestReport:
             figures["misclassified"] = image_grid_figure(
                 pixels, captions, "most confidently wrong (true → predicted, confidence)"
             )
-            explained = explain_mistakes(
+            explained = self.explain and explain_mistakes(
                 trainer.lightning_module, images, pixels, labels, preds, captions, names
             )
-            if explained is not None:
+            if explained:
                 figures["explanations"] = explained
         for name, fig in figures.items():
             add_figure(trainer, f"test/{name}", fig, str(self.output_dir / f"{name}.png"))
@@ -264,7 +274,14 @@ class MultilabelReport:
     """Several labels per image: each class's support, average precision, and precision,
     recall and F1 at its threshold."""
 
-    def __init__(self, objective: MultilabelObjective, output_dir: Path, misclassified: int):
+    def __init__(
+        self,
+        objective: MultilabelObjective,
+        output_dir: Path,
+        misclassified: int,
+        explain: bool = True,
+    ) -> None:
+        """`misclassified`, `explain`: a multiclass report's; none here (no one wrong class)."""
         self.objective, self.output_dir = objective, output_dir
         self.per_label = PerClassScores(objective.num_classes)
 
