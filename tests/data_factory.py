@@ -159,7 +159,7 @@ def trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "model=resnet18",
         "optimizer=adamw",
         "optimizer.lr=1e-3",
-        "trainer.max_epochs=6",
+        "trainer.max_epochs=3",
         "model.temperature=fit",
     ]
     train(compose_config("train", overrides, output_dir=tmp / "run"))

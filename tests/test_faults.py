@@ -118,9 +118,10 @@ def test_preemption_signal_saves_and_exits_cleanly(tmp_path: Path, signame: str)
     assert status(tmp_path)["status"] == "preempted"
     (ckpt,) = tmp_path.glob("train/runs/*/checkpoints/last.ckpt")
     assert torch.load(ckpt, weights_only=True)["global_step"] == 5  # the signalled step ran
-    train_here(tmp_path, "ckpt_path=last")
-    assert status(tmp_path)["status"] == "completed"
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 18
+    if signame == "SIGTERM":  # the resume is the same whichever signal stopped the run
+        train_here(tmp_path, "ckpt_path=last")
+        assert status(tmp_path)["status"] == "completed"
+        assert torch.load(ckpt, weights_only=True)["global_step"] == 18
 
 
 @pytest.mark.slow

@@ -263,11 +263,12 @@ def test_each_recipe_trains_a_few_steps_on_synthetic_data(
 ) -> None:
     # a ViT recipe's every setting on timm's tiny ViT: the hyperparameters are held to the
     # source above, on the recipe's own net; here the run's pieces work together
-    tiny = ["model.net.name=timm/test_vit", "++model.net.img_size=224"]
+    # (a ResNet recipe's on ResNet-18)
     vit = PUBLISHED[experiment]["net"].startswith("timm/")
+    tiny = ["model.net.name=timm/test_vit", "++model.net.img_size=224"]
     cfg = make_cfg(
         f"experiment={experiment}",
-        *(tiny if vit else []),
+        *(tiny if vit else ["model.net.name=resnet18"]),
         "data=fake",
         "data.image_size=224",
         "data.num_classes=5",

@@ -185,7 +185,7 @@ def test_two_optuna_searches_at_once_share_one_study_each_trial_once(tmp_path: P
         "hydra.sweeper.params=null",
         "optimizer.lr=tag(log,interval(0.01,0.1))",
         *SWEEP_QUICK,
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=2",  # a trial the pruner missed would train on and test
         "callbacks.eval_report=null",
     ]
     pruning = [
