@@ -160,3 +160,20 @@ def test_maps_on_a_gpu() -> None:
     assert maps.device.type == "cpu"
     assert maps.shape == (4, 16, 16)
     assert (maps[:, :8, :8].mean((1, 2)) > 0.9).all()
+
+
+def test_without_pytorch_grad_cam_it_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine set up by hand (the GPU machine's make gpu-check) may lack the library: the
+    report then says so in one line and goes on; predict refuses explain=true in one line."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("pytorch_grad_cam"):
+            raise ImportError("No module named 'pytorch_grad_cam'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without)
+    with pytest.raises(NotExplainableError, match="pip install grad-cam"):
+        Explainer(NETS["lenet"](num_classes=3), torch.zeros(3, 32, 32))

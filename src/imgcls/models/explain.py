@@ -225,7 +225,16 @@ class Explainer:
     """Grad-CAM maps of a net for images of one size: `explainer(images, classes)`."""
 
     def __init__(self, net: nn.Module, example: Tensor, head: nn.Module | None = None) -> None:
-        """`example`: an image (or batch) of the size to explain; raises `NotExplainableError`."""
+        """`example`: an image (or batch) of the size to explain; raises `NotExplainableError`
+        (also where pytorch-grad-cam cannot be imported: an environment set up by hand, such
+        as a GPU machine's, may lack it and its opencv)."""
+        try:
+            import pytorch_grad_cam  # noqa: F401
+        except ImportError as err:
+            raise NotExplainableError(
+                f"pytorch-grad-cam cannot be imported ({err}): pip install grad-cam, or "
+                "callbacks.eval_report.explain=false."
+            ) from err
         self.net = net
         self.target = cam_target(net, example, head)
 
