@@ -7,13 +7,15 @@ or some of them, found by name or by `class_map` (models/class_map.py). A timm m
 elsewhere, with its own weights, takes a checkpoint's place: `ckpt_path=timm/local-dir:DIR` (a
 folder timm's save_for_hf or `imgcls-push --local` wrote) or `ckpt_path=timm/hf-hub:<user>/
 <repo>`; its class names are its config's `label_names`, its preprocessing its pretrained
-config's.
+config's. `real_labels=real.json` scores ImageNet's val images against their ReaL label sets
+as well (callbacks/real_labels.py).
 """
 
 from typing import Any
 
 from omegaconf import DictConfig
 
+from imgcls.callbacks.real_labels import real_labels_score
 from imgcls.models.class_map import scored_on
 from imgcls.models.loading import load_classifier
 from imgcls.run.compose import instantiate, instantiate_each
@@ -39,9 +41,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model = load_classifier(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     scored_on(model, datamodule.class_names, cfg.get("class_map"))  # a subset, or renamed
+    callbacks = instantiate_each(cfg.get("callbacks"))
+    if cfg.get("real_labels"):
+        callbacks.append(real_labels_score(cfg.real_labels, datamodule))
     trainer = instantiate(
         cfg.trainer,
-        callbacks=instantiate_each(cfg.get("callbacks")),
+        callbacks=callbacks,
         logger=instantiate_each(cfg.get("logger")),
     )
     log.info(f"Testing {cfg.ckpt_path}")
