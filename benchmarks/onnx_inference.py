@@ -14,9 +14,11 @@ faster).
 
 With `--ckpt` (a trained run, its run dir and data in place) the run's net is exported three
 times as `export.py format=onnx quantize=...` writes it: float32, int8 (calibrated on the run's
-training images) and fp16. Each file classifies the run's whole test split (its accuracy, beside
-PyTorch's) and a batch of its test images, timed as above: `ratio int8/fp32` and `ratio
-fp16/fp32` per batch size.
+training images) and fp16, and once as PyTorch's own int8 (`format=torchscript quantize=int8`,
+FX post-training quantization on the same images). Each classifies the run's whole test split
+(its accuracy, beside PyTorch's float32) and a batch of its test images, timed as above: `ratio
+int8/fp32` and `ratio fp16/fp32` (ONNX Runtime), `ratio torch_int8/pytorch` (PyTorch's int8
+against its float32 eager net) and `ratio int8/torch_int8` per batch size.
 """
 
 import argparse
@@ -32,6 +34,7 @@ from imgcls.export import (
     export_onnx,
     first_images,
     quantize_onnx,
+    quantize_torch,
     run_data,
 )
 from imgcls.models.loading import load_classifier
@@ -130,8 +133,10 @@ def trained_run(args: argparse.Namespace) -> None:
                 quantize_onnx(path, precision, calibration if precision == "int8" else None)
             runners[precision] = session_runner(path, args.threads)
             print(f"{precision}: {sum(p.stat().st_size for p in path.parent.iterdir()):,} bytes")
-        accuracies = {"pytorch": accuracy(net, datamodule)}
-        accuracies |= {name: accuracy(run, datamodule) for name, run in runners.items()}
+        example = torch.randn(2, 3, size, size)
+        runners["pytorch"] = net
+        runners["torch_int8"] = torch.jit.trace(quantize_torch(net, example, calibration), example)
+        accuracies = {name: accuracy(run, datamodule) for name, run in runners.items()}
         print(f"{model.hparams.net['name']} at {size} px, {args.threads} threads, ckpt {ckpt}")
         print("test accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in accuracies.items()))
         lines = []
@@ -142,8 +147,9 @@ def trained_run(args: argparse.Namespace) -> None:
                 f"batch {batch:3d}: "
                 + ", ".join(f"{k} {spread(v, 1)} img/s" for k, v in rates.items())
             )
-            for precision in ("int8", "fp16"):
-                ratio = ratio_line(f"{precision}/fp32", rates[precision], rates["fp32"], 2)
+            pairs = [("int8", "fp32"), ("fp16", "fp32"), ("torch_int8", "pytorch")]
+            for faster, base in [*pairs, ("int8", "torch_int8")]:
+                ratio = ratio_line(f"{faster}/{base}", rates[faster], rates[base], 2)
                 lines.append(f"batch {batch}: {ratio}")
         print("\n".join(lines))
 

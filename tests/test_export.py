@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 
+from imgcls.eval import evaluate
 from imgcls.export import export
 from imgcls.models.loading import load_classifier
 from imgcls.utils.errors import UserError
@@ -87,6 +88,35 @@ def test_a_quantized_onnx_file_is_smaller_and_names_the_nets_top_class(
     assert onnx.TensorProto.FLOAT16 not in weights or precision == "fp16"
 
 
+def test_pytorchs_int8_torchscript_runs_quantized_kernels_and_is_scored_on_the_cpu(
+    trained_folder: Path, tmp_path: Path
+) -> None:
+    """format=torchscript quantize=int8: torchvision's references' int8 path (FX post-training
+    quantization, calibrated on the run's training images). The file holds quantized convs and
+    int8 weights, names the net's top class, and eval.py scores it on the CPU kernels it needs."""
+    overrides = [f"ckpt_path={trained_folder}", "format=torchscript"]
+    card = export(compose_task("export", tmp_path, *overrides, "quantize=int8"))
+    assert card["precision"] == "int8"
+    assert card["check"]["top1_agreement"] >= 0.9
+    assert card["check"]["max_abs_logit_diff"] > 0
+    file = tmp_path / "export" / "model.torchscript.pt"
+    module = torch.jit.load(str(file))
+    assert "quantized::conv2d" in str(module.inlined_graph)
+    float_bytes = sum(4 * p.numel() for p in load_classifier(trained_folder).net.parameters())
+    assert file.stat().st_size < 0.4 * float_bytes  # int8 weights: a quarter, and the graph
+    data = [
+        "data=folder",
+        f"data.root={trained_folder.parents[2] / 'photos'}",
+        "data.num_workers=0",
+    ]
+    evaluated, objects = evaluate(compose_task("eval", tmp_path, f"ckpt_path={file}", *data))
+    assert objects["model"].net.on_cpu  # the quantized module, outside the module tree
+    assert (
+        evaluated["test/acc"]
+        >= json.loads((trained_folder.parent.parent / "metrics.json").read_text())["test/acc"] - 0.2
+    )
+
+
 def test_without_the_runs_data_the_check_is_on_random_images_and_int8_is_refused(
     trained_folder: Path, tmp_path: Path
 ) -> None:
@@ -99,5 +129,5 @@ def test_without_the_runs_data_the_check_is_on_random_images_and_int8_is_refused
     with pytest.raises(UserError, match="calibrates on the run's training images"):
         export(compose_task("export", tmp_path / "b", f"ckpt_path={alone}", "quantize=int8"))
     overrides = [f"ckpt_path={trained_folder}", "format=torchscript", "quantize=fp16"]
-    with pytest.raises(UserError, match="for format=onnx"):
+    with pytest.raises(UserError, match=r"or fp16 \(format=onnx\)"):
         export(compose_task("export", tmp_path / "c", *overrides))

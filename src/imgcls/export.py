@@ -7,11 +7,13 @@ with the runtime its users will use, and comparing its logits with PyTorch's on 
 run's test split, preprocessed as the run evaluated them (the run's data config, read from its
 run dir; random images where the data is gone, and the card says which). `quantize=int8` (ONNX
 Runtime's static quantization, per-channel weights, activations calibrated on the run's training
-images) and `quantize=fp16` make a smaller ONNX file; their check is that the top class agrees
-with PyTorch's. `model_card.json` beside it says what the net expects, its precision and how
-well it did.
+images) and `quantize=fp16` make a smaller ONNX file; `format=torchscript quantize=int8` is
+PyTorch's own int8 (torchvision's references' path, run on the CPU's quantized kernels). A
+quantized file's check is that the top class agrees with PyTorch's. `model_card.json` beside it
+says what the net expects, its precision and how well it did.
 """
 
+import copy
 import hashlib
 import inspect
 import json
@@ -37,6 +39,8 @@ from imgcls.utils.rich_utils import print_metrics_table
 
 log = get_logger(__name__)
 PRECISIONS = ("fp32", "int8", "fp16")
+#: the precisions each format can be written in
+QUANTIZABLE = {"onnx": PRECISIONS, "torchscript": ("fp32", "int8")}
 CALIBRATION_BATCH = 32  # images a calibration pass feeds at once
 FILE_NAMES = {
     "onnx": "model.onnx",
@@ -114,6 +118,38 @@ def quantize_onnx(path: Path, precision: str, calibration: Tensor | None) -> Non
         prepared.unlink()
     finally:
         full.unlink()
+
+
+def quantize_torch(net: nn.Module, example: Tensor, calibration: Tensor) -> nn.Module:
+    """PyTorch's own int8 net, the path of torchvision's quantization references (post-training
+    static quantization: int8 weights per output channel, int8 activations whose ranges come
+    from `calibration`), in FX graph mode so any net torch.fx can trace takes it, not only
+    torchvision's quantizable copies. It runs on the CPU's quantized kernels (x86's, or
+    qnnpack's on ARM), the engine the file is loaded with."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    engines = torch.backends.quantized.supported_engines
+    engine = "x86" if "x86" in engines else "qnnpack"
+    torch.backends.quantized.engine = engine
+    try:
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+            # torch's own notes on its quantized tensors' future (pytorch#184982), not the user's
+            warnings.filterwarnings("ignore", r".*(reduce_range|quantized tensor creation)")
+            prepared = prepare_fx(
+                copy.deepcopy(net), get_default_qconfig_mapping(engine), (example,)
+            )
+            with torch.no_grad():  # observers record each activation's range
+                for batch in calibration.split(CALIBRATION_BATCH):
+                    prepared(batch)
+            return convert_fx(prepared)
+    except Exception as err:  # torch.fx's tracing and the quantizer raise many kinds
+        raise UserError(
+            f"PyTorch's int8 cannot quantize this net ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no message'}); use format=onnx "
+            "quantize=int8 (ONNX Runtime's, which takes any exported net)."
+        ) from None
 
 
 def export_torchscript(net: nn.Module, example: Tensor, path: Path) -> Callable:
@@ -231,10 +267,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if cfg.format not in FILE_NAMES:
         raise UserError(f"format={cfg.format!r} is not one of {', '.join(FILE_NAMES)}.")
     precision = cfg.quantize or "fp32"
-    if precision not in PRECISIONS or (cfg.quantize and cfg.format != "onnx"):
+    if precision not in PRECISIONS or precision not in QUANTIZABLE.get(cfg.format, ("fp32",)):
         raise UserError(
-            f"quantize={cfg.quantize} (format={cfg.format}): quantize takes int8 or fp16, "
-            "for format=onnx; null keeps float32."
+            f"quantize={cfg.quantize} (format={cfg.format}): quantize takes int8 (format=onnx "
+            "or torchscript) or fp16 (format=onnx); null keeps float32."
         )
     ckpt_path = Path(cfg.ckpt_path)
     checkpoint = read_checkpoint(ckpt_path)  # read once: the model and its metrics
@@ -268,7 +304,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             quantize_onnx(path, precision, calibration)
             run = onnx_runner(path)
     elif cfg.format == "torchscript":
-        run = export_torchscript(net, example, path)
+        traced = net
+        if precision == "int8":
+            calibration = first_images(datamodule, "train", cfg.calibration_images)
+            traced = quantize_torch(net, example, calibration)
+        run = export_torchscript(traced, example, path)
     else:
         run = export_weights(net, path, dict(hparams.net), hparams.num_classes)
 

@@ -61,21 +61,29 @@ def export_hyperparameters(path: str | Path) -> dict[str, Any]:
 class ExportedNet(nn.Module):
     """The exported file as a net: logits of a float NCHW batch, on the batch's device. An ONNX
     file runs in ONNX Runtime on the CPU (a copy each way, one wait per batch: evaluation only);
-    a TorchScript file is the module it holds."""
+    a TorchScript file is the module it holds, an int8 one on the CPU, whose quantized kernels
+    it calls (kept out of the module tree, so moving the model to a GPU leaves it there)."""
 
-    def __init__(self, path: Path, kind: str) -> None:
+    def __init__(self, path: Path, kind: str, precision: str = "fp32") -> None:
         super().__init__()
         self.kind = kind
+        self.on_cpu: tuple[torch.jit.ScriptModule, ...] = ()
         if kind == "torchscript":
-            self.module = torch.jit.load(str(path), map_location="cpu")
+            module = torch.jit.load(str(path), map_location="cpu")
+            if precision == "int8":
+                self.on_cpu = (module,)
+            else:
+                self.module = module
             return
         import onnxruntime
 
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.kind == "torchscript":
+        if self.kind == "torchscript" and not self.on_cpu:
             return self.module(images)
+        if self.on_cpu:
+            return self.on_cpu[0](images.detach().float().cpu()).to(images.device)
         feed = {"images": images.detach().float().cpu().numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0]).to(images.device)
 
@@ -88,7 +96,7 @@ def classifier_from_export(path: str | Path) -> ImageClassifier:
     model = ImageClassifier(**export_hyperparameters(path))
     kind = FORMATS[path.suffix]
     if kind in ("onnx", "torchscript"):
-        model.net = ExportedNet(path, kind)
+        model.net = ExportedNet(path, kind, card.get("precision", "fp32"))
     else:
         if kind == "safetensors":
             from safetensors.torch import load_file
