@@ -48,6 +48,35 @@ def test_a_trial_reports_each_epoch_and_stops_at_the_one_its_pruner_prunes(
     assert kept.user_attrs[TRAINING_STARTED] is True
 
 
+class ScoredEachValidation(TinyClassifier):
+    """val/acc from `val_scores` by validation, not by epoch."""
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.log("val/acc", self.val_scores.pop(0))
+
+
+def test_each_validation_of_an_epoch_is_its_own_step_and_the_count_is_resumed(
+    tmp_path: Path,
+) -> None:
+    """trainer.val_check_interval=0.5: two reports an epoch, steps 0, 1, 2 (Optuna would keep
+    only the first of an epoch reported twice), pruned at the third; a callback restored from
+    a checkpoint's state goes on counting from where it was."""
+    storage, study, trial = journal_trial(tmp_path)
+    pruner = optuna.pruners.ThresholdPruner(lower=0.5)
+    callback = OptunaPruning(storage, "s", trial.number, "val/acc", pruner=pruner)
+    trainer = tiny_trainer(
+        callbacks=[callback], max_epochs=3, limit_train_batches=4, val_check_interval=0.5
+    )
+    model = ScoredEachValidation(val_scores=[0.9, 0.8, 0.3, 0.9])
+    with pytest.raises(optuna.TrialPruned, match="pruned after validation 3, 2 epochs at"):
+        trainer.fit(model, loader(), loader())
+    assert study.trials[trial.number].intermediate_values == pytest.approx({0: 0.9, 1: 0.8, 2: 0.3})
+    resumed = OptunaPruning(storage, "s", trial.number, "val/acc")
+    resumed.load_state_dict(callback.state_dict())
+    assert resumed.validations == 3
+
+
 def test_a_metric_the_run_does_not_log_is_one_line(tmp_path: Path) -> None:
     storage, _, trial = journal_trial(tmp_path)
     callback = OptunaPruning(storage, "s", trial.number, "val/acc_bestt")

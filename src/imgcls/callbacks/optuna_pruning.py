@@ -5,10 +5,14 @@ starts (`+callbacks/sweep@callbacks=optuna_pruning`, configs/callbacks/sweep/), 
 study's storage, the study and the trial's number: the trial runs in its own process, perhaps on
 another machine, and reaches its study only through the storage. A plain run never has it.
 
-At every validation (the sanity check aside) the optimized metric is reported for the epoch; if
-the pruner then prunes, `optuna.TrialPruned` is raised at once, on every DDP rank alike (rank 0
-decides, the others hear it by broadcast): the run keeps its dir and records itself `pruned`
-(run/record.py). Optuna is imported only here, in trials.
+At every validation (the sanity check aside) the optimized metric is reported, its step the
+number of validations before it: the epoch where a run validates once an epoch, and each of
+an epoch's validations its own step under `trainer.val_check_interval` < 1 (Optuna keeps only
+the first value reported for a step). The count travels in checkpoints, so a resumed trial goes
+on from it. If the pruner then prunes, `optuna.TrialPruned` is raised at once, on every DDP rank
+alike (rank 0 decides, the others hear it by broadcast, as they hear a metric that was not
+logged): the run keeps its dir and records itself `pruned` (run/record.py). Optuna is imported
+only here, in trials.
 """
 
 from typing import Any
@@ -58,6 +62,7 @@ class OptunaPruning(Callback):
         self.monitor = monitor
         self.pruner = pruner
         self._trial: Any = None
+        self.validations = 0  # reported so far: the next report's step
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero and self._trial is None:
@@ -67,26 +72,36 @@ class OptunaPruning(Callback):
         if self._trial is not None:
             self._trial.set_user_attr(TRAINING_STARTED, True)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self.validations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validations = state_dict["validations"]
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.report:
             return
-        epoch = trainer.current_epoch
-        message = ""
+        step, self.validations = self.validations, self.validations + 1
+        pruned = missing = ""
         if self._trial is not None:
             value = trainer.callback_metrics.get(self.monitor)
             if value is None:
-                logged = ", ".join(sorted(trainer.callback_metrics))
-                raise UserError(
-                    f"optimized_metric={self.monitor!r} was not logged at validation, so the "
-                    f"search cannot prune on it. Logged metrics: {logged}"
-                )
-            value = float(value)  # once per validation, outside any step
-            self._trial.report(value, epoch)
-            if self._trial.should_prune():
-                message = f"pruned after {epoch + 1} epochs at {self.monitor}={value:.4g}"
-        message = trainer.strategy.broadcast(message)
-        if message:
+                missing = ", ".join(sorted(trainer.callback_metrics)) or "none"
+            else:
+                value = float(value)  # once per validation, outside any step
+                self._trial.report(value, step)
+                if self._trial.should_prune():
+                    epochs = trainer.current_epoch + 1
+                    at = f"validation {step + 1}, " if step != trainer.current_epoch else ""
+                    pruned = f"pruned after {at}{epochs} epochs at {self.monitor}={value:.4g}"
+        pruned, missing = trainer.strategy.broadcast((pruned, missing))
+        if missing:
+            raise UserError(
+                f"optimized_metric={self.monitor!r} was not logged at validation, so the "
+                f"search cannot prune on it. Logged metrics: {missing}"
+            )
+        if pruned:
             import optuna
 
-            log.info(f"Trial {self.number} {message}")
-            raise optuna.TrialPruned(message)
+            log.info(f"Trial {self.number} {pruned}")
+            raise optuna.TrialPruned(pruned)
