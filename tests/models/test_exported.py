@@ -4,6 +4,7 @@ describes, scored by eval.py as its checkpoint is."""
 from pathlib import Path
 
 import pytest
+import torch
 
 from imgcls.eval import evaluate
 from imgcls.export import export
@@ -30,8 +31,11 @@ def test_an_exported_file_is_scored_as_its_checkpoint_with_the_same_report(
         assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-4), fmt
         assert list(cfg.data.mean) == pytest.approx([0.6, 0.5, 0.4])
         assert (tmp_path / fmt / "per_class.csv").is_file()
-        runs_the_file = type(objects["model"].net).__name__ == "ExportedNet"
-        assert runs_the_file == (fmt == "onnx")
+        net = objects["model"].net
+        assert (type(net).__name__ == "ExportedNet") == (fmt == "onnx")  # runs the file itself
+        if fmt == "onnx":  # on torch's share of the cores, as a DDP rank has it (not all)
+            threads = net.session.get_session_options().intra_op_num_threads
+            assert threads == torch.get_num_threads()
     (tmp_path / "export_onnx" / "model_card.json").unlink()
     onnx_file = tmp_path / "export_onnx" / "model.onnx"
     cfg = make_cfg(f"ckpt_path={onnx_file}", config_name="eval", run_dir=tmp_path / "no_card")

@@ -75,17 +75,29 @@ class ExportedNet(nn.Module):
             else:
                 self.module = module
             return
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.path, self.session = path, None
 
     def forward(self, images: Tensor) -> Tensor:
         if self.kind == "torchscript" and not self.on_cpu:
             return self.module(images)
         if self.on_cpu:
             return self.on_cpu[0](images.detach().float().cpu()).to(images.device)
+        if self.session is None:
+            self.session = self.onnx_session()
         feed = {"images": images.detach().float().cpu().numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0]).to(images.device)
+
+    def onnx_session(self) -> Any:
+        """ONNX Runtime's session on torch's share of the cores, read at the first batch: by
+        then Lightning has given each DDP rank its share (all the cores per rank would
+        oversubscribe them)."""
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        return onnxruntime.InferenceSession(
+            str(self.path), options, providers=["CPUExecutionProvider"]
+        )
 
 
 def classifier_from_export(path: str | Path) -> ImageClassifier:
