@@ -56,6 +56,31 @@ def test_the_last_n_are_averaged_tensor_by_tensor(run_with_every_epoch: Path) ->
         average(run_with_every_epoch, last=3)  # never over finished work
 
 
+def test_a_lora_runs_checkpoints_are_merged_then_averaged_into_a_plain_net(
+    tmp_path: Path,
+) -> None:
+    """Adapters averaged factor by factor would give mean(B) @ mean(A), not the mean of the
+    updates: each checkpoint is merged into plain weights first, and the average is plain."""
+    from imgcls.models.lora import merged_weights
+    from tests.models.test_lora import VIT, quiet_cfg
+
+    every = ["callbacks.model_checkpoint.save_top_k=-1", "trainer.max_epochs=2"]
+    train(quiet_cfg(tmp_path, *VIT, "optimizer.lr=0.05", *every))
+    out = average(tmp_path / "run", last=2)
+    averaged = torch.load(out, weights_only=True)
+    assert averaged["hyper_parameters"]["lora"] is None
+    assert not [k for k in averaged["state_dict"] if "lora_" in k or "base_layer" in k]
+    names = ["epoch_000.ckpt", "epoch_001.ckpt"]
+    lora = torch.load(tmp_path / "run" / "checkpoints" / names[0], weights_only=True)[
+        "hyper_parameters"
+    ]["lora"]
+    plain = [merged_weights(state, lora) for state in states(tmp_path / "run", names)]
+    for key, value in averaged["state_dict"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (plain[0][key] + plain[1][key]) / 2)
+    assert load_classifier(out)(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
 def test_the_best_n_follow_the_runs_monitor(run_with_every_epoch: Path) -> None:
     folder = run_with_every_epoch / "checkpoints"
     scores = {}

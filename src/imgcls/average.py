@@ -4,7 +4,9 @@ best ones (timm's avg_checkpoints.py, "model soups" of one run).
 
 Floating-point tensors (weights and BatchNorm statistics; EMA checkpoints: their averaged
 weights) are averaged in float64; integer buffers (BatchNorm's step count) are the newest
-checkpoint's. The result is one of our checkpoints, evaluated as any other:
+checkpoint's. A LoRA run's checkpoints are each merged into plain weights first (the mean of
+the adapters' products is not the product of their means), and the average is a plain net. The
+result is one of our checkpoints, evaluated as any other:
 `python eval.py ckpt_path=<run>/checkpoints/average_last5.ckpt`. It keeps no optimizer state: it
 is for evaluation, predict and export, not for resuming.
 
@@ -22,6 +24,7 @@ from omegaconf import OmegaConf
 
 from imgcls.models.classifier import RUN_LENGTH
 from imgcls.models.loading import classifier_from_checkpoint, classifier_of, read_checkpoint
+from imgcls.models.lora import lora_on, merged_weights
 from imgcls.utils.atomic_save import AtomicCheckpointIO
 from imgcls.utils.errors import UserError
 
@@ -114,7 +117,12 @@ def average(
     for _, checkpoint in chosen:
         layout.on_load_checkpoint(checkpoint)
     merged = {key: newest[key] for key in KEPT if key in newest}
-    merged["state_dict"] = average_states([c["state_dict"] for _, c in chosen])
+    lora = newest["hyper_parameters"].get("lora")
+    states = [c["state_dict"] for _, c in chosen]
+    if lora_on(lora):  # the mean of B @ A is not the product of the means: merge, then average
+        states = [merged_weights(state, lora) for state in states]
+        merged["hyper_parameters"] = {**newest["hyper_parameters"], "lora": None}
+    merged["state_dict"] = average_states(states)
     merged["imgcls_averaged_from"] = [p.name for p, _ in chosen]
     classifier_from_checkpoint(merged, out)  # it loads as any checkpoint of ours
     AtomicCheckpointIO().save_checkpoint(merged, out)
