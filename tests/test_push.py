@@ -18,7 +18,7 @@ from imgcls.push import main, push, timm_data_config
 from imgcls.run.compose import compose_config
 from imgcls.train import train
 from imgcls.utils.errors import UserError
-from tests.data_factory import PALETTE, write_class_tree, write_image
+from tests.data_factory import PALETTE, write_class_tree, write_image, write_label_csv
 from tests.helpers import compose_task
 
 CLASSES = ["cat", "dog", "fox"]
@@ -116,6 +116,49 @@ def test_eval_and_predict_take_the_pushed_model_as_the_run_itself(
     assert shared.classes == own.classes
     assert set(shared.classes) == set(CLASSES)
     assert shared.probabilities == pytest.approx(own.probabilities, abs=1e-5)
+
+
+def test_a_pushed_multilabel_model_is_read_back_with_its_task_and_thresholds(
+    tmp_path: Path,
+) -> None:
+    """timm's format has no key for a task or per-class thresholds: push adds them under
+    `imgcls` in config.json (timm still loads the folder), and eval and predict read the model
+    back as the multi-label model it is, at its fitted thresholds."""
+    import timm
+
+    labels = write_label_csv(tmp_path / "photos", per_class=4)
+    overrides = [
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "extras.print_config=false",
+        "callbacks=[model_checkpoint]",
+        "logger=csv",
+        "data=csv",
+        f"data.csv={labels}",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "data.train_crop=32",
+        "data.eval_resize=32",
+        "data.eval_crop=32",
+        "model.net.name=timm/test_vit",
+        "+model.net.img_size=32",
+        "model.task=multilabel",
+        "model.threshold=fit",
+        "trainer.max_epochs=1",
+        "test=false",
+    ]
+    train(compose_config("train", overrides, output_dir=tmp_path / "run"))
+    run_model = load_classifier(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    folder = push(tmp_path / "run", local=tmp_path / "shared")
+    said = json.loads((folder / "config.json").read_text())["imgcls"]
+    assert said["task"] == "multilabel"
+    assert set(said["thresholds"]) == {"cat", "dog", "person"}
+    timm.create_model(f"local-dir:{folder}", pretrained=True)  # timm reads past our key
+    shared = load_classifier(f"timm/local-dir:{folder}")
+    assert shared.hparams.task == "multilabel"
+    assert shared.class_names == run_model.class_names
+    fitted = run_model.objective.thresholds
+    assert (fitted != 0.5).any()  # fitted on validation, not the starting 0.5
+    torch.testing.assert_close(shared.objective.thresholds, fitted)
 
 
 class FakeHub:

@@ -4,10 +4,12 @@ the Hugging Face Hub, `imgcls-push RUN --local DIR` writes the same folder witho
 RUN is a run dir (its checkpoints/best.ckpt), its checkpoints folder or a checkpoint file. The
 folder is timm's own format, written by timm's `save_for_hf`: config.json (architecture, its
 arguments, num_classes, label_names, and a pretrained_cfg whose mean, std, input_size, crop_pct
-and crop_mode are the run's input contract), model.safetensors, and a README.md model card with
-the run's data, recipe and test metrics. Anyone loads it with
+and crop_mode are the run's input contract; under `imgcls`, what timm's format has no key for:
+the task and the temperature or each class's threshold), model.safetensors, and a README.md
+model card with the run's data, recipe and test metrics. Anyone loads it with
 `timm.create_model("hf-hub:<user>/<name>", pretrained=True)` (or "local-dir:DIR") and gets the
-run's logits; `eval.py`/`predict.py ckpt_path=timm/hf-hub:<user>/<name>` take it back. The
+run's logits; `eval.py`/`predict.py ckpt_path=timm/hf-hub:<user>/<name>` take it back, a
+multi-label model as one, at its thresholds. The
 folder is checked before it goes anywhere: loaded back with timm, its logits against the run's.
 
 Only timm's nets push: timm builds a net from config.json by its registered architecture name,
@@ -213,7 +215,8 @@ def write_folder(run: Path, out: Path, timm_name: str) -> Path:
     save_for_hf(
         net,
         str(out),
-        model_config={"label_names": model.class_names},
+        # timm reads past a key of ours: how the outputs are read (models/pretrained.py)
+        model_config={"label_names": model.class_names, "imgcls": pushed_outputs_of(model)},
         safe_serialization=True,
         data_config=timm_data_config(contract),
     )
@@ -221,6 +224,14 @@ def write_folder(run: Path, out: Path, timm_name: str) -> Path:
     (out / "README.md").write_text(card)
     check_folder(net, out, contract.crop)
     return out
+
+
+def pushed_outputs_of(model: Any) -> dict[str, Any]:
+    """The task, and the temperature or each class's threshold (by name), the model's outputs
+    are read with: what timm's format has no key for."""
+    said = model.objective.card(model.class_names)
+    kept = {key: said[key] for key in ("temperature", "thresholds") if key in said}
+    return {"task": model.hparams.get("task", "multiclass"), **kept}
 
 
 @torch.inference_mode()

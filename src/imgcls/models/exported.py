@@ -118,6 +118,5 @@ def classifier_from_export(path: str | Path) -> ImageClassifier:
             state = torch.load(path, map_location="cpu", weights_only=True)
         model.net.load_state_dict(state)
     if "thresholds" in card:  # a multi-label model's, per class
-        thresholds = [card["thresholds"][name] for name in card["classes"]]
-        model.objective.thresholds.copy_(torch.tensor(thresholds))
+        model.objective.use_thresholds(card["thresholds"], card["classes"])
     return model.eval()

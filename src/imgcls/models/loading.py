@@ -55,7 +55,12 @@ def load_classifier(ckpt_path: str | Path) -> ImageClassifier:
     a timm model with its own weights and as its config describes it (`timm/local-dir:DIR`,
     `timm/hf-hub:<user>/<repo>`: models/zoo.py)."""
     if names_a_pretrained_net(ckpt_path):
-        return ImageClassifier(**pretrained_hyperparameters(str(ckpt_path))).eval()
+        hparams = pretrained_hyperparameters(str(ckpt_path))
+        thresholds = hparams.pop("thresholds", None)
+        model = ImageClassifier(**hparams).eval()
+        if thresholds is not None:  # a multi-label model imgcls-push wrote
+            model.objective.use_thresholds(thresholds, model.class_names)
+        return model
     if names_an_export(ckpt_path):  # export.py's file, run as its users run it
         return classifier_from_export(ckpt_path)
     path = Path(ckpt_path)

@@ -15,6 +15,7 @@ that does not fit means the weights belong to another architecture, and the run 
   torchvision reference checkpoint (`{"model": ...}`) or one of our own checkpoints.
 """
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,6 +212,23 @@ def timm_pretrained_cfg(name: str) -> dict[str, Any] | None:
                 "folder that holds it: timm/local-dir:<folder>."
             ) from err
     return {**cfg, "architecture": architecture}
+
+
+def pushed_outputs(name: str) -> dict[str, Any]:
+    """How the outputs of a model imgcls-push wrote are read, from the `imgcls` key it adds to
+    timm's config.json (timm reads past it): the task, and the temperature or each class's
+    threshold. {} for a model without one (timm's registry, or pushed by other tools)."""
+    source, model_id = timm_source(name)
+    if source == "local-dir":
+        path = Path(model_id).expanduser() / "config.json"
+    elif source == "hf-hub":
+        from timm.models._hub import download_from_hf
+
+        path = Path(download_from_hf(model_id, "config.json"))  # cached when it was read
+    else:
+        return {}
+    outputs = json.loads(path.read_text()).get("imgcls")
+    return outputs if isinstance(outputs, dict) else {}
 
 
 def timm_label_names(cfg: Mapping[str, Any]) -> list[str] | None:

@@ -26,6 +26,7 @@ from imgcls.models.pretrained import (
     find_head,
     init_head,
     load_pretrained,
+    pushed_outputs,
     read_state_dict,
     timm_label_names,
     timm_pretrained_cfg,
@@ -256,7 +257,9 @@ def pretrained_hyperparameters(spec: str, key: str = "ckpt_path") -> dict[str, A
     """What one of our checkpoints says of its model, said of a timm model with its pretrained
     weights (a model trained elsewhere, or pushed by `imgcls-push`): its net, classes, class
     names (its config's `label_names`) and input contract (its pretrained config's mean, std,
-    size and crop), so eval and predict take it as they take a checkpoint."""
+    size and crop), so eval and predict take it as they take a checkpoint. A model imgcls-push
+    wrote also says its task and its temperature or per-class `thresholds` (by class name; the
+    one key a classifier is not built with: the caller sets them)."""
     net = pretrained_config(spec, key)
     if not spec.startswith("timm/"):
         raise UserError(
@@ -268,10 +271,14 @@ def pretrained_hyperparameters(spec: str, key: str = "ckpt_path") -> dict[str, A
         raise UserError(f"{key}={spec}: timm has no pretrained weights for it.")
     contract = weights_contract(net)
     assert contract is not None  # a pretrained timm config always resolves one
+    outputs = pushed_outputs(spec.removeprefix("timm/"))
+    said = {key: outputs[key] for key in ("temperature", "thresholds") if key in outputs}
     return {
         "net": net,
         "num_classes": int(pretrained["num_classes"]),
         "optimizer": {},
+        "task": outputs.get("task", "multiclass"),
         "class_names": timm_label_names(pretrained),
         "preprocessing": contract.as_dict(),
+        **said,
     }

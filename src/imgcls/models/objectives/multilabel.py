@@ -8,6 +8,7 @@ their inputs' range with a host read at every update (`if not torch.all(0 <= pre
 the step only gathers (a list state, concatenated over devices), as the calibration fit does.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -157,6 +158,14 @@ class MultilabelObjective(Objective):
         self.fit_thresholds = threshold == "fit"
         start = 0.5 if threshold == "fit" else float(threshold)
         self.register_buffer("thresholds", torch.full((self.num_classes,), start))
+
+    def use_thresholds(self, by_name: Mapping[str, float], class_names: list[str]) -> None:
+        """Each class's threshold as a model card or a pushed model's config names it (fitted
+        where the model was trained)."""
+        missing = [name for name in class_names if name not in by_name]
+        if missing:
+            raise UserError(f"The model's thresholds name no threshold for {', '.join(missing)}.")
+        self.thresholds.copy_(torch.tensor([float(by_name[name]) for name in class_names]))
 
     def make_criterion(self) -> nn.Module:
         return MultiHotLoss(self.num_classes, self.label_smoothing)
