@@ -34,17 +34,17 @@ class SignalAtStep(Callback):
 
 
 class KillDuringSave(Callback):
-    """SIGKILL this process halfway through writing its `nth` checkpoint."""
+    """SIGKILL this process halfway through writing its first checkpoint of training step
+    `step` (the checkpoint's global_step)."""
 
-    def __init__(self, nth: int) -> None:
-        self.nth, self.saves = nth, 0
+    def __init__(self, step: int) -> None:
+        self.step = step
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         real_save = torch.save
 
         def save_then_die(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-            self.saves += 1
-            if self.saves < self.nth or not hasattr(f, "write"):
+            if trainer.global_step != self.step or not hasattr(f, "write"):
                 return real_save(obj, f, *args, **kwargs)
             f.write(b"PK\x03\x04 half a checkpoint")
             f.flush()
@@ -52,18 +52,6 @@ class KillDuringSave(Callback):
             return None
 
         torch.save = save_then_die
-
-
-class FailOnRank(Callback):
-    """Raise in DDP rank `rank` at its first training step, in the run whose seed is `seed`
-    (`run_seed`: the run's own, `${seed}`)."""
-
-    def __init__(self, rank: int, seed: int, run_seed: int) -> None:
-        self.rank, self.fails = rank, seed == run_seed
-
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
-        if self.fails and trainer.global_rank == self.rank:
-            raise RuntimeError(f"rank {self.rank} fails on purpose")
 
 
 class InfiniteLossOnRank(Callback):
@@ -93,3 +81,20 @@ class AsIfNccl(Callback):
             raise AssertionError("a process group besides the run's was opened")
 
         dist.get_backend, dist.new_group = backend, no_side_group
+
+
+class FailOnRankAfterItsFirstRun(Callback):
+    """Raise in DDP rank `rank` at its first training step in every run but the first of those
+    started with the same `marker` file (each run's rank is a process of its own: the file says
+    a run came before)."""
+
+    def __init__(self, rank: int, marker: str) -> None:
+        self.rank, self.marker, self.checked = rank, marker, False
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        if self.checked or trainer.global_rank != self.rank:
+            return
+        self.checked = True
+        if os.path.exists(self.marker):
+            raise RuntimeError(f"rank {self.rank} fails on purpose")
+        open(self.marker, "x").close()

@@ -20,10 +20,9 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.paths import PATH_TEXT
 from imgcls.verify import verify
 from tests.data_factory import write_class_tree, write_image
-from tests.helpers import CLI_QUIET, fake_trainer, processes_mentioning, run_cli
+from tests.helpers import fake_trainer
 
 QUICK = ["model=cifar_quick", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
-CLI_QUICK = [*QUICK, *CLI_QUIET]
 
 
 # -- runs that should train ---------------------------------------------------------------------
@@ -52,22 +51,8 @@ def test_a_rank_with_less_than_a_batch_of_files_still_trains(tmp_path: Path) -> 
 
 
 # -- sweeps -------------------------------------------------------------------------------------
-@pytest.mark.slow(seconds=15)
-def test_optuna_with_ddp_leaves_no_process_and_its_trial_its_status(tmp_path: Path) -> None:
-    search = [
-        "hparams_search=digits_optuna",
-        "hydra.sweeper.n_trials=1",  # a DDP job after another in one sweep: tests/run/test_task.py
-        "trainer=ddp_sim",
-        *CLI_QUICK,
-        f"paths.log_dir={tmp_path}",
-    ]
-    result = run_cli("train.py", search)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not processes_mentioning(tmp_path)
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()  # the child made no sweep of its own
-    assert [p.name for p in sweep.iterdir() if p.is_dir()] == ["0"]  # its one trial
-    assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "completed"
-    assert (sweep / "0" / "train_rank1.log").is_file()  # the trial ran on two processes
+# an Optuna search of DDP trials leaves no process, and each trial its status:
+# tests/run/test_task.py
 
 
 # -- files --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 Optuna sweeps (failed and pruned jobs included, two searches sharing one study), and both
 notebooks executed on real runs."""
 
+import copy
 import csv
 import json
 import os
@@ -29,30 +30,39 @@ SWEEP_QUICK = [
 ]
 
 
-def run_notebook(name: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
-    """Execute notebooks/<name> top to bottom in a fresh kernel of this Python; any cell that
-    raises fails the test. Returns what its cells printed."""
+def run_notebook(name: str, monkeypatch: pytest.MonkeyPatch, *passes: dict[str, str]) -> list[str]:
+    """Execute notebooks/<name> top to bottom once per pass, each with its environment variables
+    (`passes`), in one fresh kernel of this Python: its namespace is reset before each pass, so
+    a pass runs as in a kernel of its own, but for the imports, paid once. Any cell that raises
+    fails the test. Returns what each pass's cells printed."""
     import nbformat
     from nbclient import NotebookClient
 
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     # the kernel is started as `python`: make it this environment's
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(REPO_ROOT / "notebooks" / name, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells), "commit notebooks stripped"
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3")
+    passes_run = nbformat.v4.new_notebook(metadata=notebook.metadata)
+    spans = []
+    for env in passes:
+        start = f"%reset -f\nimport os\nos.environ.update({env!r})"
+        passes_run.cells.append(nbformat.v4.new_code_cell(start))
+        first = len(passes_run.cells)
+        passes_run.cells += copy.deepcopy(notebook.cells)
+        spans.append(passes_run.cells[first:])
+    client = NotebookClient(passes_run, timeout=300, kernel_name="python3")
     client.execute(cwd=str(REPO_ROOT))
-    kinds = {out["output_type"] for cell in notebook.cells for out in cell.get("outputs", [])}
-    assert "error" not in kinds
-    assert "display_data" in kinds  # the plots and tables were drawn
-    return "".join(
-        out.get("text", "")
-        for cell in notebook.cells
-        for out in cell.get("outputs", [])
-        if out["output_type"] == "stream"
-    )
+    printed = []
+    for cells in spans:
+        outputs = [out for cell in cells for out in cell.get("outputs", [])]
+        kinds = {out["output_type"] for out in outputs}
+        assert "error" not in kinds
+        assert "display_data" in kinds  # the plots and tables were drawn
+        printed.append(
+            "".join(out.get("text", "") for out in outputs if out["output_type"] == "stream")
+        )
+    return printed
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -60,8 +70,14 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
-def test_tensorboard_holds_curves_pictures_and_hparams(make_cfg, tmp_path: Path, monkeypatch):
+@pytest.mark.slow(seconds=15)
+def test_tensorboard_holds_curves_pictures_and_hparams_the_notebook_shows_it_and_an_interrupted_run(
+    make_cfg, tmp_path: Path, monkeypatch
+):
+    """A run's TensorBoard events: its curves, pictures and hparams. The run notebook shows
+    that run, and one stopped before its test (and before a best checkpoint): its curves are
+    drawn, and the missing report and checkpoint are named with the reason, not a
+    FileNotFoundError."""
     cfg = make_cfg(*QUICK, "trainer.max_epochs=2", "trainer.log_every_n_steps=2")
     train(cfg)
     run = tmp_path / "run"
@@ -99,32 +115,29 @@ def test_tensorboard_holds_curves_pictures_and_hparams(make_cfg, tmp_path: Path,
 
     assert not tags["graph"]  # the graph is off by default
     assert (run / "csv" / "metrics.csv").is_file()
-    run_notebook("01_inspect_run.ipynb", monkeypatch, IMGCLS_RUN_DIR=str(run))
+
+    stopped = tmp_path / "stopped"
+    train(make_cfg(*QUICK, "trainer.max_epochs=1", "test=false", run_dir=stopped))
+    (stopped / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    (stopped / "checkpoints" / "best.ckpt").unlink()
+    _, printed = run_notebook(
+        "01_inspect_run.ipynb",
+        monkeypatch,
+        {"IMGCLS_RUN_DIR": str(run)},
+        {"IMGCLS_RUN_DIR": str(stopped)},
+    )
+    why = "the run was stopped (Ctrl-C, a kill) before it got there"
+    assert f"Not in this run: per_class.csv, confusion.png ({why})" in printed
+    assert f"Not in this run: checkpoints/best.ckpt ({why})" in printed
 
 
-@pytest.mark.slow(seconds=20)
-def test_the_run_notebook_shows_an_interrupted_run_and_says_what_is_missing(
-    make_cfg, tmp_path: Path, monkeypatch
-) -> None:
-    """Stopped before its test (and before a best checkpoint): the curves are drawn, and the
-    missing report and checkpoint are named with the reason, not a FileNotFoundError."""
-    train(make_cfg(*QUICK, "trainer.max_epochs=1", "test=false"))
-    run = tmp_path / "run"
-    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
-    (run / "checkpoints" / "best.ckpt").unlink()
-    printed = run_notebook("01_inspect_run.ipynb", monkeypatch, IMGCLS_RUN_DIR=str(run))
-    stopped = "the run was stopped (Ctrl-C, a kill) before it got there"
-    assert f"Not in this run: per_class.csv, confusion.png ({stopped})" in printed
-    assert f"Not in this run: checkpoints/best.ckpt ({stopped})" in printed
-
-
-@pytest.mark.slow(seconds=25)
-def test_five_fold_grid_sweep_goes_past_failed_jobs_into_summary_with_mean_and_std(
+@pytest.mark.slow(seconds=22)
+def test_three_fold_grid_sweep_goes_past_failed_jobs_into_summary_with_mean_and_std(
     tmp_path: Path, monkeypatch
 ) -> None:
-    """Two nets (one that cannot be built) x 5 folds: the failed jobs are recorded and the
+    """Two nets (one that cannot be built) x 3 folds: the failed jobs are recorded and the
     sweep goes on; the completed folds end the summary with their mean and std rows."""
-    grid = ["-m", "model.net.name=cifar_quick,no_such_net", "data.folds=5", "data.fold=range(5)"]
+    grid = ["-m", "model.net.name=cifar_quick,no_such_net", "data.folds=3", "data.fold=range(3)"]
     quick = [
         *SWEEP_QUICK,
         "+trainer.limit_val_batches=2",
@@ -135,35 +148,36 @@ def test_five_fold_grid_sweep_goes_past_failed_jobs_into_summary_with_mean_and_s
     ]
     result = run_cli("train.py", [*grid, *quick])
     assert result.returncode == 1, result.stderr[-3000:]  # so CI sees the failed jobs
-    assert "5 of 10 jobs failed" in result.stderr
+    assert "3 of 6 jobs failed" in result.stderr
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    assert (sweep / "multirun.yaml").is_file()
     rows = read_rows(sweep / "summary.csv")
-    assert len(rows) == 12
+    assert len(rows) == 8
     done = [r for r in rows if r["status"] == "completed"]
     failed = [r for r in rows if r["status"] == "failed"]
     assert {r["model.net.name"] for r in done} == {"cifar_quick"}
-    assert sorted(r["data.fold"] for r in done) == ["0", "1", "2", "3", "4"]
-    assert rows[:5] == done  # completed first, best first
+    assert sorted(r["data.fold"] for r in done) == ["0", "1", "2"]
+    assert rows[:3] == done  # completed first, best first
     best = [float(r["val/acc_best"]) for r in done]
     assert best == sorted(best, reverse=True)
     assert len({r["val/acc"] for r in done}) > 1  # each fold validated on its own images
     assert all("Unknown model.net.name='no_such_net'" in r["error"] for r in failed)
     assert all(float(r["duration_s"]) > 0 for r in done + failed)
-    mean, std = rows[10:]
-    assert (mean["job"], mean["status"], mean["data.fold"]) == ("mean of 5", "mean", "*")
-    assert (std["job"], std["status"], std["model.net.name"]) == ("std of 5", "std", "cifar_quick")
+    mean, std = rows[6:]
+    assert (mean["job"], mean["status"], mean["data.fold"]) == ("mean of 3", "mean", "*")
+    assert (std["job"], std["status"], std["model.net.name"]) == ("std of 3", "std", "cifar_quick")
     for metric in ("val/acc_best", "val/f1_macro", "test/acc", "test/acc_balanced"):
         values = [float(r[metric]) for r in done]
         assert float(mean[metric]) == pytest.approx(statistics.mean(values)), metric
         assert float(std[metric]) == pytest.approx(statistics.stdev(values)), metric
     assert "val/acc_best" in result.stdout  # the printed table
-    assert "10 runs" in result.stdout  # it counts jobs, not the two rows
+    assert "6 runs" in result.stdout  # it counts jobs, not the two rows
     assert "failed" in result.stdout
 
     (sweep / "summary.csv").unlink()  # imgcls-summary rebuilds the same table
     write_summary(sweep)
     assert read_rows(sweep / "summary.csv") == rows
-    run_notebook("02_compare_sweep.ipynb", monkeypatch, IMGCLS_SWEEP_DIR=str(sweep))
+    run_notebook("02_compare_sweep.ipynb", monkeypatch, {"IMGCLS_SWEEP_DIR": str(sweep)})
 
 
 @pytest.mark.slow(seconds=25)

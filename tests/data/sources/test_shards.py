@@ -24,6 +24,7 @@ from imgcls.data.sources.shards import ShardsDataModule, write_shards
 from imgcls.prepare import SKIPPED_FILE
 from imgcls.prepare import main as prepare_main
 from imgcls.run.compose import compose_config, instantiate
+from imgcls.run.record import run_recorded
 from imgcls.train import main as train_main
 from imgcls.train import train
 from imgcls.utils.errors import UserError
@@ -106,11 +107,15 @@ def steps_seen(path: Path) -> dict[int, str]:
     return dict(line.split() for line in path.read_text().splitlines())
 
 
-@pytest.mark.slow(seconds=25)
-def test_a_run_killed_mid_epoch_resumes_at_the_same_image(shards: Path, tmp_path: Path) -> None:
-    """Killed in epoch 2 and resumed from the step checkpoint, each later step gets the batch
-    the uninterrupted run got: the loader's place in the shards came back with the
-    checkpoint, not the epoch's start."""
+@pytest.mark.slow(seconds=14)
+def test_a_run_killed_during_a_mid_epoch_save_resumes_from_the_last_at_the_same_image(
+    shards: Path, tmp_path: Path
+) -> None:
+    """SIGKILLed halfway through writing step 7's checkpoint, in epoch 2: step 6's is intact and
+    loadable, and the run resumes from it in its own dir to its planned end, each later step
+    getting the batch the uninterrupted run got: the loader's place in the shards came back with
+    the checkpoint, not the epoch's start. (A plain loader resumed mid-epoch, after a signal:
+    tests/test_faults.py.)"""
     # no random crops: the loader workers' random streams are not kept in a checkpoint
     args = [*RUN, f"data.root={shards}", "test=false", "data.augment.preset=none"]
     record = "+callbacks.record._target_=tests.data.sources.test_shards.RecordBatches"
@@ -118,14 +123,19 @@ def test_a_run_killed_mid_epoch_resumes_at_the_same_image(shards: Path, tmp_path
     train(compose_config("train", [*whole, f"paths.log_dir={tmp_path}/whole"], tmp_path / "w"))
     again = [*args, record, f"+callbacks.record.path={tmp_path}/killed.txt"]
     again.append(f"paths.log_dir={tmp_path}/killed")
-    fault = ["+callbacks.fault._target_=tests.faults.KillAtStep", "+callbacks.fault.step=6"]
+    fault = ["+callbacks.fault._target_=tests.faults.KillDuringSave", "+callbacks.fault.step=7"]
     killed = run_cli("train.py", [*again, *fault])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     (run_dir,) = (tmp_path / "killed" / "train" / "runs").iterdir()
     at_kill = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert at_kill["global_step"] == 6  # mid-epoch 2
     resume = compose_config("train", [*again, "ckpt_path=last"], output_dir=tmp_path / "again")
-    train(resume)
+    run_recorded(resume, lambda: train(resume))
+    assert [p.name for p in (tmp_path / "killed" / "train" / "runs").iterdir()] == [run_dir.name]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    final = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert (final["global_step"], final["epoch"]) == (8, 1)
+    assert all(torch.isfinite(v).all() for v in final["state_dict"].values())
     seen, killed_seen = steps_seen(tmp_path / "whole.txt"), steps_seen(tmp_path / "killed.txt")
     assert sorted(seen) == sorted(killed_seen) == [str(step) for step in range(8)]
     assert killed_seen == seen  # steps 6 and 7 after the resume included
