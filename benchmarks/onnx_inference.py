@@ -22,11 +22,15 @@ against its float32 eager net) and `ratio int8/torch_int8` per batch size.
 """
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+# PyTorch's OpenMP threads, like ONNX Runtime's (allow_spinning below), sleep when idle instead
+# of busy-waiting: spinning threads of one runtime take the cores from the other, timed next
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from imgcls.export import (
@@ -63,6 +67,8 @@ def session_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.T
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # no busy-waiting threads after a run: they would take the cores from the runner timed next
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
