@@ -111,6 +111,11 @@ def test_pytorchs_int8_torchscript_runs_quantized_kernels_and_is_scored_on_the_c
     ]
     evaluated, objects = evaluate(compose_task("eval", tmp_path, f"ckpt_path={file}", *data))
     assert objects["model"].net.on_cpu  # the quantized module, outside the module tree
+    assert card["quantized_engine"] in torch.backends.quantized.supported_engines
+    card_file = file.parent / "model_card.json"
+    card_file.write_text(json.dumps({**card, "quantized_engine": "tpu_int8"}))
+    with pytest.raises(UserError, match="quantized for the tpu_int8 engine"):
+        load_classifier(file)
     assert (
         evaluated["test/acc"]
         >= json.loads((trained_folder.parent.parent / "metrics.json").read_text())["test/acc"] - 0.2

@@ -294,6 +294,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "with its data in place, or use quantize=fp16."
         )
     example = torch.randn(2, 3, size, size)
+    engine = None  # PyTorch's int8: the quantized kernels' engine the card names
     log.info(f"Exporting {hparams.net['name']} as {cfg.format} ({precision}) to {path}")
     if cfg.format == "onnx":
         run = export_onnx(net, example, path, cfg.onnx_opset)
@@ -308,6 +309,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         if precision == "int8":
             calibration = first_images(datamodule, "train", cfg.calibration_images)
             traced = quantize_torch(net, example, calibration)
+            engine = torch.backends.quantized.engine  # the kernels it was quantized for
         run = export_torchscript(traced, example, path)
     else:
         run = export_weights(net, path, dict(hparams.net), hparams.num_classes)
@@ -353,6 +355,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "task": hparams.get("task", "multiclass"),
         **model.objective.card(model.class_names),
         "precision": precision,
+        **({"quantized_engine": engine} if engine else {}),
         "metrics": checkpoint_metrics(checkpoint, ckpt_path),
         "check": check,
     }

@@ -187,3 +187,19 @@ def test_wrong_images_are_explained_or_the_reason_said(caplog: pytest.LogCapture
     with caplog.at_level("WARNING"):
         assert explain_mistakes(model, images, pixels, labels, preds, captions, list("abc")) is None
     assert "No explanations.png: Sequential cannot be explained" in caplog.text
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 64, 16)], ids=["square", "tall_grey"])
+def test_an_image_grid_keeps_each_image_whole_under_its_caption(shape: tuple) -> None:
+    """reports/plots.py: the grid is one picture with a caption band above each image, tall
+    and one-channel images included; every image's pixels are in it, none overwritten."""
+    from imgcls.reports.plots import close_figure, image_grid_figure
+
+    images = torch.stack([torch.full(shape, 40 * (i + 1), dtype=torch.uint8) for i in range(5)])
+    fig = image_grid_figure(images, [f"image {i}" for i in range(5)], "grid", columns=3)
+    (canvas,) = fig.axes[0].get_images()
+    pixels = torch.from_numpy(canvas.get_array().copy())
+    for i in range(5):
+        assert (pixels == 40 * (i + 1)).all(dim=2).sum() == shape[1] * shape[2]
+    assert [t.get_text() for t in fig.axes[0].texts] == [f"image {i}" for i in range(5)]
+    close_figure(fig)

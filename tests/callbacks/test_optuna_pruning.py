@@ -4,6 +4,7 @@ prunes, and its run records itself `pruned`, not failed."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -74,7 +75,11 @@ def test_each_validation_of_an_epoch_is_its_own_step_and_the_count_is_resumed(
     assert study.trials[trial.number].intermediate_values == pytest.approx({0: 0.9, 1: 0.8, 2: 0.3})
     resumed = OptunaPruning(storage, "s", trial.number, "val/acc")
     resumed.load_state_dict(callback.state_dict())
+    resumed.on_fit_start(SimpleNamespace(current_epoch=1), None)
     assert resumed.validations == 3
+    older = OptunaPruning(storage, "s", trial.number, "val/acc")  # a checkpoint without a count
+    older.on_fit_start(SimpleNamespace(current_epoch=2), None)
+    assert older.validations == 2  # it had reported once an epoch
 
 
 def test_a_metric_the_run_does_not_log_is_one_line(tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ def test_each_rank_scores_its_share_by_position_and_empty_sets_are_left_out() ->
     rows[0, :] = True  # rank 0's: never read here
     logits = torch.tensor([[9.0, 1, 0, 0, 0, 0], [0, 9.0, 8, 7, 6, 0], [0, 0, 9.0, 0, 0, 0]])
     score = RealLabelsScore(rows)
-    trainer = SimpleNamespace(world_size=2, global_rank=1)
+    loader = SimpleNamespace(batch_size=2)
+    trainer = SimpleNamespace(world_size=2, global_rank=1, test_dataloaders=loader)
     module = SimpleNamespace(device=torch.device("cpu"), log=lambda *a: logged.append(a))
     logged: list = []
     score.on_test_epoch_start(trainer, module)
@@ -67,6 +68,9 @@ def test_each_rank_scores_its_share_by_position_and_empty_sets_are_left_out() ->
         "test/real_acc": pytest.approx(0.5),
         "test/real_acc_top5": pytest.approx(1.0),
     }
+    score.on_test_epoch_start(trainer, module)  # an image dropped on the device: refused
+    with pytest.raises(UserError, match="test batch 0 has 1 images, not its 2"):
+        score.on_test_batch_end(trainer, module, {"logits": logits[:1]}, None, 0)
 
 
 def test_eval_scores_imagenet_val_against_real_labels_in_its_test_pass(
@@ -115,6 +119,7 @@ def test_eval_scores_imagenet_val_against_real_labels_in_its_test_pass(
     )
     metrics, objects = evaluate(cfg)
     datamodule, net = objects["datamodule"], load_classifier(best).net.eval()
+    assert datamodule.on_bad_image == "error"  # a skipped file's place would be the next's
     files = [Path(f).name for f, _ in datamodule.split_samples()["test"]]
     with torch.inference_mode():
         top = torch.cat([net(x).argmax(1) for x, _ in datamodule.eval_batches("test", "cpu")])

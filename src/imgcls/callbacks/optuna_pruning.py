@@ -63,6 +63,7 @@ class OptunaPruning(Callback):
         self.pruner = pruner
         self._trial: Any = None
         self.validations = 0  # reported so far: the next report's step
+        self.restored = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero and self._trial is None:
@@ -76,7 +77,13 @@ class OptunaPruning(Callback):
         return {"validations": self.validations}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.validations = state_dict["validations"]
+        self.validations, self.restored = state_dict["validations"], True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A trial resumed from a checkpoint that kept no count (written before it was kept)
+        had reported once an epoch: it goes on from its epochs."""
+        if not self.restored:
+            self.validations = trainer.current_epoch
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.report:

@@ -13,7 +13,9 @@ none of is dropped from its set.
 
 The evaluation order of a rank is fixed (data/loaders.py: rank r of W scores images r, r + W,
 r + 2W, ... of the test split, unpadded), so each batch's rows of the label table are taken on
-the device by position, without reading anything back to the host.
+the device by position, without reading anything back to the host. Every image must keep its
+place: a bad file ends the evaluation (`data.on_bad_image=error`, set here) rather than being
+skipped, and a batch an image was dropped from on the device is refused.
 """
 
 import json
@@ -28,6 +30,9 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from imgcls.utils.errors import UserError
+from imgcls.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.[A-Za-z]+$")
 
@@ -98,18 +103,23 @@ class RealAccuracy(Metric):
 
 class RealLabelsScore(Callback):
     """The model's test predictions scored against ReaL's label sets (`rows`: one per test image,
-    in test order, over the data's classes), logged at the test's end."""
+    in test order, over the data's classes), logged at the test's end. A batch's images are
+    found by its index (evaluation batches are full but for a rank's last); one that came short
+    (an image dropped by decoding on the device) is refused, as its rows cannot be matched."""
 
     def __init__(self, rows: Tensor) -> None:
         self.rows = rows
         self.metric = RealAccuracy()
-        self.scored = 0  # this rank's images so far: a host count, from the batches' shapes
+        self.batch_size = self.share = 0  # this rank's: its loader's batches and its images
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows = self.rows.to(pl_module.device)
         self.metric = self.metric.to(pl_module.device)
         self.metric.reset()
-        self.scored = 0
+        loaders = trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        self.batch_size = loader.batch_size
+        self.share = len(range(trainer.global_rank, len(self.rows), trainer.world_size))
 
     def on_test_batch_end(
         self,
@@ -121,11 +131,18 @@ class RealLabelsScore(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         logits = outputs["logits"]
-        count = logits.shape[0]
-        positions = torch.arange(self.scored, self.scored + count, device=logits.device)
+        start = batch_idx * self.batch_size
+        count = logits.shape[0]  # the shape is known on the host: no wait
+        if count != min(self.batch_size, self.share - start):
+            raise UserError(
+                f"real_labels: test batch {batch_idx} has {count} images, not its "
+                f"{min(self.batch_size, self.share - start)}: an image failed to decode on the "
+                "device, so ReaL's sets cannot be matched to the images; run with "
+                "data.decode=cpu to have the bad file named."
+            )
+        positions = torch.arange(start, start + count, device=logits.device)
         index = positions * trainer.world_size + trainer.global_rank
         self.metric.update(logits, self.rows.index_select(0, index))
-        self.scored += count
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for name, value in self.metric.compute().items():
@@ -144,5 +161,9 @@ def real_labels_score(path: str | Path, datamodule: Any) -> RealLabelsScore:
     from timm.data import ImageNetInfo
 
     labels = read_real_labels(path)
+    if getattr(datamodule, "on_bad_image", "error") != "error":
+        # a skipped image's place is taken by the next: it would be scored on the wrong set
+        log.info("real_labels: a bad image ends the evaluation (data.on_bad_image=error).")
+        datamodule.on_bad_image = "error"
     files = [str(file) for file, _ in datamodule.split_samples()["test"]]
     return RealLabelsScore(real_rows(labels, files, wnids, list(ImageNetInfo().label_names())))

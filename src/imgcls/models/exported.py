@@ -64,17 +64,23 @@ class ExportedNet(nn.Module):
     a TorchScript file is the module it holds, an int8 one on the CPU, whose quantized kernels
     it calls (kept out of the module tree, so moving the model to a GPU leaves it there)."""
 
-    def __init__(self, path: Path, kind: str, precision: str = "fp32") -> None:
+    def __init__(
+        self, path: Path, kind: str, precision: str = "fp32", engine: str | None = None
+    ) -> None:
+        """`engine`: PyTorch's int8 file's quantized kernels (x86, qnnpack), as it was made."""
         super().__init__()
         self.kind = kind
         self.on_cpu: tuple[torch.jit.ScriptModule, ...] = ()
         if kind == "torchscript":
             module = torch.jit.load(str(path), map_location="cpu")
             if precision == "int8":
+                use_engine(engine or "x86")
                 self.on_cpu = (module,)
             else:
                 self.module = module
             return
+        import onnxruntime  # noqa: F401  (missing: said now, not at the first batch)
+
         self.path, self.session = path, None
 
     def forward(self, images: Tensor) -> Tensor:
@@ -95,9 +101,23 @@ class ExportedNet(nn.Module):
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # no threads busy-waiting between batches, taking the cores from the data loading
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(
             str(self.path), options, providers=["CPUExecutionProvider"]
         )
+
+
+def use_engine(engine: str) -> None:
+    """Run PyTorch's quantized ops on `engine`'s kernels, those an int8 file was made for (x86's
+    reduce their activations' range, qnnpack's do not), or one line where this CPU has none."""
+    if engine not in torch.backends.quantized.supported_engines:
+        raise UserError(
+            f"This int8 file was quantized for the {engine} engine, which this machine's PyTorch "
+            f"lacks ({', '.join(torch.backends.quantized.supported_engines)}): export it here, "
+            "or export format=onnx quantize=int8."
+        )
+    torch.backends.quantized.engine = engine
 
 
 def classifier_from_export(path: str | Path) -> ImageClassifier:
@@ -108,7 +128,9 @@ def classifier_from_export(path: str | Path) -> ImageClassifier:
     model = ImageClassifier(**export_hyperparameters(path))
     kind = FORMATS[path.suffix]
     if kind in ("onnx", "torchscript"):
-        model.net = ExportedNet(path, kind, card.get("precision", "fp32"))
+        model.net = ExportedNet(
+            path, kind, card.get("precision", "fp32"), card.get("quantized_engine")
+        )
     else:
         if kind == "safetensors":
             from safetensors.torch import load_file

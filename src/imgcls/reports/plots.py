@@ -102,7 +102,8 @@ def image_grid_figure(
     # inches a cell, so the pixels stay square
     gap = max(1, width // 16)
     cell_width = width + gap
-    cell_height = round(cell_width * 2.4 / 1.9)
+    # a band of at least a fifth of the image: tall images too leave room for the caption
+    cell_height = max(round(cell_width * 2.4 / 1.9), height + max(1, height // 5))
     band = cell_height - height
     canvas = np.full((rows * cell_height, columns * cell_width, 3), 255, dtype=np.uint8)
     pixels = images.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).cpu().numpy()
