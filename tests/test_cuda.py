@@ -1,8 +1,8 @@
 """What only a CUDA device shows (marker `cuda`: skipped without a GPU; `make gpu-check` runs them
 on one): training and validation steps of every configuration of tests/test_device_waits.py under
 `torch.cuda.set_sync_debug_mode("error")`, device decoding under deterministic mode, decoding
-while the training stream has writes queued, what decode=auto picks, and what DDP ranks receive
-from the data-dependent init."""
+while the training stream has writes queued, what decode=auto picks, what DDP ranks receive
+from the data-dependent init, and ReaL labels scored without a wait."""
 
 import importlib
 import math
@@ -160,3 +160,31 @@ def test_data_init_broadcasts_host_tensors() -> None:
     (state,) = sent
     assert all(t.device.type == "cpu" for t in state.values())
     assert all(p.device == CUDA for p in model.parameters())
+
+
+def test_real_labels_score_test_batches_on_the_gpu_without_a_wait() -> None:
+    """callbacks/real_labels.py: each batch's label sets taken from the table on the GPU by
+    position and scored, with every synchronizing call an error; the score is the right one."""
+    from types import SimpleNamespace
+
+    from imgcls.callbacks.real_labels import RealLabelsScore
+
+    rows = torch.zeros(6, 4, dtype=torch.bool)
+    rows[0, 1] = rows[2, 2] = rows[4, 3] = True  # images 1, 3 and 5: no class fits
+    logits = torch.eye(4)[[1, 2, 2, 0, 0, 0]].to(CUDA)  # 0 and 2 right, 4 wrong
+    logged: dict[str, float] = {}
+    score = RealLabelsScore(rows)
+    trainer = SimpleNamespace(
+        world_size=1, global_rank=0, test_dataloaders=SimpleNamespace(batch_size=3)
+    )
+    module = SimpleNamespace(device=CUDA, log=lambda name, value: logged.update({name: value}))
+    score.on_test_epoch_start(trainer, module)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        score.on_test_batch_end(trainer, module, {"logits": logits[:3]}, None, 0)
+        score.on_test_batch_end(trainer, module, {"logits": logits[3:]}, None, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    score.on_test_epoch_end(trainer, module)
+    assert float(logged["test/real_acc"]) == pytest.approx(2 / 3)
+    assert float(logged["test/real_acc_top5"]) == 1.0
