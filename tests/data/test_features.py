@@ -110,3 +110,22 @@ def test_the_images_fingerprint_follows_files_and_pixels(tmp_path: Path) -> None
     pixels[0, 0, 0, 0] = 1
     assert images_fingerprint(TensorDataset(pixels, torch.tensor([0, 1]))) != held
     assert images_fingerprint(torch.utils.data.Dataset()) is None  # nothing to name it by
+
+
+def test_rows_of_a_hugging_face_dataset_are_named_by_its_own_fingerprint(tmp_path: Path) -> None:
+    """data=hf: rows have no files to stat; the datasets library's fingerprint of the image
+    column (stable across processes, new when the dataset is rewritten) names them, so a
+    probe's features on it are cached as a folder's are."""
+    from imgcls.data.sources.hf import HFDataModule
+    from tests.data_factory import write_hf_dataset
+
+    def fingerprints(path: Path) -> list[str | None]:
+        data = HFDataModule(path=str(path), num_workers=0, artifacts_dir=str(tmp_path / "a"))
+        data.setup()
+        return [images_fingerprint(data._split(split)) for split in ("train", "val", "test")]
+
+    first = fingerprints(write_hf_dataset(tmp_path / "one"))
+    assert None not in first
+    assert len(set(first)) == 3
+    assert fingerprints(tmp_path / "one" / "hf") == first  # read again: the same names
+    assert fingerprints(write_hf_dataset(tmp_path / "two", per_class=11)) != first

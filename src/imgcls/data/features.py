@@ -44,7 +44,8 @@ class FeatureSource(Protocol):
 
 
 def images_fingerprint(dataset: Dataset) -> str | None:
-    """A hash of what a split's images are, or None where the dataset cannot say."""
+    """A hash of what a split's images are, or None where the dataset cannot say: held pixels,
+    files (path, size, time), or the rows of a dataset whose reader names its content."""
     digest = hashlib.blake2b(digest_size=16)
     if isinstance(dataset, TensorDataset):
         for tensor in dataset.tensors:
@@ -55,6 +56,12 @@ def images_fingerprint(dataset: Dataset) -> str | None:
     samples = getattr(dataset, "samples", None)
     if samples is None:
         return None
+    named = getattr(getattr(dataset, "reader", None), "fingerprint", None)
+    if named is not None:  # rows of a dataset that names its own content (Hugging Face's)
+        digest.update(f"{named()}\n".encode())
+        for key, label in samples:
+            digest.update(f"{key}\t{label}\n".encode())
+        return digest.hexdigest()
     for path, label in samples:
         try:
             stat = os.stat(path)

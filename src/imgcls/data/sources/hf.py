@@ -60,6 +60,13 @@ class RowReader:
     def __init__(self, columns: dict[str, Any], root: Path | None, on_device: bool) -> None:
         self.columns, self.root, self.on_device = columns, root, on_device
 
+    def fingerprint(self) -> str:
+        """What the image columns hold, as the datasets library hashes each split's content and
+        the transforms made of it (stable across processes), and where row paths start: the
+        name a probe's cached features are kept under (data/features.py)."""
+        splits = ", ".join(f"{name}={split._fingerprint}" for name, split in self.columns.items())
+        return f"{splits}; root={self.root}"
+
     def image_bytes(self, key: str) -> bytes:
         split, _, index = key[:-1].rpartition("[")
         item = next(iter(self.columns[split][int(index)].values()))
