@@ -173,3 +173,23 @@ def test_a_dataset_that_cannot_be_read_is_one_line(tmp_path: Path, monkeypatch) 
         HFDataModule(path=str(tmp_path / "hf"), image_key="label").split_samples()
     with pytest.raises(UserError, match=r"^data.label_key=kind is not a column of .*label_key="):
         HFDataModule(path=str(tmp_path / "hf"), label_key="kind").split_samples()
+
+
+def test_small_photos_are_said_to_be_upscaled_in_rows_as_in_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """40 x 30 photos under the 224 px preset: the same one line from a folder of them and from
+    a dataset's rows of them (read through the rows' reader, not as files)."""
+    from tests.data_factory import write_class_tree, write_hf_dataset
+
+    folder = write_class_tree(tmp_path / "folder", ["a", "b"], 10)
+    sources = {
+        "folder": FolderDataModule(root=str(folder), num_workers=0, artifacts_dir=None),
+        "hf": HFDataModule(path=str(write_hf_dataset(tmp_path)), num_workers=0),
+    }
+    for name, data in sources.items():
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            data.setup()
+        said = "The photos are about 30 px on their short side but are cropped to 224 px"
+        assert said in caplog.text, name

@@ -13,6 +13,7 @@ folder names, sorted; folders with no image are left out with a warning.
 import contextlib
 import csv
 import statistics
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -191,13 +192,17 @@ class FolderDataModule(DecodePlaceChoice, ImageDataModule):
                     f"too few images; its metrics say nothing of them."
                 )
 
+    def bytes_reader(self) -> Callable[[str], bytes]:
+        """What reads a sample's encoded image: its file here (a row, for data=hf)."""
+        return lambda path: Path(path).read_bytes()
+
     def _warn_if_upscaled(self, samples: list[Sample]) -> None:
         """Photos far smaller than the crops (CIFAR-sized files under a 224 px preset) are
         upscaled at great cost and to no gain: say so, and what to set."""
-        sides = []
+        sides, read = [], self.bytes_reader()
         for path, _ in samples[:: max(1, len(samples) // 16)][:16]:
             with contextlib.suppress(BadImageError, OSError):
-                sides.append(min(parse_header(Path(path).read_bytes()).size))
+                sides.append(min(parse_header(read(path)).size))
         crop = self.pipeline.train_crop
         if sides and statistics.median(sides) * 2 <= crop:
             side = int(statistics.median(sides))

@@ -19,7 +19,7 @@ a row whose image cannot be decoded is skipped and listed in bad_images.txt as a
 (`imgcls-verify data=hf ...` lists both). A sample's "path" is its row, `<split>[<index>]`.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,9 @@ class HFDataModule(FolderDataModule):
                 split = split.cast_column(image, datasets.Image(decode=False))
             columns[name] = split
         return RowReader(columns, self.files_root, on_device)
+
+    def bytes_reader(self) -> Callable[[str], bytes]:
+        return self.row_reader().image_bytes
 
     def _dataset(self, samples: list[Sample], transform, min_side: int) -> ImageFileDataset:
         """The folder source's dataset, its files being rows."""
