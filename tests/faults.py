@@ -1,4 +1,5 @@
-"""Faults injected into a training subprocess through its config (`+callbacks.fault=...`)."""
+"""Faults injected into a training subprocess through its config (`+callbacks.fault=...`), and
+a witness of what each DDP rank ends with (`+callbacks.witness=...`)."""
 
 import os
 import signal
@@ -98,3 +99,16 @@ class FailOnRankAfterItsFirstRun(Callback):
         if os.path.exists(self.marker):
             raise RuntimeError(f"rank {self.rank} fails on purpose")
         open(self.marker, "x").close()
+
+
+class TrainableWeightsPerRank(Callback):
+    """At the end of training, each rank's trainable tensors into `folder`/rank<r>.pt: what a
+    DDP run's ranks hold, to compare (only rank 0 writes checkpoints)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        kept = {n: p.detach().cpu() for n, p in pl_module.named_parameters() if p.requires_grad}
+        os.makedirs(self.folder, exist_ok=True)
+        torch.save(kept, os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))

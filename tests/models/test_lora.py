@@ -351,3 +351,51 @@ def test_swa_averages_the_adapters_into_a_checkpoint_that_loads_merged(tmp_path:
     state = torch.load(swa, weights_only=True)["state_dict"]
     assert adapters(state)
     assert not adapted(load_classifier(swa).net)
+
+
+@pytest.mark.slow(seconds=15)
+def test_two_ddp_ranks_train_the_same_adapters_and_the_checkpoint_holds_them(
+    tmp_path: Path,
+) -> None:
+    """trainer=ddp_sim with LoRA: DDP syncs the adapters' and the head's gradients (the frozen
+    backbone has none to sync), both ranks end on the same metrics, and best.ckpt holds the
+    adapters, which loading merges into the plain net."""
+    import json
+    import re
+
+    from tests.helpers import CLI_QUIET, run_cli
+
+    tiny = [o for o in TINY if o not in ("test=false", "logger=csv")]
+    result = run_cli(
+        "train.py",
+        [
+            "trainer=ddp_sim",
+            *tiny,
+            *VIT,
+            "trainer.max_epochs=1",
+            f"paths.log_dir={tmp_path}",
+            "+callbacks.witness._target_=tests.faults.TrainableWeightsPerRank",
+            f"+callbacks.witness.folder={tmp_path / 'weights'}",
+            *CLI_QUIET,
+        ],
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    per_rank = {}
+    for log_file in ("train.log", "train_rank1.log"):
+        line = re.search(r"rank (\d) metrics: (\{.*\})", (run / log_file).read_text())
+        per_rank[int(line.group(1))] = json.loads(line.group(2))
+    for name in ("val/loss", "test/loss", "train/loss"):
+        assert per_rank[0][name] == pytest.approx(per_rank[1][name]), name
+    ranks = [torch.load(tmp_path / "weights" / f"rank{r}.pt") for r in (0, 1)]
+    assert any("lora_B" in name for name in ranks[0])  # the adapters trained, the head too
+    assert "net.head.weight" in ranks[0]
+    for name, weight in ranks[0].items():  # each step's gradients were averaged over both
+        torch.testing.assert_close(ranks[1][name], weight, msg=name)
+    assert any(weight.abs().sum() > 0 for n, weight in ranks[0].items() if "lora_B" in n)
+    best = run / "checkpoints" / "best.ckpt"
+    state = torch.load(best, weights_only=True)["state_dict"]
+    assert any("lora_A" in key for key in state)
+    model = load_classifier(best)
+    assert not any("lora_" in key for key in model.state_dict())  # merged into plain weights
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
