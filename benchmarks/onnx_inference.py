@@ -36,7 +36,6 @@ import torch
 from imgcls.export import (
     PRECISIONS,
     export_onnx,
-    first_images,
     quantize_onnx,
     quantize_torch,
     run_data,
@@ -129,7 +128,8 @@ def trained_run(args: argparse.Namespace) -> None:
         datamodule = run_data(ckpt, Path(tmp))
         if datamodule is None:
             raise SystemExit(f"The run of {ckpt} (its .hydra/config.yaml and data) is not here.")
-        calibration = first_images(datamodule, "train", CALIBRATION_IMAGES)
+        cpu = torch.device("cpu")
+        calibration = datamodule.first_images("train", CALIBRATION_IMAGES, cpu).float()
         runners: dict[str, Callable] = {}
         for precision in PRECISIONS:
             path = Path(tmp) / precision / "model.onnx"
@@ -147,7 +147,7 @@ def trained_run(args: argparse.Namespace) -> None:
         print("test accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in accuracies.items()))
         lines = []
         for batch in args.batches:
-            images = first_images(datamodule, "test", batch)
+            images = datamodule.first_images("test", batch, cpu).float()
             rates = timed_runs(runners, images, args.repeats)
             print(
                 f"batch {batch:3d}: "

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from imgcls.input_contract import InputContract
 from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
-from imgcls.models.lora import merge_into_plain
 from imgcls.models.zoo import PRETRAINED_KEYS, build_net
 from imgcls.run.compose import instantiate
 from imgcls.run.settle import settle
@@ -42,6 +41,7 @@ PRECISIONS = ("fp32", "int8", "fp16")
 #: the precisions each format can be written in
 QUANTIZABLE = {"onnx": PRECISIONS, "torchscript": ("fp32", "int8")}
 CALIBRATION_BATCH = 32  # images a calibration pass feeds at once
+CPU = torch.device("cpu")  # where an export runs and checks its file
 FILE_NAMES = {
     "onnx": "model.onnx",
     "torchscript": "model.torchscript.pt",
@@ -184,7 +184,8 @@ def check_export(
     `check_tolerance`; a quantized one must name the same top class for `check_agreement` of
     the images, since int8 or fp16 logits are meant to differ a little."""
     if datamodule is not None:
-        images, on = first_images(datamodule, "test", cfg.check_batch), "test images"
+        images = datamodule.first_images("test", cfg.check_batch, CPU).float()
+        on = "test images"
     else:
         log.warning("The run's data is not here: the export is checked on random images.")
         images, on = torch.randn(cfg.check_batch, 3, size, size), "random images"
@@ -249,17 +250,6 @@ def run_data(ckpt_path: Path, out_dir: Path) -> Any | None:
     return datamodule
 
 
-def first_images(datamodule: Any, split: str, count: int) -> Tensor:
-    """The first `count` images of a split, preprocessed as the run evaluates them."""
-    batches, seen = [], 0
-    for images, _ in datamodule.eval_batches(split, torch.device("cpu")):
-        batches.append(images[: count - seen].float())
-        seen += len(batches[-1])
-        if seen >= count:
-            break
-    return torch.cat(batches)
-
-
 def export(cfg: DictConfig) -> dict[str, Any]:
     settle(cfg)
     if not cfg.get("ckpt_path"):
@@ -280,8 +270,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if not {"resize", "crop", "mean", "std"} <= saved.keys():
         raise UserError(f"{ckpt_path} records no input size and normalization (an older one).")
     contract = InputContract.from_dict(saved)
-    # plain weights: a LoRA run's adapters merged (loading merges a checkpoint's already)
-    net = merge_into_plain(model.net).eval().to(memory_format=torch.contiguous_format)
+    # plain weights: loading merges a LoRA run's adapters
+    net = model.net.eval().to(memory_format=torch.contiguous_format)
     size = contract.crop
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -301,13 +291,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         if cfg.quantize:
             calibration = None
             if precision == "int8":
-                calibration = first_images(datamodule, "train", cfg.calibration_images)
+                calibration = datamodule.first_images("train", cfg.calibration_images, CPU).float()
             quantize_onnx(path, precision, calibration)
             run = onnx_runner(path)
     elif cfg.format == "torchscript":
         traced = net
         if precision == "int8":
-            calibration = first_images(datamodule, "train", cfg.calibration_images)
+            calibration = datamodule.first_images("train", cfg.calibration_images, CPU).float()
             traced = quantize_torch(net, example, calibration)
             engine = torch.backends.quantized.engine  # the kernels it was quantized for
         run = export_torchscript(traced, example, path)

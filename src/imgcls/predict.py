@@ -37,7 +37,7 @@ from imgcls.data.sources.files import list_images
 from imgcls.input_contract import IMAGENET_MEAN, IMAGENET_STD, InputContract
 from imgcls.models.explain import Explainer
 from imgcls.models.loading import load_classifier
-from imgcls.reports.plots import cam_overlay
+from imgcls.reports.plots import cam_overlay, save_png
 from imgcls.run.settle import settle
 from imgcls.run.task import task_main
 from imgcls.utils.errors import UserError
@@ -182,7 +182,8 @@ def predict(cfg: DictConfig) -> list[Prediction]:
             predictions.append(Prediction(path, classes, probs[i][kept].tolist()))
             if explainer is not None:
                 relative = Path("explanations") / heat_maps[done + i]
-                save_png(overlays[i], output_dir / relative)
+                (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                save_png(overlays[i].permute(1, 2, 0).numpy(), str(output_dir / relative))
                 predictions[-1].explanation = str(relative)
         done += len(errors)
     columns = max([top_k, *(len(p.classes) for p in predictions)])
@@ -191,14 +192,6 @@ def predict(cfg: DictConfig) -> list[Prediction]:
         log.info(f"Heat maps of the top class: {output_dir / 'explanations'}")
     print_predictions(predictions, cfg.print_rows)
     return predictions
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """A uint8 CHW image as a PNG, its folders made."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
 
 
 def write_predictions(

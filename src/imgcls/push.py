@@ -30,8 +30,7 @@ from omegaconf import OmegaConf
 
 from imgcls.input_contract import InputContract
 from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
-from imgcls.models.lora import merge_into_plain
-from imgcls.utils.errors import UserError
+from imgcls.utils.errors import UserError, one_line
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # torchvision's Resize (our eval resize, models/../presets.resize_center_crop) is bilinear
@@ -208,8 +207,8 @@ def write_folder(run: Path, out: Path, timm_name: str) -> Path:
     if not {"resize", "crop", "mean", "std"} <= saved.keys():
         raise UserError(f"{ckpt} records no input size and normalization (an older checkpoint).")
     contract = InputContract.from_dict(saved)
-    # plain weights: a LoRA run's adapters merged (loading merges a checkpoint's already)
-    net = merge_into_plain(model.net).eval().to(memory_format=torch.contiguous_format)
+    # plain weights: loading merges a LoRA run's adapters
+    net = model.net.eval().to(memory_format=torch.contiguous_format)
     from timm.models import save_for_hf
 
     save_for_hf(
@@ -272,9 +271,8 @@ def push(
                 commit_message=f"imgcls-push {run.name}",
             )
         except Exception as err:  # no token, no network, no right to the repo
-            text = " ".join(str(err).split())[:300]
             raise UserError(
-                f"Could not upload to {repo} ({type(err).__name__}: {text}). Log in "
+                f"Could not upload to {repo} ({type(err).__name__}: {one_line(err)}). Log in "
                 "(`hf auth login` or HF_TOKEN) with write access, or write the folder with "
                 "--local DIR and upload it yourself."
             ) from err

@@ -18,10 +18,10 @@ from imgcls.models.classifier import ImageClassifier
 from imgcls.models.distill import build_teacher
 from imgcls.models.loading import classifier_of, load_classifier
 from imgcls.models.lora import (
+    ADAPTER,
     adapted,
     apply_lora,
     fixed_parameters,
-    merge_into_plain,
     merged_weights,
 )
 from imgcls.models.optim import build_optimizer
@@ -46,6 +46,25 @@ VIT = ["model.net.name=timm/test_vit", "+model.net.img_size=32", "model.lora.ran
 LORA = {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": None}
 ADAMW = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
 OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 0.1}
+
+
+def merge_into_plain(net: nn.Module) -> nn.Module:
+    """peft's own merge, the reference `merged_weights` is held to: `net` with its adapters
+    merged into its layers' weights and peft's wrappers replaced by the plain layers (in
+    place; returned); a net without adapters as it is."""
+    if not adapted(net):
+        return net
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = [
+        name for name, module in net.named_modules() if isinstance(module, BaseTunerLayer) and name
+    ]
+    for name in wrapped:
+        layer = net.get_submodule(name)
+        layer.merge(adapter_names=[ADAPTER])
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, layer.get_base_layer())
+    return net
 
 
 def quiet_cfg(root: Path, *overrides: str, run_dir: Path | None = None):

@@ -309,8 +309,13 @@ class ImageDataModule(LightningDataModule, ABC):
     def first_train_images(self, count: int, device: torch.device) -> torch.Tensor:
         """The first `count` training images in split order, un-augmented and normalized: the
         same sample on every device and every run, for data-dependent initializations."""
+        return self.first_images("train", count, device)
+
+    def first_images(self, split: str, count: int, device: torch.device) -> torch.Tensor:
+        """The first `count` images of a split in split order, preprocessed for evaluation
+        (an export's check, its int8 calibration)."""
         batches, seen = [], 0
-        for images, _ in self.eval_batches("train", device):
+        for images, _ in self.eval_batches(split, device):
             batches.append(images[: count - seen])
             seen += len(batches[-1])
             if seen >= count:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from imgcls.models.class_map import ClassColumns
-from imgcls.utils.errors import UserError
+from imgcls.utils.errors import UserError, one_line
 
 
 class NotExplainableError(UserError):
@@ -49,10 +49,6 @@ class CamTarget:
     layer: nn.Module
     name: str
     reshape: Callable[[Tensor], Tensor] = _as_float
-
-
-def _one_line(err: Exception, limit: int = 300) -> str:
-    return " ".join(str(err).split())[:limit]
 
 
 def _timm_vit(net: nn.Module) -> bool:
@@ -132,7 +128,7 @@ def _cnn_target(net: nn.Module, example: Tensor, head: nn.Module | None) -> CamT
         with torch.no_grad():
             net(example)
     except Exception as err:  # a net that runs outside Python (ONNX Runtime), or not at this size
-        why = _one_line(err)
+        why = one_line(err)
         raise NotExplainableError(f"{type(net).__name__} cannot be explained: {why}") from err
     finally:
         for handle in handles:
@@ -154,7 +150,7 @@ def _check_tokens(net: nn.Module, example: Tensor, target: CamTarget) -> None:
     except (RuntimeError, AssertionError) as err:  # timm asserts an input size
         raise NotExplainableError(
             f"{type(net).__name__} cannot be explained at {tuple(example.shape[-2:])}: its "
-            f"tokens do not fill its patch grid ({_one_line(err)})."
+            f"tokens do not fill its patch grid ({one_line(err)})."
         ) from err
     finally:
         handle.remove()

@@ -11,14 +11,7 @@ from imgcls.models.classifier import ImageClassifier
 from imgcls.models.exported import classifier_from_export, names_an_export
 from imgcls.models.lora import lora_on, merged_weights
 from imgcls.models.zoo import PRETRAINED_KEYS, names_a_pretrained_net, pretrained_hyperparameters
-from imgcls.utils.errors import UserError
-
-
-def one_line(err: Exception, limit: int = 300) -> str:
-    """torch's own error (a weights-only explanation, a list of mismatched tensors) as one
-    line, cut at `limit` characters."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+from imgcls.utils.errors import UserError, one_line
 
 
 def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:

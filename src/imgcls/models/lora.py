@@ -12,9 +12,9 @@ parameter names, an adapted layer's own becoming `<layer>.base_layer.*` beside i
 
 A checkpoint holds the adapted net (what a resume continues) and its `lora` hyperparameters with
 the targets resolved. What leaves a run is plain: `merged_weights` folds a checkpoint's adapters
-into its weights without importing peft (models/loading.py: eval, predict, export, a teacher),
-`merge_into_plain` the adapters of a live net (peft's merge, then each wrapper replaced by its
-layer). peft (which imports transformers: seconds) is imported only where a net is adapted.
+into its weights without importing peft (models/loading.py: eval, predict, export, push, a
+teacher, as peft's own merge would: tests/models/test_lora.py holds them to it). peft (which
+imports transformers: seconds) is imported only where a net is adapted.
 """
 
 from collections.abc import Iterable, Mapping
@@ -151,25 +151,6 @@ def describe(net: nn.Module, head: str, cfg: Mapping[str, Any]) -> str:
 
 def count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-
-
-def merge_into_plain(net: nn.Module) -> nn.Module:
-    """`net` with its adapters merged into its layers' weights and peft's wrappers replaced by
-    the plain layers (in place; returned): the net as its family builds it, for export and
-    sharing. A net without adapters is returned as it is (peft not imported)."""
-    if not adapted(net):
-        return net
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    wrapped = [
-        name for name, module in net.named_modules() if isinstance(module, BaseTunerLayer) and name
-    ]
-    for name in wrapped:
-        layer = net.get_submodule(name)
-        layer.merge(adapter_names=[ADAPTER])
-        parent, _, child = name.rpartition(".")
-        setattr(net.get_submodule(parent) if parent else net, child, layer.get_base_layer())
-    return net
 
 
 def merged_weights(state: Mapping[str, Tensor], cfg: Mapping[str, Any]) -> dict[str, Tensor]:

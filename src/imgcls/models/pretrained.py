@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from imgcls.input_contract import InputContract
 from imgcls.models.lora import lora_on, merged_weights
-from imgcls.utils.errors import UserError
+from imgcls.utils.errors import UserError, one_line
 from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -150,12 +150,6 @@ def load_pretrained(net: nn.Module, state: dict[str, Tensor], head: str, source:
     )
 
 
-def squeezed(err: Exception, limit: int = 300) -> str:
-    """A library's error as one line, cut at `limit` characters."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def timm_source(name: str) -> tuple[str | None, str]:
     """(source, id) of a timm model name without `timm/`: (None, name) for timm's own registry
     (`convnext_tiny`, `convnext_tiny.fb_in1k`), ("hf-hub", "<user>/<repo>") or ("local-dir",
@@ -196,7 +190,7 @@ def timm_pretrained_cfg(name: str) -> dict[str, Any] | None:
             cfg, architecture, _ = load_model_config_from_path(folder)
         except (KeyError, ValueError, TypeError) as err:  # not timm's layout, unreadable JSON
             raise UserError(
-                f"timm/local-dir:{model_id}: its config.json is not timm's ({squeezed(err)})."
+                f"timm/local-dir:{model_id}: its config.json is not timm's ({one_line(err)})."
             ) from err
     else:
         try:
@@ -206,7 +200,7 @@ def timm_pretrained_cfg(name: str) -> dict[str, Any] | None:
 
             raise UserError(
                 f"timm/hf-hub:{model_id} could not be fetched from the Hugging Face Hub "
-                f"({type(err).__name__}: {squeezed(err, 200)}). Check the repo's name; offline "
+                f"({type(err).__name__}: {one_line(err, 200)}). Check the repo's name; offline "
                 f"(HF_HUB_OFFLINE=1) it must be in the Hugging Face cache ({constants.HF_HUB_CACHE}"
                 "): fetch it once on a machine with internet and copy that cache here, or name a "
                 "folder that holds it: timm/local-dir:<folder>."

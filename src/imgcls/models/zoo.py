@@ -34,7 +34,7 @@ from imgcls.models.pretrained import (
     torchvision_weights,
     weights_contract,
 )
-from imgcls.utils.errors import UserError
+from imgcls.utils.errors import UserError, one_line
 
 
 def torchvision_models() -> list[str]:
@@ -106,7 +106,7 @@ def timm_net(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn
             where = "The folder must hold them as save_for_hf writes them (model.safetensors)."
         raise UserError(
             f"Could not get timm/{name}'s pretrained weights ({type(err).__name__}: "
-            f"{' '.join(str(err).split())[:200]}). {where}"
+            f"{one_line(err, 200)}). {where}"
         ) from err
 
 
