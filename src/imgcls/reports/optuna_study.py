@@ -32,8 +32,11 @@ from imgcls.utils.logging import get_logger
 
 log = get_logger(__name__)
 FIGURES = ("optimization_history", "param_importances", "parallel_coordinate")
-# where each trial's config names its study (the overrides the sweeper gives it)
-STUDY_OVERRIDES = ("callbacks.optuna_pruning.storage", "callbacks.optuna_pruning.study_name")
+# the overrides the Optuna sweeper gives each trial: the pruning callback's group, and its key,
+# under which the trial's config names its study
+PRUNING_GROUP = "+callbacks/sweep@callbacks=optuna_pruning"
+PRUNING_KEY = "callbacks.optuna_pruning"
+STUDY_OVERRIDES = (f"{PRUNING_KEY}.storage", f"{PRUNING_KEY}.study_name")
 
 
 def open_storage(spec: str) -> Any:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from imgcls.reports.optuna_study import PRUNING_GROUP, PRUNING_KEY
 from imgcls.utils.paths import STATUS_FILE
 
 SUMMARY_FILE = "summary.csv"
@@ -39,7 +40,7 @@ REPEAT_STATISTICS = ("mean", "std")
 # facts the Optuna sweeper adds to a trial's status.json: columns after the status
 TRIAL_FACTS = ("trial", "epochs")
 # overrides the Optuna sweeper adds to each trial to reach its study (the trial column says it)
-SWEEPER_OVERRIDES = ("callbacks/sweep@callbacks", "callbacks.optuna_pruning.")
+SWEEPER_OVERRIDES = (PRUNING_GROUP.split("=")[0].lstrip("+"), f"{PRUNING_KEY}.")
 # how a job may end without failing
 ENDED_WELL = ("completed", "pruned")
 

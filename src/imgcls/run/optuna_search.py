@@ -56,7 +56,12 @@ from optuna.samplers import RandomSampler, TPESampler
 from optuna.trial import TrialState
 
 from imgcls.callbacks.optuna_pruning import TRAINING_STARTED
-from imgcls.reports.optuna_study import open_storage, write_study_plots
+from imgcls.reports.optuna_study import (
+    PRUNING_GROUP,
+    PRUNING_KEY,
+    open_storage,
+    write_study_plots,
+)
 from imgcls.run.trial_processes import TrialProcesses
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -66,9 +71,6 @@ log = get_logger(__name__)
 # the study's file in the sweep dir when hydra.sweeper.storage is null
 DEFAULT_JOURNAL = "optuna.journal"
 RESULTS_FILE = "optimization_results.yaml"
-# the overrides that add the pruning callback to a trial; summary.csv leaves them out
-PRUNING_GROUP = "+callbacks/sweep@callbacks=optuna_pruning"
-PRUNING_KEY = "callbacks.optuna_pruning"
 
 
 class ContinuingTPESampler(TPESampler):
