@@ -14,12 +14,14 @@ renamed when whole, so a killed run resumes where it stopped (files already ther
 Unreadable files are skipped and listed in DST/skipped_files.txt. It ends by printing the
 `data.root=DST` to train with.
 
-With `--format shards`, DST is the dataset as LitData shards instead (data/sources/shards.py): SRC's
-splits, carved as `data=<--source>` carves them with `--split-seed`, each written to
-DST/<split>/ (index.json and chunks of images, each shrunk as above or, with --as-is, the file's
-bytes), with DST/meta.json (classes, sizes) and DST/split.csv. A split already written is kept;
-one cut off midway continues when run again with the same --workers. It ends by printing the
-`data=shards data.root=DST` to train with.
+With `--format shards`, DST is the dataset as LitData shards instead (data/sources/shards.py):
+SRC's splits (SRC a folder, an ImageNet tree, a CSV listing, or a Hugging Face dataset: saved
+with save_to_disk, parquet or arrow files, or a Hub id, with `--source hf`), carved as
+`data=<--source>` carves them with `--split-seed`, each written to DST/<split>/ (index.json and
+chunks of images, each shrunk as above or, with --as-is, the file's bytes), with DST/meta.json
+(classes, sizes) and DST/split.csv. A split already written is kept; one cut off midway
+continues when run again with the same --workers. It ends by printing the `data=shards
+data.root=DST` to train with.
 """
 
 import argparse
@@ -33,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from imgcls.data.decoding.images import BAD_IMAGE_ERRORS, shrunk_jpeg
 from imgcls.data.sources.files import list_images
+from imgcls.data.sources.hf import SAVED_DATASET, SAVED_DICT
 from imgcls.utils.errors import UserError
 from imgcls.utils.machine import available_cpus
 from imgcls.utils.paths import PATH_TEXT, shown
@@ -58,8 +61,16 @@ def prepare_one(
 def plan(src: Path, dst: Path) -> list[tuple[str, str]]:
     """(source, target) for every image below src whose target is not written yet, found as
     training finds them (links to folders elsewhere followed, links back into src not)."""
+    images = list_images(src, tree=src)
+    if not images:
+        hint = (
+            "it is a Hugging Face dataset: write it as shards (--format shards)"
+            if is_saved_dataset(src)
+            else "expected a folder tree of class folders"
+        )
+        raise SystemExit(f"No image files under {src}: {hint}.")
     jobs = []
-    for path in list_images(src, tree=src):
+    for path in images:
         target = (dst / path.relative_to(src)).with_suffix(".jpg")
         if not target.exists():
             jobs.append((str(path), str(target)))
@@ -100,19 +111,39 @@ def prepare(
     return skipped
 
 
-def source_module(src: Path, source: str, multilabel: bool, split_seed: int, dst: Path) -> Any:
+def is_saved_dataset(src: Path) -> bool:
+    """Whether src is a Hugging Face dataset written with save_to_disk."""
+    return (src / SAVED_DICT).is_file() or (src / SAVED_DATASET).is_file()
+
+
+def source_module(src: Path, args: argparse.Namespace, dst: Path) -> Any:
     """The data module whose splits the shards hold: SRC as training would read it."""
     from imgcls.data.sources.csv_source import CsvDataModule
     from imgcls.data.sources.folder import FolderDataModule
+    from imgcls.data.sources.hf import HFDataModule
     from imgcls.data.sources.imagenet import ImageNetDataModule
 
+    source = args.source
     if source == "auto":
         source = "csv" if src.suffix.lower() == ".csv" else "folder"
-    common = {"split_seed": split_seed, "artifacts_dir": str(dst), "multilabel": multilabel}
+        source = "hf" if is_saved_dataset(src) else source
+    columns = {"image_key": args.image_key, "label_key": args.label_key}
+    if source != "hf" and any(columns.values()):
+        raise SystemExit("--image-key and --label-key name a Hugging Face dataset's columns.")
+    common = {
+        "split_seed": args.split_seed,
+        "artifacts_dir": str(dst),
+        "multilabel": args.multilabel,
+    }
     if source == "csv":
         return CsvDataModule(csv=str(src), **common)
-    if multilabel:
-        raise SystemExit("--multilabel needs a CSV source (a folder gives one label per image).")
+    if source == "hf":  # a saved dataset, a folder of parquet or arrow files, or a Hub id
+        return HFDataModule(path=str(src), **columns, **common)
+    if args.multilabel:
+        raise SystemExit(
+            "--multilabel needs a CSV or a Hugging Face dataset (a folder gives one label per "
+            "image)."
+        )
     if source == "imagenet":
         return ImageNetDataModule(root=str(src), **common)
     return FolderDataModule(root=str(src), **common)
@@ -123,9 +154,7 @@ def prepare_shards(args: argparse.Namespace, short_side: int | None) -> None:
 
     dst = args.dst.expanduser().resolve()
     try:
-        module = source_module(
-            args.src.expanduser(), args.source, args.multilabel, args.split_seed, dst
-        )
+        module = source_module(args.src.expanduser(), args, dst)
         samples, classes = module.split_samples(), module.class_names
     except UserError as err:
         raise SystemExit(f"UserError: {err}") from None
@@ -134,8 +163,8 @@ def prepare_shards(args: argparse.Namespace, short_side: int | None) -> None:
         raise SystemExit(f"Write the shards outside {root} (DST={dst} is inside it).")
     write_shards(
         samples, classes, module.multilabel, root, dst, args.workers or available_cpus(),
-        keep_bytes=args.as_is, short_side=short_side, long_side=args.long_side,
-        quality=args.quality, skipped_file=SKIPPED_FILE,
+        read=module.bytes_reader(), keep_bytes=args.as_is, short_side=short_side,
+        long_side=args.long_side, quality=args.quality, skipped_file=SKIPPED_FILE,
     )  # fmt: skip
 
 
@@ -146,7 +175,10 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "src", type=Path, help="the dataset: a folder tree of class folders (or, for shards, a CSV)"
+        "src",
+        type=Path,
+        help="the dataset: a folder tree of class folders (for shards also a CSV, or a Hugging "
+        "Face dataset: saved, parquet or arrow files, a Hub id)",
     )
     parser.add_argument("dst", type=Path, help="where the prepared copy goes")
     parser.add_argument(
@@ -161,10 +193,15 @@ def main() -> None:
     )
     shards = parser.add_argument_group("shards", "with --format shards")
     shards.add_argument(
-        "--source", choices=("auto", "folder", "imagenet", "csv"), default="auto",
-        help="how SRC is read, as data=<source> reads it; auto: csv for a .csv file, else folder",
+        "--source", choices=("auto", "folder", "imagenet", "csv", "hf"), default="auto",
+        help="how SRC is read, as data=<source> reads it; auto: csv for a .csv file, hf for a "
+        "dataset saved with save_to_disk, else folder",
     )  # fmt: skip
-    shards.add_argument("--multilabel", action="store_true", help="a CSV of several labels each")
+    shards.add_argument(
+        "--multilabel", action="store_true", help="several labels per image (a CSV, a dataset)"
+    )
+    shards.add_argument("--image-key", help="hf: the image column (default: found)")
+    shards.add_argument("--label-key", help="hf: the label column (default: found)")
     shards.add_argument("--as-is", action="store_true", help="store each file's bytes unchanged")
     shards.add_argument(
         "--split-seed",

@@ -28,7 +28,7 @@ from imgcls.run.record import run_recorded
 from imgcls.train import main as train_main
 from imgcls.train import train
 from imgcls.utils.errors import UserError
-from tests.data_factory import BAD, photo_tree, write_class_tree, write_label_csv
+from tests.data_factory import BAD, hf_split, photo_tree, write_class_tree, write_label_csv
 from tests.helpers import CLI_QUIET, fake_trainer, run_cli
 
 # 64 train images (one of the 65 is no image) in batches of 16: 4 steps an epoch, 2 epochs
@@ -211,6 +211,48 @@ def test_several_labels_per_image_come_back_as_multi_hot_rows(tmp_path: Path) ->
     single = instantiate(run_cfg(str(tmp_path / "shards"), tmp_path).data)
     with pytest.raises(UserError, match="several labels per image: add model"):
         single.setup()
+
+
+def test_a_hugging_face_datasets_rows_are_written_as_shards_byte_for_byte(tmp_path: Path) -> None:
+    """A saved dataset (found as one) written with --as-is: each row's image bytes, label and
+    key in its split's shards, its own val split kept, test carved, an unreadable row listed."""
+    from datasets import DatasetDict
+    from datasets import Image as ImageFeature
+    from litdata import StreamingDataset
+
+    train_rows = hf_split(tmp_path / "photos", per_class=8, extra=[(b"junk", 1)])
+    DatasetDict(train=train_rows, validation=hf_split(tmp_path / "val", per_class=3)).save_to_disk(
+        tmp_path / "hf"
+    )
+    dst = tmp_path / "shards"
+    prepare(str(tmp_path / "hf"), str(dst), "--format", "shards", "--as-is", "--workers", "1")
+    meta = json.loads((dst / "meta.json").read_text())
+    assert meta["classes"] == ["a", "b"]  # the ClassLabel's names
+    assert meta["sizes"]["val"] == 6  # the dataset's own val split, whole
+    assert meta["sizes"]["train"] + meta["sizes"]["test"] == 16  # test carved; the junk row out
+    assert (dst / SKIPPED_FILE).read_text().startswith("train[16]\t")
+    rows = {
+        "train": train_rows.cast_column("image", ImageFeature(decode=False)),
+        "validation": DatasetDict.load_from_disk(tmp_path / "hf")["validation"].cast_column(
+            "image", ImageFeature(decode=False)
+        ),
+    }
+    keys = set()
+    for split in ("train", "val", "test"):
+        for item in StreamingDataset(str(dst / split)):
+            key = bytes(item["path"]).decode()
+            name, index = key[:-1].split("[")
+            row = rows[name][int(index)]
+            assert bytes(item["image"]) == row["image"]["bytes"], key
+            assert int(item["label"]) == row["label"], key
+            keys.add(key)
+    assert len(keys) == 22
+    with pytest.raises(SystemExit, match="Hugging Face dataset: write it as shards"):
+        prepare(str(tmp_path / "hf"), str(tmp_path / "copy"))
+    with pytest.raises(SystemExit, match="--label-key name a Hugging Face dataset's columns"):
+        prepare(
+            str(tmp_path / "photos"), str(tmp_path / "x"), "--format", "shards", "--label-key", "y"
+        )
 
 
 def test_decoded_on_the_device_from_the_shards_bytes(shards: Path, tmp_path: Path) -> None:

@@ -36,6 +36,12 @@ def class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
+def read_file_bytes(path: str) -> bytes:
+    """A sample's encoded image, its path naming a file (a module-level function: worker
+    processes take it pickled)."""
+    return Path(path).read_bytes()
+
+
 def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 

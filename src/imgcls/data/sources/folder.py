@@ -35,6 +35,7 @@ from imgcls.data.sources.files import (
     fold_split,
     label_classes,
     list_images,
+    read_file_bytes,
     scan_samples,
     stratified_split,
     stratum,
@@ -194,7 +195,7 @@ class FolderDataModule(DecodePlaceChoice, ImageDataModule):
 
     def bytes_reader(self) -> Callable[[str], bytes]:
         """What reads a sample's encoded image: its file here (a row, for data=hf)."""
-        return lambda path: Path(path).read_bytes()
+        return read_file_bytes
 
     def _warn_if_upscaled(self, samples: list[Sample]) -> None:
         """Photos far smaller than the crops (CIFAR-sized files under a 224 px preset) are

@@ -30,7 +30,7 @@ import functools
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from imgcls.data.decoding.device import collate_encoded, for_device
 from imgcls.data.decoding.images import BAD_IMAGE_ERRORS, decode_any, parse_header, shrunk_jpeg
 from imgcls.data.loaders import init_worker
 from imgcls.data.sources.decode_place import DecodePlaceChoice
-from imgcls.data.sources.files import Sample
+from imgcls.data.sources.files import Sample, read_file_bytes
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.paths import PATH_TEXT
@@ -500,14 +500,15 @@ def _resumable_loader(*args: Any, **kwargs: Any) -> Any:
 
 
 def shard_item(
-    job: list, root: str, keep_bytes: bool, short_side: int | None, long_side: int | None,
-    quality: int, skipped_file: str,
+    job: list, read: Callable[[str], bytes], root: str, keep_bytes: bool,
+    short_side: int | None, long_side: int | None, quality: int, skipped_file: str,
 ) -> dict | None:  # fmt: skip
-    """One source image as a shard item (run in LitData's writer processes); None, with the
-    file listed in `skipped_file`, for what is no image."""
+    """One source image (a file, or a dataset's row), read by its source's `read`, as a shard
+    item (run in LitData's writer processes); None, with the image listed in `skipped_file`,
+    for what is no image."""
     path, label = job
     try:
-        data = Path(path).read_bytes()
+        data = read(path)
         data = data if keep_bytes else shrunk_jpeg(data, short_side, long_side, quality)
         if keep_bytes:
             parse_header(data)
@@ -515,8 +516,9 @@ def shard_item(
         with open(skipped_file, "a", **PATH_TEXT) as f:  # one short append: safe across workers
             f.write(f"{path}\t{err}\n")
         return None
-    with contextlib.suppress(ValueError):
-        path = os.path.relpath(path, root)
+    if os.path.isabs(path):  # a file: named from the source's root (a row keeps its key)
+        with contextlib.suppress(ValueError):
+            path = os.path.relpath(path, root)
     stored = bytes(label) if isinstance(label, list) else int(label)
     return {"image": data, "label": stored, "path": path.encode()}
 
@@ -528,6 +530,7 @@ def write_shards(
     src: Path,
     dst: Path,
     workers: int,
+    read: Callable[[str], bytes] = read_file_bytes,
     keep_bytes: bool = False,
     short_side: int | None = 320,
     long_side: int | None = None,
@@ -535,7 +538,9 @@ def write_shards(
     chunk_bytes: str = "64MB",
     skipped_file: str = "skipped_files.txt",
 ) -> None:
-    """Write each split as LitData shards under dst/<split>, then dst/meta.json. A split whose
+    """Write each split as LitData shards under dst/<split>, then dst/meta.json; `read` gives a
+    sample's encoded image (its file's bytes, or a dataset row's: the source's `bytes_reader`).
+    A split whose
     index.json exists is done and kept; one cut off midway continues from LitData's
     checkpoint (same worker count) when run again."""
     from litdata import optimize
@@ -556,8 +561,9 @@ def write_shards(
             os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = f"{staging}/data"
             optimize(
                 fn=partial(
-                    shard_item, root=str(src), keep_bytes=keep_bytes, short_side=short_side,
-                    long_side=long_side, quality=quality, skipped_file=str(dst / skipped_file),
+                    shard_item, read=read, root=str(src), keep_bytes=keep_bytes,
+                    short_side=short_side, long_side=long_side, quality=quality,
+                    skipped_file=str(dst / skipped_file),
                 ),
                 inputs=jobs,
                 output_dir=str(out),
