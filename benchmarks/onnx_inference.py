@@ -40,6 +40,7 @@ from imgcls.export import (
     quantize_torch,
     run_data,
 )
+from imgcls.models.exported import OnnxRunner
 from imgcls.models.loading import load_classifier
 from imgcls.models.zoo import build_net
 from imgcls.run.resolvers import register_resolvers
@@ -57,19 +58,6 @@ def rate(run: Callable[[], object], batch: int) -> Callable[[], float]:
         return batch / (time.perf_counter() - start)
 
     return timed
-
-
-def session_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`imgcls.export.onnx_runner`, on `threads` threads as the PyTorch side runs."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # no busy-waiting threads after a run: they would take the cores from the runner timed next
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
 
 def timed_runs(
@@ -91,7 +79,7 @@ def random_net(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(net, example, path, opset=18)
-        onnx = session_runner(path, args.threads)
+        onnx = OnnxRunner(path)  # on the threads torch was given
     print(f"{args.net} at {args.size} px, {args.threads} threads, {args.repeats} paired repeats")
     lines = []
     for batch in args.batches:
@@ -137,7 +125,7 @@ def trained_run(args: argparse.Namespace) -> None:
             export_onnx(net, torch.randn(2, 3, size, size), path, opset=18)
             if precision != "fp32":
                 quantize_onnx(path, precision, calibration if precision == "int8" else None)
-            runners[precision] = session_runner(path, args.threads)
+            runners[precision] = OnnxRunner(path)  # on the threads torch was given
             print(f"{precision}: {sum(p.stat().st_size for p in path.parent.iterdir()):,} bytes")
         example = torch.randn(2, 3, size, size)
         runners["pytorch"] = net

@@ -98,6 +98,6 @@ def test_the_command_prints_the_root_to_train_on(
 def test_a_folder_without_images_is_one_line_not_an_empty_copy(tmp_path: Path) -> None:
     (tmp_path / "src" / "notes").mkdir(parents=True)
     (tmp_path / "src" / "notes" / "readme.txt").write_text("no photos here")
-    with pytest.raises(SystemExit, match="No image files under .*class folders"):
+    with pytest.raises(SystemExit, match=r"No image files under .*class folders"):
         prepare(tmp_path / "src", tmp_path / "dst", workers=1)
     assert not (tmp_path / "dst").exists()

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from imgcls.input_contract import InputContract
+from imgcls.models.exported import OnnxRunner
 from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
 from imgcls.models.zoo import PRETRAINED_KEYS, build_net
 from imgcls.run.compose import instantiate
@@ -63,15 +64,7 @@ def export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int) -> Call
         dynamo=True,
         verbose=False,
     )
-    return onnx_runner(path)
-
-
-def onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
-    """Logits of a batch from the ONNX file, by ONNX Runtime on the CPU."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    return OnnxRunner(path)
 
 
 def quantize_onnx(path: Path, precision: str, calibration: Tensor | None) -> None:
@@ -293,7 +286,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             if precision == "int8":
                 calibration = datamodule.first_images("train", cfg.calibration_images, CPU).float()
             quantize_onnx(path, precision, calibration)
-            run = onnx_runner(path)
+            run = OnnxRunner(path)
     elif cfg.format == "torchscript":
         traced = net
         if precision == "int8":

@@ -81,31 +81,37 @@ class ExportedNet(nn.Module):
             return
         import onnxruntime  # noqa: F401  (missing: said now, not at the first batch)
 
-        self.path, self.session = path, None
+        self.path, self.onnx = path, None
 
     def forward(self, images: Tensor) -> Tensor:
         if self.kind == "torchscript" and not self.on_cpu:
             return self.module(images)
         if self.on_cpu:
             return self.on_cpu[0](images.detach().float().cpu()).to(images.device)
-        if self.session is None:
-            self.session = self.onnx_session()
-        feed = {"images": images.detach().float().cpu().numpy()}
-        return torch.from_numpy(self.session.run(None, feed)[0]).to(images.device)
+        if self.onnx is None:  # made at the first batch: by then Lightning has given each DDP
+            self.onnx = OnnxRunner(self.path)  # rank its share of the cores
+        return self.onnx(images.detach().float().cpu()).to(images.device)
 
-    def onnx_session(self) -> Any:
-        """ONNX Runtime's session on torch's share of the cores, read at the first batch: by
-        then Lightning has given each DDP rank its share (all the cores per rank would
-        oversubscribe them)."""
+
+class OnnxRunner:
+    """Logits of a CPU batch from an ONNX file, by ONNX Runtime's CPU session on torch's share
+    of the cores (all the cores in every DDP rank would oversubscribe them), with no thread
+    busy-waiting between batches (it would take the cores from data loading, or from the
+    runtime a benchmark times next)."""
+
+    def __init__(self, path: str | Path) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        # no threads busy-waiting between batches, taking the cores from the data loading
+        options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return onnxruntime.InferenceSession(
-            str(self.path), options, providers=["CPUExecutionProvider"]
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
         )
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return torch.from_numpy(self.session.run(None, {"images": images.numpy()})[0])
 
 
 def use_engine(engine: str) -> None:
