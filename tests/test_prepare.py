@@ -10,6 +10,7 @@ from PIL import Image
 from imgcls.data.decoding.images import parse_header, read_rgb
 from imgcls.data.sources.folder import FolderDataModule
 from imgcls.prepare import SKIPPED_FILE, main, prepare
+from imgcls.utils.atomic_save import PARTIAL_SUFFIX
 
 _y, _x = np.mgrid[0:600, 0:800]
 PHOTO = np.stack([_x * 0.3, _y * 0.4, 255 - _x * 0.2], axis=2).astype(np.uint8)
@@ -78,8 +79,9 @@ def test_a_stopped_copy_resumes_where_it_stopped(photos: Path, tmp_path: Path) -
     kept = dst / "train/cat/big.jpg"
     kept_time = kept.stat().st_mtime_ns
     (dst / "val/dog/big.jpg").unlink()  # as if killed before writing it...
-    (dst / "val/dog/.big.jpg.tmp").write_bytes(b"half")  # ...while writing it
+    (dst / f"val/dog/.big.jpg{PARTIAL_SUFFIX}").write_bytes(b"half")  # ...while writing it
     prepare(photos, dst, workers=1)
+    assert not list(dst.rglob(f"*{PARTIAL_SUFFIX}"))  # the half file written over
     assert kept.stat().st_mtime_ns == kept_time  # done work is not redone
     assert parse_header((dst / "val/dog/big.jpg").read_bytes()).size == (427, 320)
 

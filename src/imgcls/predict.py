@@ -40,6 +40,7 @@ from imgcls.models.loading import load_classifier
 from imgcls.reports.plots import cam_overlay, save_png
 from imgcls.run.settle import settle
 from imgcls.run.task import task_main
+from imgcls.utils.atomic_save import written_whole
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.paths import PATH_TEXT, shown
@@ -203,8 +204,8 @@ def write_predictions(
 ) -> None:
     """predictions.csv (and .json); `explained`: with each image's heat map's path."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    staged = output_dir / ".predictions.csv.tmp"  # renamed when whole: never a half-written csv
-    with open(staged, "w", newline="", **PATH_TEXT) as f:
+    csv_path = output_dir / "predictions.csv"
+    with written_whole(csv_path) as staged, open(staged, "w", newline="", **PATH_TEXT) as f:
         writer = csv.writer(f)
         ranks = [(f"class_{r}", f"prob_{r}") for r in range(1, top_k + 1)]
         extra = ["explanation"] if explained else []
@@ -214,7 +215,6 @@ def write_predictions(
             cells = [f"{c:.6f}" if isinstance(c, float) else c for c in cells]
             heat_map = [p.explanation] if explained else []
             writer.writerow([p.path, *cells, *[""] * (2 * top_k - len(cells)), p.error, *heat_map])
-    staged.replace(output_dir / "predictions.csv")
     files = ["predictions.csv"]
     if output_format == "json":
         rows: list[dict[str, Any]] = [
@@ -229,7 +229,8 @@ def write_predictions(
             }
             for p in predictions
         ]
-        (output_dir / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
+        with written_whole(output_dir / "predictions.json") as staged:
+            staged.write_text(json.dumps(rows, indent=2) + "\n")
         files.append("predictions.json")
     written = ", ".join(str(output_dir / f) for f in files)
     log.info(f"Predictions for {len(predictions)} images: {written}")

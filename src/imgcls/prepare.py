@@ -36,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from imgcls.data.decoding.images import BAD_IMAGE_ERRORS, shrunk_jpeg
 from imgcls.data.sources.files import list_images
 from imgcls.data.sources.hf import SAVED_DATASET, SAVED_DICT
+from imgcls.utils.atomic_save import written_whole
 from imgcls.utils.errors import UserError
 from imgcls.utils.machine import available_cpus
 from imgcls.utils.paths import PATH_TEXT, shown
@@ -51,10 +52,9 @@ def prepare_one(
         out = shrunk_jpeg(Path(source).read_bytes(), short_side, long_side, quality)
     except BAD_IMAGE_ERRORS as err:
         return str(err)
-    staged = Path(target).with_name(f".{Path(target).name}.tmp")
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    staged.write_bytes(out)
-    staged.replace(target)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    with written_whole(Path(target)) as staged:
+        staged.write_bytes(out)
     return None
 
 

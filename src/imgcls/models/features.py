@@ -16,7 +16,6 @@ them anew.
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from imgcls.utils.atomic_save import written_whole
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 
@@ -153,20 +153,16 @@ class FeatureExtractor:
         return stored["features"], stored["labels"]
 
     def _write(self, name: str, key: dict[str, Any], found: tuple[Tensor, Tensor]) -> None:
-        """Written beside its name, then renamed over it: a killed run leaves no half file."""
+        """Written whole: a killed run leaves no half file."""
         if self.cache_dir is None:
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self._path(name)
-        staged = path.with_name(f".{path.name}.{os.getpid()}.partial")
         stored = {
             "key": json.loads(json.dumps(key, sort_keys=True, default=str)),
             "features": found[0],
             "labels": found[1],
         }
-        try:
+        with written_whole(path, shared=True) as staged:  # trials at once may share a key
             torch.save(stored, staged)
-            os.replace(staged, path)
-        finally:
-            staged.unlink(missing_ok=True)
         log.info(f"Features of {len(found[0])} images written to {path}")

@@ -1,4 +1,5 @@
-"""Checkpoint writes that a kill or a full disk cannot turn into a corrupt file.
+"""Writes that a kill or a full disk cannot turn into a corrupt file: checkpoints, and any
+file written whole (`written_whole`: cached features, predictions.csv, a prepared photo).
 
 Lightning's own save goes through an fsspec transaction whose temporary file lives in the system
 temp dir; committing it is a copy whenever that is another filesystem than the run's (a tmpfs
@@ -9,6 +10,8 @@ stays whole until the new one is. Remote paths (s3://, ...) keep Lightning's beh
 
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,22 @@ from imgcls.utils.errors import UserError
 PARTIAL_SUFFIX = ".partial"
 
 
+@contextmanager
+def written_whole(path: Path, shared: bool = False) -> Iterator[Path]:
+    """The name to write `path`'s content to: beside it (so the rename is not a copy across
+    file systems), renamed over `path` when the block ends and removed when it raises, so
+    `path` is the old file or the whole new one whatever stops the writer; a kill leaves only
+    the staged name, which the next write of `path` writes over. `shared`: a name processes may
+    write at once (a cache runs fill side by side), each through its own staged name."""
+    owner = f".{os.getpid()}" if shared else ""
+    staged = path.with_name(f".{path.name}{owner}{PARTIAL_SUFFIX}")
+    try:
+        yield staged
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
@@ -28,15 +47,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staged = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
         try:
-            with open(staged, "wb") as f:
+            with written_whole(path) as staged, open(staged, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
-                os.fsync(f.fileno())
-            os.replace(staged, path)
+                os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
         except BaseException as err:
-            staged.unlink(missing_ok=True)
             if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
                 kept = "is intact" if path.exists() else "did not exist yet"
                 raise UserError(
