@@ -199,7 +199,7 @@ def test_multilabel_mosaics_of_real_photos_train_predict_and_export(
     rows = sum(counts.values())  # after the header line
     assert bad == [
         f"labels.csv line {rows + 2}: no such file {tmp_path / 'mosaics' / 'train/missing.png'}",
-        f"labels.csv line {rows + 3}: 0001.png has no label",
+        f"labels.csv line {rows + 3}: 0001.png: no label",
         f"labels.csv line {rows + 4}: 0001.png: label 'unicorn' is not among the train rows' "
         "labels",
     ]

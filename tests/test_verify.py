@@ -25,7 +25,7 @@ def test_verify_lists_the_rows_of_a_csv_training_would_leave_out(make_cfg, tmp_p
     problems = dict(verify(cfg))
     assert problems == {
         "labels.csv line 62": f"no such file {tmp_path / 'labelled' / 'nope.jpg'}",
-        "labels.csv line 63": "001.jpg has no label",
+        "labels.csv line 63": "001.jpg: no label",
         str(tmp_path / "labelled" / "cat" / "000.jpg"): "empty file (0 bytes)",
     }
 

@@ -46,8 +46,8 @@ def test_one_label_per_image_with_splits_carved_and_bad_rows_left_out(
     bad = (tmp_path / "run" / "bad_rows.txt").read_text().splitlines()
     assert bad == [
         f"labels.csv line 22: no such file {tmp_path / 'img' / 'missing.png'}",
-        "labels.csv line 23: cat0.png has no label",
-        "labels.csv line 24: cat1.png has 2 labels; several labels per image need "
+        "labels.csv line 23: cat0.png: no label",
+        "labels.csv line 24: cat1.png: 2 labels; several labels per image need "
         "model.task=multilabel",
         "labels.csv line 25: split 'holdout' is not one of train, val, test",
         "labels.csv line 26: dog0.png: label 'bird' is not among the train rows' labels",

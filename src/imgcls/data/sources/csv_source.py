@@ -20,9 +20,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-import torch
-
-from imgcls.data.sources.files import Sample, report_bad_rows
+from imgcls.data.sources.files import Sample, label_problem, report_bad_rows, row_label
 from imgcls.data.sources.folder import SPLIT_NAMES, FolderDataModule
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -101,7 +99,8 @@ class CsvDataModule(FolderDataModule):
             if problem:
                 self.bad_rows.append((f"{self.csv_path.name} line {line}", problem))
                 continue
-            samples.setdefault(split, []).append((str(file), self._label(labels, index)))
+            label = row_label([index[x] for x in labels], len(index), self.multilabel)
+            samples.setdefault(split, []).append((str(file), label))
         self._report_bad_rows()
         if "train" not in samples:
             raise UserError(f"{self.csv_path} has no usable train row. {self.expected}")
@@ -115,27 +114,13 @@ class CsvDataModule(FolderDataModule):
             return "no path"
         if split not in SPLIT_NAMES:
             return f"split {split!r} is not one of {', '.join(SPLIT_NAMES)}"
-        if not labels:
-            return f"{file.name} has no label"
-        unknown = [x for x in labels if x not in index]
-        if unknown:
-            among = "data.classes" if self.classes else "the train rows' labels"
-            return f"{file.name}: label {unknown[0]!r} is not among {among}"
-        if len(labels) > 1 and not self.multilabel:
-            return (
-                f"{file.name} has {len(labels)} labels; several labels per image need "
-                "model.task=multilabel"
-            )
+        among = "data.classes" if self.classes else "the train rows' labels"
+        problem = label_problem(labels, index, self.multilabel, among)
+        if problem:
+            return f"{file.name}: {problem}"
         if not file.is_file():
             return f"no such file {file}"
         return None
-
-    def _label(self, labels: list[str], index: dict[str, int]) -> int | torch.Tensor:
-        if not self.multilabel:
-            return index[labels[0]]
-        row = torch.zeros(len(index))
-        row[[index[x] for x in labels]] = 1.0
-        return row
 
     def layout_problems(self) -> list[tuple[str, str]]:
         """The rows left out (call after `split_samples`)."""

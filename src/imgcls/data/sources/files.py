@@ -8,7 +8,7 @@ readable image, so a bad file met in epoch 37 costs one line in a log, not the r
 """
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,28 @@ class ImageFileDataset(Dataset):
             # one short append: safe across workers
             with open(self.bad_images_file, "a", **PATH_TEXT) as f:
                 f.write(f"{path}\t{reason}\n")
+
+
+def label_problem(
+    labels: Sequence[Hashable], index: Mapping[Hashable, int], multilabel: bool, among: str
+) -> str | None:
+    """Why a listed row's labels (a CSV's, a dataset's) cannot be used, or None: none, one not
+    among the classes (`among` names them), several where the task takes one."""
+    if not labels:
+        return "no label"
+    unknown = [x for x in labels if x not in index]
+    if unknown:
+        return f"label {unknown[0]!r} is not among {among}"
+    if len(labels) > 1 and not multilabel:
+        return f"{len(labels)} labels; several labels per image need model.task=multilabel"
+    return None
+
+
+def row_label(classes: Sequence[int], num_classes: int, multilabel: bool) -> int | torch.Tensor:
+    """A listed row's label: its class index, or a multi-hot row under model.task=multilabel."""
+    if not multilabel:
+        return classes[0]
+    return torch.zeros(num_classes).index_fill_(0, torch.tensor(classes), 1.0)
 
 
 def report_bad_rows(

@@ -19,7 +19,7 @@ a row whose image cannot be decoded is skipped and listed in bad_images.txt as a
 (`imgcls-verify data=hf ...` lists both). A sample's "path" is its row, `<split>[<index>]`.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,13 @@ import torch
 
 from imgcls.data.decoding.device import EncodedJPEG, for_device
 from imgcls.data.decoding.images import BadImageError, decode_any, parse_header
-from imgcls.data.sources.files import ImageFileDataset, Sample, report_bad_rows
+from imgcls.data.sources.files import (
+    ImageFileDataset,
+    Sample,
+    label_problem,
+    report_bad_rows,
+    row_label,
+)
 from imgcls.data.sources.folder import FolderDataModule
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
@@ -234,6 +240,7 @@ class HFDataModule(FolderDataModule):
         """The samples of the splits the dataset has; rows without a usable label reported and
         left out, splits with no label at all left to be carved."""
         index = self._classes[1]
+        among = f"the {len(index)} classes"
         samples: dict[str, list[Sample]] = {}
         self.bad_rows = []
         for role, name in self._roles.items():
@@ -243,32 +250,16 @@ class HFDataModule(FolderDataModule):
                 continue
             found = samples.setdefault(role, [])
             for i, labels in enumerate(rows):
-                problem = self._problem(labels, index)
+                problem = label_problem(labels, index, self.multilabel, among)
                 if problem:
                     self.bad_rows.append((row_key(name, i), problem))
                 else:
-                    found.append((row_key(name, i), self._label([index[v] for v in labels])))
+                    label = row_label([index[v] for v in labels], len(index), self.multilabel)
+                    found.append((row_key(name, i), label))
         report_bad_rows(self.bad_rows, self.path, self.artifacts_dir)
         if not samples["train"]:
             raise UserError(f"The train split of {self.path} has no usable row. {self.expected}")
         return samples
-
-    def _problem(self, labels: list[Any], index: dict[Any, int]) -> str | None:
-        """Why a row's labels cannot be used, or None."""
-        if not labels:
-            return "no label"
-        unknown = [v for v in labels if v not in index]
-        if unknown:
-            return f"label {unknown[0]!r} is not among the {len(index)} classes"
-        if len(labels) > 1 and not self.multilabel:
-            return f"{len(labels)} labels; several labels per image need model.task=multilabel"
-        return None
-
-    def _label(self, classes: Sequence[int]) -> int | torch.Tensor:
-        """A class index, or a multi-hot row under model.task=multilabel."""
-        if not self.multilabel:
-            return classes[0]
-        return torch.zeros(self.num_classes).index_fill_(0, torch.tensor(classes), 1.0)
 
     def layout_problems(self) -> list[tuple[str, str]]:
         """The rows left out (call after `split_samples`)."""
