@@ -20,10 +20,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imgcls.data.decoding.images import BadImageError, read_rgb
+from imgcls.data.decoding.images import BadImageError, decode_any, parse_header
 from imgcls.data.loaders import auto_workers
 from imgcls.data.sources.folder import FolderDataModule
-from imgcls.data.sources.hf import HFDataModule
 from imgcls.data.sources.shards import ShardsDataModule, check_chunks, read_meta
 from imgcls.run.compose import instantiate
 from imgcls.run.settle import settle
@@ -32,9 +31,12 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.paths import PATH_TEXT, shown
 
 
-def problem(path: str, read: Callable = read_rgb) -> str | None:
+def problem(path: str, read: Callable[[str], bytes]) -> str | None:
+    """Why the sample at `path` (a file, or a dataset's row, as `read` reads it) cannot be
+    decoded as training decodes it, or None."""
     try:
-        read(path)
+        data = read(path)
+        decode_any(data, parse_header(data))
     except (BadImageError, OSError) as err:
         return str(err)
     return None
@@ -50,8 +52,7 @@ def find_problems(datamodule: FolderDataModule) -> list[tuple[str, str]]:
         for link, target in sorted(datamodule.skipped_links.items())
     ]
     with ProcessPoolExecutor(max_workers=auto_workers() + 1) as pool:
-        # a dataset's rows are read from its columns, files from disk
-        read = datamodule.row_reader() if isinstance(datamodule, HFDataModule) else read_rgb
+        read = datamodule.bytes_reader()  # files from disk, a dataset's rows from its columns
         reasons = pool.map(partial(problem, read=read), paths, chunksize=64)
         problems += [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
     return problems
