@@ -96,31 +96,9 @@ for _name, _target in SAMPLERS.items():
 class OptunaSweeper(Sweeper):
     """What Hydra calls: `setup` once, then `sweep` with the command line's overrides."""
 
-    def __init__(
-        self,
-        sampler: Any,
-        direction: Any,
-        storage: str | None,
-        study_name: str | None,
-        n_trials: int,
-        n_jobs: int,
-        max_failure_rate: float,
-        pruner: Any = None,
-        params: DictConfig | None = None,
-        custom_search_space: str | None = None,
-    ) -> None:
-        self.settings = {
-            "sampler": sampler,
-            "direction": direction,
-            "storage": storage,
-            "study_name": study_name,
-            "n_trials": n_trials,
-            "n_jobs": n_jobs,
-            "max_failure_rate": max_failure_rate,
-            "pruner": pruner,
-            "params": params,
-            "custom_search_space": custom_search_space,
-        }
+    def __init__(self, **settings: Any) -> None:
+        """`settings`: OptunaSweeperConf's fields, handed to the search (which names each)."""
+        self.settings = settings
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig

@@ -10,7 +10,12 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from imgcls.callbacks.optuna_pruning import TRAINING_STARTED, OptunaPruning, load_trial
+from imgcls.callbacks.optuna_pruning import (
+    EPOCHS_REACHED,
+    TRAINING_STARTED,
+    OptunaPruning,
+    load_trial,
+)
 from imgcls.reports.optuna_study import open_storage
 from imgcls.run import record
 from imgcls.run.record import run_recorded
@@ -73,6 +78,7 @@ def test_each_validation_of_an_epoch_is_its_own_step_and_the_count_is_resumed(
     with pytest.raises(optuna.TrialPruned, match="pruned after validation 3, 2 epochs at"):
         trainer.fit(model, loader(), loader())
     assert study.trials[trial.number].intermediate_values == pytest.approx({0: 0.9, 1: 0.8, 2: 0.3})
+    assert study.trials[trial.number].user_attrs[EPOCHS_REACHED] == 2  # not 3 validations
     resumed = OptunaPruning(storage, "s", trial.number, "val/acc")
     resumed.load_state_dict(callback.state_dict())
     resumed.on_fit_start(SimpleNamespace(current_epoch=1), None)

@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from imgcls.callbacks.optuna_pruning import TRAINING_STARTED
+from imgcls.callbacks.optuna_pruning import EPOCHS_REACHED, TRAINING_STARTED
 from imgcls.reports.optuna_study import open_storage
 from imgcls.run.optuna_search import (
     ContinuingTPESampler,
@@ -136,7 +136,12 @@ def test_each_trials_end_reaches_the_study_and_its_status(tmp_path: Path) -> Non
     assert search.storage == str(tmp_path / "optuna.journal")  # in the sweep dir
     ends = {
         "completed": ({"status": "completed"}, 0.8, None),
-        "pruned": ({"status": "pruned", "detail": "pruned"}, None, {0: 0.1, 1: 0.2}),
+        # two validations an epoch: 4 reports in 2 epochs
+        "pruned": (
+            {"status": "pruned", "detail": "pruned"},
+            None,
+            dict(enumerate([0.1, 0.2, 0.3, 0.4])),
+        ),
         "failed": ({"status": "failed", "error": "RuntimeError: CUDA out of memory"}, None, {}),
         "nan": ({"status": "completed"}, float("nan"), None),
     }
@@ -144,6 +149,7 @@ def test_each_trials_end_reaches_the_study_and_its_status(tmp_path: Path) -> Non
         trial = study.ask()
         for step, reported_value in (reported or {}).items():
             trial.report(reported_value, step)
+            trial.set_user_attr(EPOCHS_REACHED, step // 2 + 1)  # as the pruning callback does
         (tmp_path / name).mkdir()
         (tmp_path / name / "status.json").write_text(json.dumps(status))
         search.tell(study, trial, value, tmp_path / name, [])
@@ -151,9 +157,14 @@ def test_each_trials_end_reaches_the_study_and_its_status(tmp_path: Path) -> Non
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "PRUNED", "FAIL", "FAIL"]  # a NaN value is a failure
     pruned = json.loads((tmp_path / "pruned" / "status.json").read_text())
-    assert (pruned["epochs"], pruned["metrics"]) == (2, {"val/acc_best": 0.2})
+    assert (pruned["epochs"], pruned["metrics"]) == (2, {"val/acc_best": 0.4})
     assert search.stop_reason is None  # trial-dependent failures: 2 of 4, at the rate allowed
     assert study.trials[2].user_attrs["error"] == "RuntimeError: CUDA out of memory"
+    killed = study.ask()  # its process killed before it wrote a status.json
+    search.tell(study, killed, None, tmp_path / "killed", [])
+    written = json.loads((tmp_path / "killed" / "status.json").read_text())
+    assert (written["status"], written["trial"]) == ("failed", 4)  # summary.csv says so
+    assert "without a status.json" in written["error"]
 
 
 def more_space(config: Any, trial: optuna.trial.Trial) -> None:

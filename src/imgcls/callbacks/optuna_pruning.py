@@ -5,7 +5,8 @@ starts (`+callbacks/sweep@callbacks=optuna_pruning`, configs/callbacks/sweep/), 
 study's storage, the study and the trial's number: the trial runs in its own process, perhaps on
 another machine, and reaches its study only through the storage. A plain run never has it.
 
-At every validation (the sanity check aside) the optimized metric is reported, its step the
+At every validation (the sanity check aside) the epochs reached are kept in the trial (summary.csv
+shows them) and the optimized metric is reported, its step the
 number of validations before it: the epoch where a run validates once an epoch, and each of
 an epoch's validations its own step under `trainer.val_check_interval` < 1 (Optuna keeps only
 the first value reported for a step). The count travels in checkpoints, so a resumed trial goes
@@ -28,6 +29,9 @@ log = get_logger(__name__)
 # the user attribute that marks a trial whose training began (run/optuna_search.py reads it:
 # an error before it that names no searched key is one no trial can escape)
 TRAINING_STARTED = "training_started"
+# the user attribute holding the epochs a trial reached (summary.csv's column): counted here,
+# as validations need not be one an epoch
+EPOCHS_REACHED = "epochs"
 
 
 def load_trial(storage: str, study_name: str, number: int, pruner: Any = None) -> Any:
@@ -86,7 +90,11 @@ class OptunaPruning(Callback):
             self.validations = trainer.current_epoch
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self.report:
+        if trainer.sanity_checking:
+            return
+        if self._trial is not None:
+            self._trial.set_user_attr(EPOCHS_REACHED, trainer.current_epoch + 1)
+        if not self.report:
             return
         step, self.validations = self.validations, self.validations + 1
         pruned = missing = ""

@@ -55,7 +55,7 @@ from optuna.distributions import (
 from optuna.samplers import RandomSampler, TPESampler
 from optuna.trial import TrialState
 
-from imgcls.callbacks.optuna_pruning import TRAINING_STARTED
+from imgcls.callbacks.optuna_pruning import EPOCHS_REACHED, TRAINING_STARTED
 from imgcls.reports.optuna_study import (
     PRUNING_GROUP,
     PRUNING_KEY,
@@ -206,12 +206,11 @@ def cannot_succeed(status: dict[str, Any], trial: Any, keys: Sequence[str]) -> b
     )
 
 
-def add_to_status(job_dir: Path, facts: dict[str, Any]) -> None:
-    """The trial's number and epochs into its run's status.json (summary.csv reads them)."""
-    path = job_dir / STATUS_FILE
-    status = json.loads(path.read_text()) if path.is_file() else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(status | facts, indent=2) + "\n")
+def write_status(job_dir: Path, status: dict[str, Any]) -> None:
+    """The trial's status.json, with the search's facts (its number, epochs) that summary.csv
+    reads; where the trial's process was killed before writing one, the failure it was."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
 
 
 class OptunaSearch:
@@ -390,12 +389,13 @@ class OptunaSearch:
             trial.set_user_attr("error", error[:500])
         frozen = study.tell(trial, values=values, state=state, skip_if_finished=True)
         facts: dict[str, Any] = {"trial": trial.number}
-        if frozen.intermediate_values:
-            facts["epochs"] = max(frozen.intermediate_values) + 1
-            if state == TrialState.PRUNED:  # no metrics.json: the value it was pruned at
-                last = frozen.intermediate_values[max(frozen.intermediate_values)]
-                facts["metrics"] = {str(self.config.get("optimized_metric")): last}
-        add_to_status(job_dir, facts)
+        if EPOCHS_REACHED in frozen.user_attrs:
+            facts["epochs"] = frozen.user_attrs[EPOCHS_REACHED]
+        if state == TrialState.PRUNED and frozen.intermediate_values:
+            # no metrics.json: the value it was pruned at
+            last = frozen.intermediate_values[max(frozen.intermediate_values)]
+            facts["metrics"] = {str(self.config.get("optimized_metric")): last}
+        write_status(job_dir, status | facts)
         self.finished.append(state.name)
         said = values or status.get("detail") or status.get("error", "")
         log.info(f"Trial {trial.number} {state.name.lower()}: {said}")
