@@ -65,7 +65,7 @@ def plan(src: Path, dst: Path) -> list[tuple[str, str]]:
     if not images:
         hint = (
             "it is a Hugging Face dataset: write it as shards (--format shards)"
-            if is_saved_dataset(src)
+            if is_hf_dataset(src)
             else "expected a folder tree of class folders"
         )
         raise SystemExit(f"No image files under {src}: {hint}.")
@@ -111,9 +111,17 @@ def prepare(
     return skipped
 
 
-def is_saved_dataset(src: Path) -> bool:
-    """Whether src is a Hugging Face dataset written with save_to_disk."""
-    return (src / SAVED_DICT).is_file() or (src / SAVED_DATASET).is_file()
+# the files of a Hugging Face dataset's tables, at the top or in data/ as the Hub lays them out
+TABLE_SUFFIXES = {".parquet", ".arrow"}
+
+
+def is_hf_dataset(src: Path) -> bool:
+    """Whether src is a Hugging Face dataset: written with save_to_disk, or a folder of parquet
+    or arrow files (only the top and data/ are looked at: a photo tree may be huge)."""
+    if (src / SAVED_DICT).is_file() or (src / SAVED_DATASET).is_file():
+        return True
+    folders = [folder for folder in (src, src / "data") if folder.is_dir()]
+    return any(p.suffix in TABLE_SUFFIXES for folder in folders for p in folder.iterdir())
 
 
 def source_module(src: Path, args: argparse.Namespace, dst: Path) -> Any:
@@ -126,7 +134,7 @@ def source_module(src: Path, args: argparse.Namespace, dst: Path) -> Any:
     source = args.source
     if source == "auto":
         source = "csv" if src.suffix.lower() == ".csv" else "folder"
-        source = "hf" if is_saved_dataset(src) else source
+        source = "hf" if is_hf_dataset(src) else source
     columns = {"image_key": args.image_key, "label_key": args.label_key}
     if source != "hf" and any(columns.values()):
         raise SystemExit("--image-key and --label-key name a Hugging Face dataset's columns.")
@@ -195,7 +203,7 @@ def main() -> None:
     shards.add_argument(
         "--source", choices=("auto", "folder", "imagenet", "csv", "hf"), default="auto",
         help="how SRC is read, as data=<source> reads it; auto: csv for a .csv file, hf for a "
-        "dataset saved with save_to_disk, else folder",
+        "saved dataset or a folder of parquet or arrow files, else folder",
     )  # fmt: skip
     shards.add_argument(
         "--multilabel", action="store_true", help="several labels per image (a CSV, a dataset)"

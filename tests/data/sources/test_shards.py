@@ -247,6 +247,13 @@ def test_a_hugging_face_datasets_rows_are_written_as_shards_byte_for_byte(tmp_pa
             assert int(item["label"]) == row["label"], key
             keys.add(key)
     assert len(keys) == 22
+    (tmp_path / "parquet").mkdir()
+    train_rows.to_parquet(tmp_path / "parquet" / "train.parquet")
+    prepare(str(tmp_path / "parquet"), str(tmp_path / "from_parquet"), "--format", "shards")
+    assert json.loads((tmp_path / "from_parquet" / "meta.json").read_text())["classes"] == [
+        "a",
+        "b",
+    ]
     with pytest.raises(SystemExit, match="Hugging Face dataset: write it as shards"):
         prepare(str(tmp_path / "hf"), str(tmp_path / "copy"))
     with pytest.raises(SystemExit, match="--label-key name a Hugging Face dataset's columns"):
