@@ -51,7 +51,9 @@ FILE_NAMES = {
 }
 
 
-def export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int) -> Callable:
+def export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int) -> None:
+    """The net as an ONNX file (torch.export's graph), its batch size free; run it with
+    models/exported.OnnxRunner once written (and quantized)."""
     batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(
         net,
@@ -64,7 +66,6 @@ def export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int) -> Call
         dynamo=True,
         verbose=False,
     )
-    return OnnxRunner(path)
 
 
 def quantize_onnx(path: Path, precision: str, calibration: Tensor | None) -> None:
@@ -280,13 +281,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     engine = None  # PyTorch's int8: the quantized kernels' engine the card names
     log.info(f"Exporting {hparams.net['name']} as {cfg.format} ({precision}) to {path}")
     if cfg.format == "onnx":
-        run = export_onnx(net, example, path, cfg.onnx_opset)
+        export_onnx(net, example, path, cfg.onnx_opset)
         if cfg.quantize:
             calibration = None
             if precision == "int8":
                 calibration = datamodule.first_images("train", cfg.calibration_images, CPU).float()
             quantize_onnx(path, precision, calibration)
-            run = OnnxRunner(path)
+        run = OnnxRunner(path)
     elif cfg.format == "torchscript":
         traced = net
         if precision == "int8":

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from imgcls.data.decoding.images import BAD_IMAGE_ERRORS, shrunk_jpeg
-from imgcls.data.sources.files import list_images
+from imgcls.data.sources.files import BAD_ROWS_FILE, list_images
 from imgcls.data.sources.hf import SAVED_DATASET, SAVED_DICT
 from imgcls.utils.atomic_save import written_whole
 from imgcls.utils.errors import UserError
@@ -133,11 +133,14 @@ def source_module(src: Path, args: argparse.Namespace, dst: Path) -> Any:
 
     source = args.source
     if source == "auto":
+        if not src.exists():
+            raise SystemExit(f"{src} does not exist (a Hub id takes --source hf).")
         source = "csv" if src.suffix.lower() == ".csv" else "folder"
         source = "hf" if is_hf_dataset(src) else source
-    columns = {"image_key": args.image_key, "label_key": args.label_key}
-    if source != "hf" and any(columns.values()):
-        raise SystemExit("--image-key and --label-key name a Hugging Face dataset's columns.")
+    hf_only = {"image_key": args.image_key, "label_key": args.label_key}
+    hf_only["cache_dir"] = args.cache_dir
+    if source != "hf" and any(hf_only.values()):
+        raise SystemExit("--image-key, --label-key and --cache-dir are for a Hugging Face dataset.")
     common = {
         "split_seed": args.split_seed,
         "artifacts_dir": str(dst),
@@ -146,7 +149,7 @@ def source_module(src: Path, args: argparse.Namespace, dst: Path) -> Any:
     if source == "csv":
         return CsvDataModule(csv=str(src), **common)
     if source == "hf":  # a saved dataset, a folder of parquet or arrow files, or a Hub id
-        return HFDataModule(path=str(src), **columns, **common)
+        return HFDataModule(path=str(src), **hf_only, **common)
     if args.multilabel:
         raise SystemExit(
             "--multilabel needs a CSV or a Hugging Face dataset (a folder gives one label per "
@@ -162,7 +165,9 @@ def prepare_shards(args: argparse.Namespace, short_side: int | None) -> None:
 
     dst = args.dst.expanduser().resolve()
     try:
-        module = source_module(args.src.expanduser(), args, dst)
+        src = args.src.expanduser()
+        src = src.resolve() if src.exists() else src  # a Hub id stays one
+        module = source_module(src, args, dst)
         samples, classes = module.split_samples(), module.class_names
     except UserError as err:
         raise SystemExit(f"UserError: {err}") from None
@@ -210,6 +215,9 @@ def main() -> None:
     )
     shards.add_argument("--image-key", help="hf: the image column (default: found)")
     shards.add_argument("--label-key", help="hf: the label column (default: found)")
+    shards.add_argument(
+        "--cache-dir", help="hf: where parquet files or a Hub dataset are copied as Arrow first"
+    )
     shards.add_argument("--as-is", action="store_true", help="store each file's bytes unchanged")
     shards.add_argument(
         "--split-seed",
@@ -223,9 +231,12 @@ def main() -> None:
     if args.format == "shards":
         prepare_shards(args, short_side)
         root = "data.root=" + shown(args.dst.expanduser().resolve())
-        skipped_file = args.dst / SKIPPED_FILE
-        if skipped_file.is_file():
-            console.print(f"[yellow]Unreadable files were skipped: listed in {shown(skipped_file)}")
+        for listing, what in (
+            (SKIPPED_FILE, "Unreadable images were skipped"),
+            (BAD_ROWS_FILE, "Rows without a usable label were left out"),
+        ):
+            if (args.dst / listing).is_file():
+                console.print(f"[yellow]{what}: listed in {shown(args.dst / listing)}")
         console.print(f"Prepared. Train on it with: data=shards {root}")
         return
     skipped = prepare(args.src, args.dst, short_side, args.long_side, args.quality, args.workers)

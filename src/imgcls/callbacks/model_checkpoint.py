@@ -25,6 +25,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from imgcls.utils.atomic_save import written_whole
+
 BEST_NAME = "best.ckpt"
 
 
@@ -110,10 +112,9 @@ class CheckpointWithBestLink(ModelCheckpoint):
         if link.is_symlink() and os.readlink(link) == target:
             return
         folder.mkdir(parents=True, exist_ok=True)
-        staged = folder / f".{BEST_NAME}.tmp"
-        staged.unlink(missing_ok=True)
-        try:
-            staged.symlink_to(target)
-        except OSError:
-            shutil.copyfile(best, staged)
-        os.replace(staged, link)  # atomic: best.ckpt is never missing or half-written
+        with written_whole(link) as staged:  # best.ckpt is never missing or half-written
+            staged.unlink(missing_ok=True)  # a killed save's
+            try:
+                staged.symlink_to(target)
+            except OSError:
+                shutil.copyfile(best, staged)

@@ -5,11 +5,11 @@ starts (`+callbacks/sweep@callbacks=optuna_pruning`, configs/callbacks/sweep/), 
 study's storage, the study and the trial's number: the trial runs in its own process, perhaps on
 another machine, and reaches its study only through the storage. A plain run never has it.
 
-At every validation (the sanity check aside) the epochs reached are kept in the trial (summary.csv
-shows them) and the optimized metric is reported, its step the
-number of validations before it: the epoch where a run validates once an epoch, and each of
-an epoch's validations its own step under `trainer.val_check_interval` < 1 (Optuna keeps only
-the first value reported for a step). The count travels in checkpoints, so a resumed trial goes
+At every validation (the sanity check aside) the epochs reached are kept in the trial
+(summary.csv shows them) and the optimized metric is reported, its step the number of
+validations before it: the epoch where a run validates once an epoch, and each of an epoch's
+validations its own step under `trainer.val_check_interval` < 1 (Optuna keeps only the first
+value reported for a step). The count travels in checkpoints, so a resumed trial goes
 on from it. If the pruner then prunes, `optuna.TrialPruned` is raised at once, on every DDP rank
 alike (rank 0 decides, the others hear it by broadcast, as they hear a metric that was not
 logged): the run keeps its dir and records itself `pruned` (run/record.py). Optuna is imported

@@ -63,6 +63,7 @@ from imgcls.reports.optuna_study import (
     write_study_plots,
 )
 from imgcls.run.trial_processes import TrialProcesses
+from imgcls.utils.atomic_save import written_whole
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.paths import STATUS_FILE
@@ -210,7 +211,8 @@ def write_status(job_dir: Path, status: dict[str, Any]) -> None:
     """The trial's status.json, with the search's facts (its number, epochs) that summary.csv
     reads; where the trial's process was killed before writing one, the failure it was."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+    with written_whole(job_dir / STATUS_FILE) as staged:  # summary.csv may be reading it
+        staged.write_text(json.dumps(status, indent=2) + "\n")
 
 
 class OptunaSearch:

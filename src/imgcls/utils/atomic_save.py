@@ -29,7 +29,8 @@ def written_whole(path: Path, shared: bool = False) -> Iterator[Path]:
     file systems), renamed over `path` when the block ends and removed when it raises, so
     `path` is the old file or the whole new one whatever stops the writer; a kill leaves only
     the staged name, which the next write of `path` writes over. `shared`: a name processes may
-    write at once (a cache runs fill side by side), each through its own staged name."""
+    write at once (a cache runs fill side by side), each through a staged name of its own (the
+    process id's), which a kill leaves behind and no later write takes."""
     owner = f".{os.getpid()}" if shared else ""
     staged = path.with_name(f".{path.name}{owner}{PARTIAL_SUFFIX}")
     try:

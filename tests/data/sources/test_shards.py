@@ -213,14 +213,17 @@ def test_several_labels_per_image_come_back_as_multi_hot_rows(tmp_path: Path) ->
         single.setup()
 
 
-def test_a_hugging_face_datasets_rows_are_written_as_shards_byte_for_byte(tmp_path: Path) -> None:
+def test_a_hugging_face_datasets_rows_are_written_as_shards_byte_for_byte(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A saved dataset (found as one) written with --as-is: each row's image bytes, label and
-    key in its split's shards, its own val split kept, test carved, an unreadable row listed."""
+    key in its split's shards, its own val split kept, test carved, an unreadable row and an
+    unlabelled one listed; parquet files found as a dataset too."""
     from datasets import DatasetDict
     from datasets import Image as ImageFeature
     from litdata import StreamingDataset
 
-    train_rows = hf_split(tmp_path / "photos", per_class=8, extra=[(b"junk", 1)])
+    train_rows = hf_split(tmp_path / "photos", per_class=8, extra=[(b"junk", 1), (None, -1)])
     DatasetDict(train=train_rows, validation=hf_split(tmp_path / "val", per_class=3)).save_to_disk(
         tmp_path / "hf"
     )
@@ -229,8 +232,12 @@ def test_a_hugging_face_datasets_rows_are_written_as_shards_byte_for_byte(tmp_pa
     meta = json.loads((dst / "meta.json").read_text())
     assert meta["classes"] == ["a", "b"]  # the ClassLabel's names
     assert meta["sizes"]["val"] == 6  # the dataset's own val split, whole
-    assert meta["sizes"]["train"] + meta["sizes"]["test"] == 16  # test carved; the junk row out
+    assert meta["sizes"]["train"] + meta["sizes"]["test"] == 16  # test carved; 2 rows out
     assert (dst / SKIPPED_FILE).read_text().startswith("train[16]\t")
+    assert (dst / "bad_rows.txt").read_text() == "train[17]: no label\n"
+    said = capsys.readouterr().out.replace("\n", "")
+    assert "Unreadable images were skipped" in said
+    assert "Rows without a usable label were left out" in said
     rows = {
         "train": train_rows.cast_column("image", ImageFeature(decode=False)),
         "validation": DatasetDict.load_from_disk(tmp_path / "hf")["validation"].cast_column(
@@ -249,17 +256,31 @@ def test_a_hugging_face_datasets_rows_are_written_as_shards_byte_for_byte(tmp_pa
     assert len(keys) == 22
     (tmp_path / "parquet").mkdir()
     train_rows.to_parquet(tmp_path / "parquet" / "train.parquet")
-    prepare(str(tmp_path / "parquet"), str(tmp_path / "from_parquet"), "--format", "shards")
-    assert json.loads((tmp_path / "from_parquet" / "meta.json").read_text())["classes"] == [
-        "a",
-        "b",
-    ]
+    cache = tmp_path / "hf_cache"  # load_dataset's Arrow copy: here, not in the home cache
+    out = tmp_path / "from_parquet"
+    prepare(str(tmp_path / "parquet"), str(out), "--format", "shards", "--cache-dir", str(cache))
+    assert json.loads((out / "meta.json").read_text())["classes"] == ["a", "b"]
+    assert list(cache.rglob("*.arrow"))
     with pytest.raises(SystemExit, match="Hugging Face dataset: write it as shards"):
         prepare(str(tmp_path / "hf"), str(tmp_path / "copy"))
-    with pytest.raises(SystemExit, match="--label-key name a Hugging Face dataset's columns"):
+    with pytest.raises(SystemExit, match="--cache-dir are for a Hugging Face dataset"):
         prepare(
             str(tmp_path / "photos"), str(tmp_path / "x"), "--format", "shards", "--label-key", "y"
         )
+    with pytest.raises(SystemExit, match=r"does not exist \(a Hub id takes --source hf\)"):
+        prepare("user/photos", str(tmp_path / "x"), "--format", "shards")
+
+
+def test_a_relative_source_is_stored_by_paths_from_its_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litdata import StreamingDataset
+
+    write_class_tree(tmp_path / "photos", ("a", "b"), 4)
+    monkeypatch.chdir(tmp_path)
+    prepare("photos", "shards", "--format", "shards", "--as-is", "--workers", "1")
+    stored = {bytes(item["path"]).decode() for item in StreamingDataset("shards/train")}
+    assert {path.split("/")[0] for path in stored} == {"a", "b"}  # not photos/a/...
 
 
 def test_decoded_on_the_device_from_the_shards_bytes(shards: Path, tmp_path: Path) -> None:

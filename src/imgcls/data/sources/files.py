@@ -25,6 +25,7 @@ log = get_logger(__name__)
 BAD_POLICIES = ("skip", "error")
 # bad rows of a listing shown one line each on the console (all of them are in bad_rows.txt)
 SHOWN_BAD_ROWS = 20
+BAD_ROWS_FILE = "bad_rows.txt"  # in the run dir (imgcls-prepare: in DST)
 
 
 def is_image_name(name: str) -> bool:
@@ -255,7 +256,7 @@ def report_bad_rows(
     for line in lines[:SHOWN_BAD_ROWS]:
         log.warning(f"Row left out: {line}")
     more = len(bad_rows) - SHOWN_BAD_ROWS
-    listing = artifacts_dir / "bad_rows.txt" if artifacts_dir else None
+    listing = artifacts_dir / BAD_ROWS_FILE if artifacts_dir else None
     if listing is not None and rank_zero_only.rank == 0:
         listing.parent.mkdir(parents=True, exist_ok=True)
         listing.write_text("\n".join(lines) + "\n", **PATH_TEXT)

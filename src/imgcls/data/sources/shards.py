@@ -540,9 +540,8 @@ def write_shards(
 ) -> None:
     """Write each split as LitData shards under dst/<split>, then dst/meta.json; `read` gives a
     sample's encoded image (its file's bytes, or a dataset row's: the source's `bytes_reader`).
-    A split whose
-    index.json exists is done and kept; one cut off midway continues from LitData's
-    checkpoint (same worker count) when run again."""
+    A split whose index.json exists is done and kept; one cut off midway continues from
+    LitData's checkpoint (same worker count) when run again."""
     from litdata import optimize
 
     dst.mkdir(parents=True, exist_ok=True)
