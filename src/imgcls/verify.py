@@ -11,7 +11,6 @@ cut short), which a run refuses to start on.
 """
 
 import csv
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -20,8 +19,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from imgcls.data.decoding.images import BadImageError, decode_any, parse_header
+from imgcls.data.decoding.images import BadImageError
 from imgcls.data.loaders import auto_workers
+from imgcls.data.sources.files import ImageReader
 from imgcls.data.sources.folder import FolderDataModule
 from imgcls.data.sources.shards import ShardsDataModule, check_chunks, read_meta
 from imgcls.run.compose import instantiate
@@ -31,12 +31,11 @@ from imgcls.utils.errors import UserError
 from imgcls.utils.paths import PATH_TEXT, shown
 
 
-def problem(path: str, read: Callable[[str], bytes]) -> str | None:
-    """Why the sample at `path` (a file, or a dataset's row, as `read` reads it) cannot be
-    decoded as training decodes it, or None."""
+def problem(path: str, read: ImageReader) -> str | None:
+    """Why the sample at `path` (a file, or a dataset's row) cannot be read as training reads
+    it, or None."""
     try:
-        data = read(path)
-        decode_any(data, parse_header(data))
+        read(path)
     except (BadImageError, OSError) as err:
         return str(err)
     return None
@@ -52,7 +51,7 @@ def find_problems(datamodule: FolderDataModule) -> list[tuple[str, str]]:
         for link, target in sorted(datamodule.skipped_links.items())
     ]
     with ProcessPoolExecutor(max_workers=auto_workers() + 1) as pool:
-        read = datamodule.bytes_reader()  # files from disk, a dataset's rows from its columns
+        read = ImageReader(datamodule.bytes_reader())  # files, or a dataset's rows, decoded
         reasons = pool.map(partial(problem, read=read), paths, chunksize=64)
         problems += [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
     return problems

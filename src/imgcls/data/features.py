@@ -56,9 +56,10 @@ def images_fingerprint(dataset: Dataset) -> str | None:
     samples = getattr(dataset, "samples", None)
     if samples is None:
         return None
-    named = getattr(getattr(dataset, "reader", None), "fingerprint", None)
+    reader = getattr(dataset, "reader", None)
+    named = reader.fingerprint() if hasattr(reader, "fingerprint") else None
     if named is not None:  # rows of a dataset that names its own content (Hugging Face's)
-        digest.update(f"{named()}\n".encode())
+        digest.update(f"{named}\n".encode())
         for key, label in samples:
             digest.update(f"{key}\t{label}\n".encode())
         return digest.hexdigest()

@@ -12,6 +12,7 @@ from datasets import Image as ImageFeature
 
 from imgcls.data.decoding.device import EncodedJPEG
 from imgcls.data.decoding.images import read_rgb
+from imgcls.data.sources.files import ImageReader
 from imgcls.data.sources.folder import FolderDataModule
 from imgcls.data.sources.hf import HFDataModule
 from imgcls.train import train
@@ -88,7 +89,7 @@ def test_rows_are_decoded_as_the_same_photos_in_files(tmp_path: Path, monkeypatc
     Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "paths")
     monkeypatch.chdir(tmp_path / "photos")  # a run started elsewhere
     by_path = HFDataModule(path=str(tmp_path / "paths"), root=str(tmp_path))
-    assert torch.equal(by_path.row_reader()("train[0]"), read_rgb(photo))
+    assert torch.equal(ImageReader(by_path.bytes_reader())("train[0]"), read_rgb(photo))
 
 
 def test_training_on_parquet_files_with_a_test_split_and_folds(make_cfg, tmp_path: Path) -> None:

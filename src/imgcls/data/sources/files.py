@@ -10,13 +10,13 @@ readable image, so a bad file met in epoch 37 costs one line in a log, not the r
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import Dataset
 
-from imgcls.data.decoding.images import IMAGE_SUFFIXES, BadImageError, read_rgb
+from imgcls.data.decoding.device import EncodedJPEG, for_device
+from imgcls.data.decoding.images import IMAGE_SUFFIXES, BadImageError, decode_any, parse_header
 from imgcls.utils.errors import UserError
 from imgcls.utils.logging import get_logger
 from imgcls.utils.paths import PATH_TEXT, shown
@@ -165,8 +165,31 @@ def fold_split(
     return train, val
 
 
+class ImageReader:
+    """A sample's image by its key (a file's path, a dataset row's): its encoded bytes as `read`
+    gives them, decoded to uint8 RGB (3, H, W), decoded smaller where a JPEG is at least twice
+    `min_side`; or, `on_device` (data.decode=device), a plain JPEG's bytes as they are, for the
+    device to decode. What an ImageFileDataset calls in the loader workers, picklable where
+    `read` is."""
+
+    def __init__(self, read: Callable[[str], bytes] = read_file_bytes, on_device: bool = False):
+        self.read, self.on_device = read, on_device
+
+    def __call__(self, key: str, min_side: int | None = None) -> torch.Tensor | EncodedJPEG:
+        data = self.read(key)
+        if self.on_device:
+            return for_device(data, key, min_side)
+        return decode_any(data, parse_header(data), min_side)
+
+    def fingerprint(self) -> str | None:
+        """What `read` names its images' content by (a dataset's rows), or None (files: their
+        paths, sizes and times say it)."""
+        named = getattr(self.read, "fingerprint", None)
+        return named() if named else None
+
+
 class ImageFileDataset(Dataset):
-    """(path, label) samples read by `reader` (uint8 RGB tensors by default), then
+    """(path, label) samples read by `reader` (default: the files, decoded), then
     `transform`ed; `collate_fn` is what batches them (None: the DataLoader's default)."""
 
     def __init__(
@@ -176,7 +199,7 @@ class ImageFileDataset(Dataset):
         min_side: int | None = None,
         on_bad_image: str = "skip",
         bad_images_file: str | Path | None = None,
-        reader: Callable[[str, int | None], Any] = read_rgb,
+        reader: ImageReader | None = None,
         collate_fn: Callable | None = None,
     ) -> None:
         if on_bad_image not in BAD_POLICIES:
@@ -188,7 +211,7 @@ class ImageFileDataset(Dataset):
         self.min_side = min_side
         self.on_bad_image = on_bad_image
         self.bad_images_file = Path(bad_images_file) if bad_images_file else None
-        self.reader, self.collate_fn = reader, collate_fn
+        self.reader, self.collate_fn = reader or ImageReader(), collate_fn
         self._reported: set[str] = set()  # per process: a bad file is logged once, not per epoch
 
     def __len__(self) -> int:

@@ -23,13 +23,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from imgcls.data.augmentation.presets import resize_center_crop
 from imgcls.data.datamodule import ImageDataModule, Splits
-from imgcls.data.decoding.device import collate_encoded, read_for_device
+from imgcls.data.decoding.device import collate_encoded
 from imgcls.data.decoding.images import BadImageError, parse_header
 from imgcls.data.loaders import auto_workers
 from imgcls.data.sources.decode_place import DecodePlaceChoice
 from imgcls.data.sources.files import (
     PATH_TEXT,
     ImageFileDataset,
+    ImageReader,
     Sample,
     class_folders,
     fold_split,
@@ -232,12 +233,14 @@ class FolderDataModule(DecodePlaceChoice, ImageDataModule):
         return self.artifacts_dir / "bad_images.txt" if self.artifacts_dir else None
 
     def _dataset(self, samples: list[Sample], transform, min_side: int) -> ImageFileDataset:
-        if self.decodes_on_device():  # workers read bytes; the device decodes and crops
+        """The samples read by the source's `bytes_reader` (files here, rows for data=hf)."""
+        reader = ImageReader(self.bytes_reader(), on_device=self.decodes_on_device())
+        if reader.on_device:  # workers read bytes; the device decodes and crops
             return ImageFileDataset(
                 samples,
                 on_bad_image=self.on_bad_image,
                 bad_images_file=self.bad_images_file,
-                reader=read_for_device,
+                reader=reader,
                 collate_fn=collate_encoded,
             )
         return ImageFileDataset(
@@ -246,6 +249,7 @@ class FolderDataModule(DecodePlaceChoice, ImageDataModule):
             min_side=min_side,
             on_bad_image=self.on_bad_image,
             bad_images_file=self.bad_images_file,
+            reader=reader,
         )
 
     def _load_into_memory(self, samples: list[Sample]) -> TensorDataset:

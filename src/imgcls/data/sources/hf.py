@@ -19,17 +19,12 @@ a row whose image cannot be decoded is skipped and listed in bad_images.txt as a
 (`imgcls-verify data=hf ...` lists both). A sample's "path" is its row, `<split>[<index>]`.
 """
 
-from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from imgcls.data.decoding.device import EncodedJPEG, for_device
-from imgcls.data.decoding.images import BadImageError, decode_any, parse_header
+from imgcls.data.decoding.images import BadImageError
 from imgcls.data.sources.files import (
-    ImageFileDataset,
     Sample,
     label_problem,
     report_bad_rows,
@@ -58,13 +53,12 @@ def row_key(split: str, index: int) -> str:
 
 
 class RowReader:
-    """Reads a row's image as a file's bytes and decodes it as `read_rgb` decodes a file (or
-    hands it to the device decoder as `read_for_device` does): the reader of an
-    ImageFileDataset whose "paths" are row keys. Holds each split's image column only, without
-    datasets' own decoding; picklable for loader workers (the Arrow files are memory-mapped)."""
+    """A row's image as a file's bytes (an ImageReader's `read` whose keys are row keys), from
+    each split's image column alone, without datasets' own decoding; picklable for loader
+    workers (the Arrow files are memory-mapped)."""
 
-    def __init__(self, columns: dict[str, Any], root: Path | None, on_device: bool) -> None:
-        self.columns, self.root, self.on_device = columns, root, on_device
+    def __init__(self, columns: dict[str, Any], root: Path | None) -> None:
+        self.columns, self.root = columns, root
 
     def fingerprint(self) -> str:
         """What the image columns hold, as the datasets library hashes each split's content and
@@ -73,7 +67,7 @@ class RowReader:
         splits = ", ".join(f"{name}={split._fingerprint}" for name, split in self.columns.items())
         return f"{splits}; root={self.root}"
 
-    def image_bytes(self, key: str) -> bytes:
+    def __call__(self, key: str) -> bytes:
         split, _, index = key[:-1].rpartition("[")
         item = next(iter(self.columns[split][int(index)].values()))
         if isinstance(item, dict):  # the Image feature: the file's bytes, or only its path
@@ -83,12 +77,6 @@ class RowReader:
         if item is None:
             raise BadImageError("the row has no image")
         return bytes(item)
-
-    def __call__(self, key: str, min_side: int | None = None) -> torch.Tensor | EncodedJPEG:
-        data = self.image_bytes(key)
-        if self.on_device:
-            return for_device(data, key, min_side)
-        return decode_any(data, parse_header(data), min_side)
 
 
 class HFDataModule(FolderDataModule):
@@ -265,7 +253,7 @@ class HFDataModule(FolderDataModule):
         """The rows left out (call after `split_samples`)."""
         return list(self.bad_rows)
 
-    def row_reader(self, on_device: bool = False) -> RowReader:
+    def bytes_reader(self) -> RowReader:
         """What reads the rows' images: each used split's image column, undecoded."""
         import datasets
 
@@ -276,16 +264,7 @@ class HFDataModule(FolderDataModule):
             if isinstance(split.features[image], datasets.Image):
                 split = split.cast_column(image, datasets.Image(decode=False))
             columns[name] = split
-        return RowReader(columns, self.files_root, on_device)
-
-    def bytes_reader(self) -> Callable[[str], bytes]:
-        return self.row_reader().image_bytes
-
-    def _dataset(self, samples: list[Sample], transform, min_side: int) -> ImageFileDataset:
-        """The folder source's dataset, its files being rows."""
-        dataset = super()._dataset(samples, transform, min_side)
-        dataset.reader = self.row_reader(self.decodes_on_device())
-        return dataset
+        return RowReader(columns, self.files_root)
 
 
 def _inner(feature: Any) -> Any:
