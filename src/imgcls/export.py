@@ -278,20 +278,19 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "with its data in place, or use quantize=fp16."
         )
     example = torch.randn(2, 3, size, size)
+    calibration = None  # int8: un-augmented training images give the activations' ranges
+    if precision == "int8":
+        calibration = datamodule.first_images("train", cfg.calibration_images, CPU).float()
     engine = None  # PyTorch's int8: the quantized kernels' engine the card names
     log.info(f"Exporting {hparams.net['name']} as {cfg.format} ({precision}) to {path}")
     if cfg.format == "onnx":
         export_onnx(net, example, path, cfg.onnx_opset)
         if cfg.quantize:
-            calibration = None
-            if precision == "int8":
-                calibration = datamodule.first_images("train", cfg.calibration_images, CPU).float()
             quantize_onnx(path, precision, calibration)
         run = OnnxRunner(path)
     elif cfg.format == "torchscript":
         traced = net
-        if precision == "int8":
-            calibration = datamodule.first_images("train", cfg.calibration_images, CPU).float()
+        if calibration is not None:
             traced = quantize_torch(net, example, calibration)
             engine = torch.backends.quantized.engine  # the kernels it was quantized for
         run = export_torchscript(traced, example, path)

@@ -34,7 +34,7 @@ def test_an_exported_file_is_scored_as_its_checkpoint_with_the_same_report(
         net = objects["model"].net
         assert (type(net).__name__ == "ExportedNet") == (fmt == "onnx")  # runs the file itself
         if fmt == "onnx":  # on torch's share of the cores, as a DDP rank has it (not all)
-            threads = net.onnx.session.get_session_options().intra_op_num_threads
+            threads = net.on_cpu.session.get_session_options().intra_op_num_threads
             assert threads == torch.get_num_threads()
     (tmp_path / "export_onnx" / "model_card.json").unlink()
     onnx_file = tmp_path / "export_onnx" / "model.onnx"

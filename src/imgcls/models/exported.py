@@ -69,28 +69,28 @@ class ExportedNet(nn.Module):
     ) -> None:
         """`engine`: PyTorch's int8 file's quantized kernels (x86, qnnpack), as it was made."""
         super().__init__()
-        self.kind = kind
-        self.on_cpu: tuple[torch.jit.ScriptModule, ...] = ()
+        self.module: nn.Module | None = None  # a TorchScript file run where the batch is
+        # a file run on the CPU: PyTorch's int8 (a plain attribute, out of the module tree, so
+        # moving the model to a GPU leaves it there), or ONNX Runtime's (made at the first
+        # batch: by then Lightning has given each DDP rank its share of the cores)
+        self.on_cpu: Any = None
+        self.path = path
         if kind == "torchscript":
             module = torch.jit.load(str(path), map_location="cpu")
             if precision == "int8":
                 use_engine(engine or "x86")
-                self.on_cpu = (module,)
+                self.on_cpu = module.forward
             else:
                 self.module = module
             return
         import onnxruntime  # noqa: F401  (missing: said now, not at the first batch)
 
-        self.path, self.onnx = path, None
-
     def forward(self, images: Tensor) -> Tensor:
-        if self.kind == "torchscript" and not self.on_cpu:
+        if self.module is not None:
             return self.module(images)
-        if self.on_cpu:
-            return self.on_cpu[0](images.detach().float().cpu()).to(images.device)
-        if self.onnx is None:  # made at the first batch: by then Lightning has given each DDP
-            self.onnx = OnnxRunner(self.path)  # rank its share of the cores
-        return self.onnx(images.detach().float().cpu()).to(images.device)
+        if self.on_cpu is None:
+            self.on_cpu = OnnxRunner(self.path)
+        return self.on_cpu(images.detach().float().cpu()).to(images.device)
 
 
 class OnnxRunner:
