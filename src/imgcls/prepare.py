@@ -34,8 +34,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from imgcls.data.decoding.images import BAD_IMAGE_ERRORS, shrunk_jpeg
+from imgcls.data.sources.csv_source import CsvDataModule
 from imgcls.data.sources.files import BAD_ROWS_FILE, list_images
-from imgcls.data.sources.hf import SAVED_DATASET, SAVED_DICT
+from imgcls.data.sources.folder import FolderDataModule
+from imgcls.data.sources.hf import HFDataModule, is_dataset_folder
+from imgcls.data.sources.imagenet import ImageNetDataModule
 from imgcls.utils.atomic_save import written_whole
 from imgcls.utils.errors import UserError
 from imgcls.utils.machine import available_cpus
@@ -65,7 +68,7 @@ def plan(src: Path, dst: Path) -> list[tuple[str, str]]:
     if not images:
         hint = (
             "it is a Hugging Face dataset: write it as shards (--format shards)"
-            if is_hf_dataset(src)
+            if is_dataset_folder(src)
             else "expected a folder tree of class folders"
         )
         raise SystemExit(f"No image files under {src}: {hint}.")
@@ -111,32 +114,14 @@ def prepare(
     return skipped
 
 
-# the files of a Hugging Face dataset's tables, at the top or in data/ as the Hub lays them out
-TABLE_SUFFIXES = {".parquet", ".arrow"}
-
-
-def is_hf_dataset(src: Path) -> bool:
-    """Whether src is a Hugging Face dataset: written with save_to_disk, or a folder of parquet
-    or arrow files (only the top and data/ are looked at: a photo tree may be huge)."""
-    if (src / SAVED_DICT).is_file() or (src / SAVED_DATASET).is_file():
-        return True
-    folders = [folder for folder in (src, src / "data") if folder.is_dir()]
-    return any(p.suffix in TABLE_SUFFIXES for folder in folders for p in folder.iterdir())
-
-
 def source_module(src: Path, args: argparse.Namespace, dst: Path) -> Any:
     """The data module whose splits the shards hold: SRC as training would read it."""
-    from imgcls.data.sources.csv_source import CsvDataModule
-    from imgcls.data.sources.folder import FolderDataModule
-    from imgcls.data.sources.hf import HFDataModule
-    from imgcls.data.sources.imagenet import ImageNetDataModule
-
     source = args.source
     if source == "auto":
         if not src.exists():
             raise SystemExit(f"{src} does not exist (a Hub id takes --source hf).")
         source = "csv" if src.suffix.lower() == ".csv" else "folder"
-        source = "hf" if is_hf_dataset(src) else source
+        source = "hf" if is_dataset_folder(src) else source
     hf_only = {"image_key": args.image_key, "label_key": args.label_key}
     hf_only["cache_dir"] = args.cache_dir
     if source != "hf" and any(hf_only.values()):

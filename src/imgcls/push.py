@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from imgcls.input_contract import InputContract
 from imgcls.models.loading import classifier_from_checkpoint, read_checkpoint
+from imgcls.models.pretrained import PUSHED_OUTPUT_KEYS
 from imgcls.utils.errors import UserError, one_line
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -229,7 +230,7 @@ def pushed_outputs_of(model: Any) -> dict[str, Any]:
     """The task, and the temperature or each class's threshold (by name), the model's outputs
     are read with: what timm's format has no key for."""
     said = model.objective.card(model.class_names)
-    kept = {key: said[key] for key in ("temperature", "thresholds") if key in said}
+    kept = {key: said[key] for key in PUSHED_OUTPUT_KEYS if key in said}
     return {"task": model.hparams.get("task", "multiclass"), **kept}
 
 

@@ -208,6 +208,11 @@ def timm_pretrained_cfg(name: str) -> dict[str, Any] | None:
     return {**cfg, "architecture": architecture}
 
 
+# what a pushed model's outputs are read with besides its task: its objective's card's keys
+# (a multiclass model's temperature, a multi-label one's threshold per class name)
+PUSHED_OUTPUT_KEYS = ("temperature", "thresholds")
+
+
 def pushed_outputs(name: str) -> dict[str, Any]:
     """How the outputs of a model imgcls-push wrote are read, from the `imgcls` key it adds to
     timm's config.json (timm reads past it): the task, and the temperature or each class's

@@ -22,6 +22,7 @@ from torch import nn
 
 from imgcls.models.nets import NETS
 from imgcls.models.pretrained import (
+    PUSHED_OUTPUT_KEYS,
     download_torchvision,
     find_head,
     init_head,
@@ -272,7 +273,7 @@ def pretrained_hyperparameters(spec: str, key: str = "ckpt_path") -> dict[str, A
     contract = weights_contract(net)
     assert contract is not None  # a pretrained timm config always resolves one
     outputs = pushed_outputs(spec.removeprefix("timm/"))
-    said = {key: outputs[key] for key in ("temperature", "thresholds") if key in outputs}
+    said = {key: outputs[key] for key in PUSHED_OUTPUT_KEYS if key in outputs}
     return {
         "net": net,
         "num_classes": int(pretrained["num_classes"]),

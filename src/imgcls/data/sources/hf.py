@@ -46,6 +46,22 @@ LABEL_NAMES = ("label", "labels")
 SAVED_DICT, SAVED_DATASET = "dataset_dict.json", "state.json"
 # how a path that can only be a folder on this machine (not a Hub id) begins
 LOCAL_STARTS = ("/", "./", "../", "~")
+# the files of a dataset's tables, at the top of a folder or in data/ as the Hub lays them out
+TABLE_SUFFIXES = {".parquet", ".arrow"}
+
+
+def is_saved(folder: Path) -> bool:
+    """Whether `folder` holds a DatasetDict or a Dataset written with save_to_disk."""
+    return (folder / SAVED_DICT).is_file() or (folder / SAVED_DATASET).is_file()
+
+
+def is_dataset_folder(folder: Path) -> bool:
+    """Whether `folder` is a Hugging Face dataset: saved with save_to_disk, or parquet or arrow
+    files (only its top and data/ are looked at: a photo tree may be huge)."""
+    if is_saved(folder):
+        return True
+    tables = [part for part in (folder, folder / "data") if part.is_dir()]
+    return any(p.suffix in TABLE_SUFFIXES for part in tables for p in part.iterdir())
 
 
 def row_key(split: str, index: int) -> str:
@@ -116,7 +132,7 @@ class HFDataModule(FolderDataModule):
         if local.is_file() or (not local.exists() and self.path.startswith(LOCAL_STARTS)):
             raise UserError(f"data.path={self.path} is not a folder. {self.expected}")
         try:
-            if (local / SAVED_DICT).is_file() or (local / SAVED_DATASET).is_file():
+            if is_saved(local):
                 loaded = datasets.load_from_disk(str(local))
             else:  # parquet or arrow files (split by their names), or a Hub id
                 where = str(local) if local.is_dir() else self.path
