@@ -67,6 +67,7 @@ class OptunaPruning(Callback):
         self.pruner = pruner
         self._trial: Any = None
         self.validations = 0  # reported so far: the next report's step
+        self.epochs_kept = 0  # the epochs reached, as the trial holds them
         self.restored = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -92,8 +93,10 @@ class OptunaPruning(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        if self._trial is not None:
-            self._trial.set_user_attr(EPOCHS_REACHED, trainer.current_epoch + 1)
+        epochs = trainer.current_epoch + 1
+        if self._trial is not None and epochs != self.epochs_kept:  # once an epoch, not per
+            self._trial.set_user_attr(EPOCHS_REACHED, epochs)  # validation: a storage write
+            self.epochs_kept = epochs
         if not self.report:
             return
         step, self.validations = self.validations, self.validations + 1
@@ -106,7 +109,6 @@ class OptunaPruning(Callback):
                 value = float(value)  # once per validation, outside any step
                 self._trial.report(value, step)
                 if self._trial.should_prune():
-                    epochs = trainer.current_epoch + 1
                     at = f"validation {step + 1}, " if step != trainer.current_epoch else ""
                     pruned = f"pruned after {at}{epochs} epochs at {self.monitor}={value:.4g}"
         pruned, missing = trainer.strategy.broadcast((pruned, missing))
