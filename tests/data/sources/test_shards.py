@@ -299,6 +299,21 @@ def small_chunks(root: Path, per_class: int = 30) -> Path:
     return root / "shards"
 
 
+def test_a_train_split_smaller_than_a_batch_trains_alone_and_is_refused_under_ddp(
+    tmp_path: Path,
+) -> None:
+    """42 train images, batches of 64: one process trains on a short batch (LitData would drop
+    every item to whole batches); two DDP ranks would have no batch at all: one line."""
+    shards = small_chunks(tmp_path)
+    cfg = run_cfg(str(shards), tmp_path, "data.batch_size=64", "trainer.max_epochs=1")
+    _, objects = train(cfg)
+    assert objects["trainer"].global_step == 1
+    ranks = ShardsDataModule(root=str(shards), batch_size=32)
+    ranks.trainer = fake_trainer(world_size=2)
+    with pytest.raises(UserError, match=r"42 images, fewer than a batch .* data.batch_size=21"):
+        ranks.setup()
+
+
 def chunk_of_each_item(split: Path) -> list[int]:
     """The chunk each item of a split is in, by the split's index.json."""
     chunks = json.loads((split / "index.json").read_text())["chunks"]

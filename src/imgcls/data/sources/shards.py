@@ -354,7 +354,7 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
         return Splits(
             make(
                 self._split_path("train"), pipeline.train_worker, pipeline.train_crop,
-                shuffle=True, seed=seed, drop_last=True,
+                shuffle=True, seed=seed, drop_last=self._drops_last(),
             ),
             make(
                 self._split_path("val"), pipeline.eval_worker, pipeline.eval_resize,
@@ -365,6 +365,23 @@ class ShardsDataModule(DecodePlaceChoice, ImageDataModule):
                 shuffle=False,
             ),
         )  # fmt: skip
+
+    def _drops_last(self) -> bool:
+        """Whether training drops the items short of a whole batch. LitData drops them to give
+        every DDP rank the same batches (a rank with one more would wait for the others at its
+        gradients' all-reduce); one process drops them only when it has a full batch besides,
+        as the other sources do, so a split smaller than a batch still trains."""
+        size = self.split_size("train")
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if world_size == 1:
+            return size > self.batch_size
+        if size < world_size * self.batch_size:
+            raise UserError(
+                f"The train split of {self.root} has {size} images, fewer than a batch "
+                f"(data.batch_size={self.batch_size}) for each of the {world_size} processes, "
+                f"so none would train: set data.batch_size={size // world_size} or less."
+            )
+        return True
 
     def check_chunks(self) -> dict[str, dict]:
         """Each split's index.json, once every chunk is checked against it: a damaged one is one
